@@ -1,0 +1,18 @@
+//! netbox-outbox: NetBox's webhooks from a transactional outbox.
+//!
+//! # Layout
+//!
+//! The SQL half (in `migrations/`) captures every committed change to NetBox's tables into
+//! `netbox_outbox.change`, in the writer's own transaction. This crate is the other half, the
+//! sidecar:
+//!
+//! - [`migrations`]: the embedded SQL migrations, applied or printed for a DBA.
+//! - [`db`]: connections to NetBox's database.
+//!
+//! Delivery is at least once: a webhook may arrive twice (after a crash, or when a receiver
+//! answers after its timeout), never zero times. Each request carries a stable delivery id so
+//! receivers can drop duplicates.
+
+pub mod cli;
+pub mod db;
+pub mod migrations;

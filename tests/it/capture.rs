@@ -1,0 +1,523 @@
+//! The SQL capture: what the triggers write into netbox_outbox.change, and what they leave out.
+
+use crate::support::db::{Captured, TestDb, captured, content_type, insert_site};
+
+fn kinds(rows: &[Captured]) -> Vec<&str> {
+    rows.iter().map(|r| r.kind.as_str()).collect()
+}
+
+/// An insert, an update and a delete each become one captured change, with the row before and
+/// after, the object's content type and id, and who made it.
+#[tokio::test]
+async fn insert_update_delete_are_captured_with_their_rows() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let site_ct = content_type(&client, "dcim.site").await;
+
+    let id = insert_site(&client, "alpha").await;
+    client
+        .execute(
+            "update dcim_site set description = 'edge', last_updated = now() where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    client
+        .execute("delete from dcim_site where id = $1", &[&id])
+        .await
+        .unwrap();
+
+    let rows = captured(&client).await;
+    assert_eq!(kinds(&rows), ["I", "U", "D"]);
+    for row in &rows {
+        assert_eq!(row.content_type_id, site_ct);
+        assert_eq!(row.object_id, id);
+        assert_eq!(row.db_user, "postgres");
+        assert_eq!(row.application_name, "netbox-outbox");
+        assert_eq!(row.request, None);
+    }
+    let (insert, update, delete) = (&rows[0], &rows[1], &rows[2]);
+    assert!(insert.old_row.is_none());
+    assert_eq!(insert.new_row.as_ref().unwrap()["name"], "alpha");
+    assert_eq!(update.old_row.as_ref().unwrap()["description"], "");
+    assert_eq!(update.new_row.as_ref().unwrap()["description"], "edge");
+    assert_eq!(delete.old_row.as_ref().unwrap()["description"], "edge");
+    assert!(delete.new_row.is_none());
+    // one transaction each (autocommit), in commit order
+    assert!(insert.txid != update.txid && update.txid != delete.txid);
+}
+
+/// A statement touching several rows gives one change per row, all in one transaction.
+#[tokio::test]
+async fn multi_row_statements_capture_every_row() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "insert into dcim_site (name, slug) select 's' || n, 's' || n from generate_series(1, 5) n;
+             update dcim_site set status = 'planned' where name in ('s1', 's2', 's3');
+             delete from dcim_site where name in ('s4', 's5');",
+        )
+        .await
+        .unwrap();
+    let rows = captured(&client).await;
+    assert_eq!(
+        kinds(&rows),
+        ["I", "I", "I", "I", "I", "U", "U", "U", "D", "D"]
+    );
+    assert!(rows[..5].iter().all(|r| r.txid == rows[0].txid));
+    assert!(rows[5..8].iter().all(|r| r.txid == rows[5].txid));
+}
+
+/// A rolled-back transaction leaves no captured change, and neither does a rolled-back savepoint
+/// inside a committed one.
+#[tokio::test]
+async fn rolled_back_changes_leave_nothing() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    let id = insert_site(&client, "alpha").await;
+
+    let tx = client.transaction().await.unwrap();
+    tx.execute(
+        "update dcim_site set description = 'lost' where id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+
+    let mut tx = client.transaction().await.unwrap();
+    {
+        let sp = tx.savepoint("nested").await.unwrap();
+        sp.execute(
+            "update dcim_site set description = 'lost too' where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+        sp.rollback().await.unwrap();
+    }
+    tx.execute(
+        "update dcim_site set description = 'kept' where id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let rows = captured(&client).await;
+    assert_eq!(kinds(&rows), ["I", "U"]);
+    assert_eq!(rows[1].new_row.as_ref().unwrap()["description"], "kept");
+    assert_eq!(rows[1].old_row.as_ref().unwrap()["description"], "");
+}
+
+/// NetBox's counter caches, denormalised columns and tree paths change without an event; a save
+/// that changes nothing but last_updated is an event (NetBox sends those); a plain-SQL change
+/// of a real field is captured.
+#[tokio::test]
+async fn ignored_columns_are_not_changes_but_saves_are() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "insert into dcim_manufacturer (name, slug) values ('m', 'm');
+             insert into dcim_devicetype (model, slug, manufacturer_id) values ('t', 't', 1);
+             insert into dcim_devicerole (name, slug) values ('r', 'r');
+             insert into dcim_site (name, slug) values ('s', 's');
+             insert into dcim_device (name, device_type_id, role_id, site_id, last_updated)
+                 values ('d1', 1, 1, 1, now());
+             truncate netbox_outbox.change;",
+        )
+        .await
+        .unwrap();
+
+    // counter caches and NetBox-internal columns, alone: nothing
+    client
+        .batch_execute(
+            "update dcim_device set interface_count = interface_count + 1;
+             update dcim_device set _config_context_data = '{\"a\": 1}', _config_context_generation = 2;
+             update dcim_devicetype set device_count = 1;
+             insert into dcim_region (name, slug, path, sort_path) values ('r', 'r', '1', 'r');
+             update dcim_region set path = '1.2', sort_path = 'x';
+             update dcim_device set name = name;",
+        )
+        .await
+        .unwrap();
+    let rows = captured(&client).await;
+    assert_eq!(kinds(&rows), ["I"], "only the region insert: {rows:?}");
+
+    // a NetBox save that changes nothing but last_updated
+    client
+        .batch_execute("update dcim_device set last_updated = now() + interval '1 second'")
+        .await
+        .unwrap();
+    // a counter moving together with a real field: captured, with the counter in the row
+    client
+        .batch_execute("update dcim_device set serial = 'SN1', interface_count = 5")
+        .await
+        .unwrap();
+    let rows = captured(&client).await;
+    assert_eq!(kinds(&rows), ["I", "U", "U"]);
+    assert_eq!(rows[2].new_row.as_ref().unwrap()["serial"], "SN1");
+    assert_eq!(rows[2].new_row.as_ref().unwrap()["interface_count"], 5);
+}
+
+/// Adding or removing a tag is a change of the tagged object (NetBox reports an update).
+#[tokio::test]
+async fn tag_add_and_remove_are_changes_of_the_tagged_object() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let site_ct = content_type(&client, "dcim.site").await;
+    let id = insert_site(&client, "alpha").await;
+    client
+        .batch_execute("insert into extras_tag (name, slug) values ('gold', 'gold')")
+        .await
+        .unwrap();
+    client
+        .execute(
+            "insert into extras_taggeditem (object_id, content_type_id, tag_id) values ($1, $2, 1)",
+            &[&(id as i32), &site_ct],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("delete from extras_taggeditem")
+        .await
+        .unwrap();
+
+    let rows: Vec<_> = captured(&client)
+        .await
+        .into_iter()
+        .filter(|r| r.content_type_id == site_ct)
+        .collect();
+    assert_eq!(kinds(&rows), ["I", "T", "t"]);
+    assert!(rows[1..].iter().all(|r| r.object_id == id));
+    assert_eq!(rows[1].new_row.as_ref().unwrap()["tag_id"], 1);
+}
+
+/// NetBox's change log rows are copied with the transaction that wrote them, including their
+/// in-place updates (NetBox rewrites postchange_data when tags change after a save).
+#[tokio::test]
+async fn netbox_changelog_rows_are_copied_in_the_same_transaction() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    let site_ct = content_type(&client, "dcim.site").await;
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute("insert into dcim_site (name, slug) values ('a', 'a')")
+        .await
+        .unwrap();
+    tx.execute(
+        "insert into core_objectchange (time, user_name, request_id, action, changed_object_id,
+             object_repr, postchange_data, changed_object_type_id)
+         values (now(), 'alice', 'aedca68e-cdd1-4580-88c6-b3c964bf65e7', 'create', 1, 'a',
+                 '{\"name\": \"a\"}', $1)",
+        &[&site_ct],
+    )
+    .await
+    .unwrap();
+    tx.batch_execute(
+        "update core_objectchange set postchange_data = '{\"name\": \"a\", \"tags\": [\"x\"]}'",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let rows = client
+        .query(
+            "select l.txid = c.txid, l.content_type_id, l.object_id, l.entry->>'user_name',
+                    l.entry->'postchange_data'->'tags'
+             from netbox_outbox.changelog l, netbox_outbox.change c order by l.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter().all(|r| r.get::<_, bool>(0)),
+        "same transaction as the change"
+    );
+    assert_eq!(rows[0].get::<_, i32>(1), site_ct);
+    assert_eq!(rows[0].get::<_, i64>(2), 1);
+    assert_eq!(rows[0].get::<_, String>(3), "alice");
+    assert_eq!(rows[0].get::<_, Option<serde_json::Value>>(4), None);
+    assert_eq!(
+        rows[1].get::<_, Option<serde_json::Value>>(4),
+        Some(serde_json::json!(["x"]))
+    );
+}
+
+/// The NetBox plugin hands the request to the capture through a session setting.
+#[tokio::test]
+async fn the_plugins_request_context_is_recorded() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let request = r#"{"id": "4bfd706a-df86-4366-8cec-147a285fcbba", "path": "/api/dcim/sites/", "path_info": "/api/dcim/sites/", "method": "POST", "GET": {}, "user": "admin"}"#;
+    client
+        .execute(
+            "select set_config('netbox_outbox.request', $1, false)",
+            &[&request],
+        )
+        .await
+        .unwrap();
+    insert_site(&client, "alpha").await;
+    client
+        .batch_execute("reset netbox_outbox.request")
+        .await
+        .unwrap();
+    insert_site(&client, "beta").await;
+    let rows = captured(&client).await;
+    assert_eq!(rows[0].request.as_deref(), Some(request));
+    assert_eq!(rows[1].request, None);
+}
+
+/// Two transactions touching one object are captured in commit order, even when the second one
+/// started (and took its transaction id) first.
+#[tokio::test]
+async fn two_transactions_on_one_object_keep_commit_order() {
+    let db = TestDb::migrated().await;
+    let setup = db.client().await;
+    let id = insert_site(&setup, "alpha").await;
+    let first = db.client().await;
+    let second = db.client().await;
+
+    // The second transaction takes its xid first, by writing something else.
+    second
+        .batch_execute("begin; insert into dcim_site (name, slug) values ('other', 'other')")
+        .await
+        .unwrap();
+    first
+        .batch_execute(&format!(
+            "begin; update dcim_site set description = 'one' where id = {id}"
+        ))
+        .await
+        .unwrap();
+
+    // The second transaction now blocks on the first one's row lock; commit the first meanwhile.
+    let update = tokio::spawn(async move {
+        second
+            .batch_execute(&format!(
+                "update dcim_site set description = 'two' where id = {id}; commit"
+            ))
+            .await
+            .unwrap();
+    });
+    crate::support::wait::eventually("the second writer to block", std::time::Duration::from_secs(10), || async {
+        let waiting: i64 = setup
+            .query_one("select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (waiting > 0).then_some(())
+    })
+    .await;
+    first.batch_execute("commit").await.unwrap();
+    update.await.unwrap();
+
+    let rows: Vec<_> = captured(&setup)
+        .await
+        .into_iter()
+        .filter(|r| r.object_id == id && r.kind == "U")
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].new_row.as_ref().unwrap()["description"], "one");
+    assert_eq!(rows[1].new_row.as_ref().unwrap()["description"], "two");
+    assert_eq!(rows[1].old_row.as_ref().unwrap()["description"], "one");
+    // ids follow commit order although the transaction ids do not
+    let (xid1, xid2): (i64, i64) = (rows[0].txid.parse().unwrap(), rows[1].txid.parse().unwrap());
+    assert!(xid2 < xid1, "the second writer took its xid first");
+    assert!(rows[0].id < rows[1].id);
+}
+
+/// Tables of models without the event_rules feature are not watched.
+#[tokio::test]
+async fn models_without_event_rules_are_not_watched() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "insert into core_job (name) values ('housekeeping');
+             insert into users_user (username) values ('bob');",
+        )
+        .await
+        .unwrap();
+    assert!(captured(&client).await.is_empty());
+    let watched: Vec<String> = client
+        .query("select table_name from netbox_outbox.watched_tables where watched and trigger_installed order by 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(watched.contains(&"dcim_device".to_string()));
+    assert!(
+        !watched
+            .iter()
+            .any(|t| t == "core_job" || t == "users_user" || t == "extras_taggeditem")
+    );
+    // a model with the feature whose table does not exist is simply skipped
+    assert!(!watched.iter().any(|t| t == "ghost_thing"));
+}
+
+/// unwatch() stops the capture of one table, watch() resumes it; sync() respects both.
+#[tokio::test]
+async fn unwatch_and_watch_again() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute("select netbox_outbox.unwatch('dcim.site')")
+        .await
+        .unwrap();
+    insert_site(&client, "quiet").await;
+    let actions = client
+        .query("select * from netbox_outbox.sync()", &[])
+        .await
+        .unwrap();
+    assert!(actions.is_empty(), "sync leaves an unwatched table alone");
+    insert_site(&client, "still quiet").await;
+    assert!(captured(&client).await.is_empty());
+
+    let watched: String = client
+        .query_one("select netbox_outbox.watch('dcim_site')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(watched, "dcim_site");
+    insert_site(&client, "heard").await;
+    let rows = captured(&client).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].new_row.as_ref().unwrap()["name"], "heard");
+
+    let err = client
+        .batch_execute("select netbox_outbox.watch('dcim.nothing')")
+        .await
+        .unwrap_err();
+    let message = err.as_db_error().unwrap().message().to_string();
+    assert!(
+        message.contains("dcim.nothing is not a NetBox model"),
+        "{message}"
+    );
+}
+
+/// A NetBox migration that drops and recreates a watched table (or alters it) gets its capture
+/// back in the same transaction, through the DDL event trigger.
+#[tokio::test]
+async fn a_table_dropped_and_recreated_by_a_migration_is_watched_again() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "begin;
+             create table dcim_site_new (like dcim_site including all);
+             drop table dcim_site;
+             alter table dcim_site_new rename to dcim_site;
+             alter table dcim_site add column new_field text not null default 'x';
+             alter table dcim_site drop column facility;
+             commit;",
+        )
+        .await
+        .unwrap();
+    insert_site(&client, "after upgrade").await;
+    let rows = captured(&client).await;
+    assert_eq!(rows.len(), 1);
+    let row = rows[0].new_row.as_ref().unwrap();
+    assert_eq!(row["new_field"], "x");
+    assert!(row.get("facility").is_none());
+}
+
+/// Without the event trigger (a non-superuser installed us), sync() restores a lost trigger.
+#[tokio::test]
+async fn sync_reinstalls_a_missing_trigger() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "alter event trigger netbox_outbox_ddl disable;
+             drop trigger netbox_outbox_capture on dcim_site;",
+        )
+        .await
+        .unwrap();
+    insert_site(&client, "missed").await;
+    let actions: Vec<(String, String)> = client
+        .query("select action, table_name from netbox_outbox.sync()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        actions,
+        [("installed".to_string(), "dcim_site".to_string())]
+    );
+    insert_site(&client, "heard").await;
+    let rows = captured(&client).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].new_row.as_ref().unwrap()["name"], "heard");
+}
+
+/// Changing the ignored-column list and syncing re-installs the triggers with the new list.
+#[tokio::test]
+async fn ignored_columns_are_data_a_dba_can_change() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let id = insert_site(&client, "alpha").await;
+    client
+        .batch_execute(
+            "insert into netbox_outbox.ignored_column (table_pattern, column_pattern, reason)
+                 values ('dcim_site', 'comments', 'a test');",
+        )
+        .await
+        .unwrap();
+    let refreshed: i64 = client
+        .query_one(
+            "select count(*) from netbox_outbox.sync() where action = 'refreshed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refreshed, 1);
+    client
+        .execute(
+            "update dcim_site set comments = 'ignored' where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(captured(&client).await.len(), 1);
+}
+
+/// The capture runs as its owner: a NetBox role with no grant on the netbox_outbox schema writes
+/// normally, and its changes are captured.
+#[tokio::test]
+async fn netbox_role_needs_no_grant_on_our_schema() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let role = format!("nbo_netbox_{}", db.name);
+    client
+        .batch_execute(&format!(
+            "drop role if exists {role};
+             create role {role} login;
+             grant select, insert, update, delete on all tables in schema public to {role};
+             grant usage on all sequences in schema public to {role};"
+        ))
+        .await
+        .unwrap();
+    let netbox = db
+        .database
+        .with_user(&role)
+        .connect()
+        .await
+        .expect("connect as the NetBox role");
+    netbox
+        .batch_execute("insert into dcim_site (name, slug) values ('by netbox', 'n'); update dcim_site set description = 'x'")
+        .await
+        .expect("NetBox's writes succeed");
+    drop(netbox);
+    let rows = captured(&client).await;
+    assert_eq!(kinds(&rows), ["I", "U"]);
+    assert_eq!(rows[0].db_user, role);
+    client
+        .batch_execute(&format!("drop owned by {role}; drop role {role}"))
+        .await
+        .unwrap();
+}

@@ -1,0 +1,8 @@
+//! Integration tests: one binary, each test with its own database on the real PostgreSQL.
+
+mod support;
+
+/// The SQL capture: triggers, watch management, self-healing, least privilege.
+mod capture;
+/// Applying the migrations, by the binary and by a DBA with psql.
+mod migrate;
