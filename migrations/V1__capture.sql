@@ -44,9 +44,9 @@ insert into netbox_outbox.setting (name, value, description) values
 --
 -- NetBox keeps caches on its rows that it updates with QuerySet.update() and never reports:
 -- counters, denormalised site/location/rack ids, cable path pointers, config context caches,
--- tree paths. An UPDATE that changes only these columns is not captured. Patterns use LIKE
--- syntax; type_name, when set, restricts a rule to columns of that type. After changing this
--- table, run select netbox_outbox.sync(); to re-install the triggers with the new list.
+-- tree paths. An update that changes only these columns is recorded in netbox_outbox.change but
+-- never becomes an event. Patterns use LIKE syntax; type_name, when set, restricts a rule to
+-- columns of that type. The sidecar re-reads this table within a minute of a change.
 -- ---------------------------------------------------------------------------------------------
 create table netbox_outbox.ignored_column (
     table_pattern  text not null default '%',
@@ -83,18 +83,26 @@ insert into netbox_outbox.ignored_column (table_pattern, column_pattern, type_na
 -- only after that commit.
 create sequence netbox_outbox.change_id_seq as bigint;
 
--- The day slot of a timestamp. Sixteen slots allow a retention of up to 14 days while today's
--- and tomorrow's slots stay free of history.
+-- The day slot of a timestamp: the UTC day number modulo 16. Sixteen slots allow a retention of
+-- up to 14 days while today's and tomorrow's slots stay free of history. The tables' defaults
+-- repeat this expression inline: a SQL function call there is not inlined and costs the writer
+-- more than the rest of the capture.
 create function netbox_outbox.slot_of(ts timestamptz) returns smallint
-language sql immutable parallel safe
-as $$ select ((extract(epoch from ts)::bigint / 86400) % 16)::smallint $$;
+language sql stable parallel safe
+as $$ select (date_part('epoch', ts)::bigint / 86400 % 16)::smallint $$;
 
 -- A row change (insert, update, delete) to a watched table, or a tag added to or removed from a
 -- watched object (extras_taggeditem), which NetBox reports as an update of that object.
+--
+-- Only the row *before* each change is stored: the row after a change is the row before the
+-- next change to the same object, or, for the last one, the row as it stands in the snapshot the
+-- sidecar reads with. Storing one image instead of two, as json text instead of jsonb, keeps the
+-- capture cheap on NetBox's write path (docs/benchmarks.md).
 create table netbox_outbox.change (
     id               bigint      not null default nextval('netbox_outbox.change_id_seq'),
-    txid             xid8        not null default pg_current_xact_id(),
-    slot             smallint    not null,
+    -- the writer's transaction id (xid8 as bigint, so a BRIN index can cover it)
+    txid             bigint      not null default pg_current_xact_id()::text::bigint,
+    slot             smallint    not null default (date_part('epoch', statement_timestamp())::bigint / 86400 % 16)::smallint,
     captured_at      timestamptz not null default statement_timestamp(),
     content_type_id  integer     not null,
     object_id        bigint      not null,
@@ -105,9 +113,10 @@ create table netbox_outbox.change (
     -- what the NetBox plugin knows of the request ({"id", "path", "path_info", "method", "GET",
     -- "user"}), or null when the change was not made in a NetBox request with the plugin
     request          text,
-    -- to_jsonb() of the row before and after; for tags, new_row holds the tag id
-    old_row          jsonb compression lz4,
-    new_row          jsonb compression lz4
+    -- row_to_json() of the row before an update or delete; null for inserts and tags
+    before           json,
+    -- the tag added or removed (kinds T and t)
+    tag_id           bigint
 ) partition by list (slot);
 
 comment on table netbox_outbox.change is
@@ -119,14 +128,14 @@ comment on table netbox_outbox.change is
 -- carries NetBox's own snapshot values.
 create table netbox_outbox.changelog (
     id              bigint      not null default nextval('netbox_outbox.change_id_seq'),
-    txid            xid8        not null default pg_current_xact_id(),
-    slot            smallint    not null,
+    txid            bigint      not null default pg_current_xact_id()::text::bigint,
+    slot            smallint    not null default (date_part('epoch', statement_timestamp())::bigint / 86400 % 16)::smallint,
     captured_at     timestamptz not null default statement_timestamp(),
     content_type_id integer     not null,
     object_id       bigint      not null,
     objectchange_id bigint      not null,
     request         text,
-    entry           jsonb       compression lz4 not null
+    entry           json        not null
 ) partition by list (slot);
 
 comment on table netbox_outbox.changelog is
@@ -149,10 +158,11 @@ $$;
 select netbox_outbox.create_slot_partitions('netbox_outbox.change');
 select netbox_outbox.create_slot_partitions('netbox_outbox.changelog');
 
--- The sidecar reads one batch of committed transactions at a time, by transaction id, and one
--- object at a time within a transaction.
-create index change_txid_object on netbox_outbox.change (txid, content_type_id, object_id, id);
-create index changelog_txid on netbox_outbox.changelog (txid, id);
+-- The sidecar reads one batch of committed transactions at a time, by transaction id. Rows are
+-- appended in roughly transaction order, so a BRIN index finds a batch at almost no cost to the
+-- writers (a b-tree on an ever-increasing key makes every writer contend for its last page).
+create index change_txid on netbox_outbox.change using brin (txid) with (pages_per_range = 16, autosummarize = on);
+create index changelog_txid on netbox_outbox.changelog using brin (txid) with (pages_per_range = 16, autosummarize = on);
 
 -- ---------------------------------------------------------------------------------------------
 -- Wake-up.
@@ -186,44 +196,26 @@ $$;
 --
 -- They run inside NetBox's transactions, so they must never raise: an error here fails the
 -- user's write. They are security definer (so NetBox's role needs no grant on our schema) and
--- pin search_path. Arguments: the content type id of the table's model, and the columns whose
--- changes alone are not events (a text[] literal), both fixed by netbox_outbox.install_trigger().
+-- pin search_path. Argument: the content type id of the table's model, fixed by
+-- netbox_outbox.install_trigger().
 -- ---------------------------------------------------------------------------------------------
 create function netbox_outbox.capture() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
-declare
-    before  jsonb;
-    after   jsonb;
-    ignored text[];
 begin
-    if tg_op = 'UPDATE' then
-        before := to_jsonb(old);
-        after := to_jsonb(new);
-        ignored := tg_argv[1]::text[];
-        -- An update of only ignored columns (counters, caches) is not a change. A NetBox save
-        -- always moves last_updated, so a save that changes nothing is still captured.
-        if before - ignored = after - ignored then
-            return null;
-        end if;
-    elsif tg_op = 'INSERT' then
-        after := to_jsonb(new);
-    else
-        before := to_jsonb(old);
-    end if;
-
+    -- An insert needs no image: the row after it is read later (see netbox_outbox.change).
+    -- Updates of only ignored columns (counter caches and the like) are filtered by the sidecar,
+    -- which compares images; comparing here would double the cost of every NetBox save.
     insert into netbox_outbox.change
-        (slot, content_type_id, object_id, kind, db_user, application_name, request, old_row, new_row)
+        (content_type_id, object_id, kind, db_user, application_name, request, before)
     values (
-        netbox_outbox.slot_of(statement_timestamp()),
         tg_argv[0]::integer,
-        coalesce((coalesce(after, before) ->> 'id')::bigint, 0),
+        case tg_op when 'INSERT' then new.id else old.id end,
         case tg_op when 'INSERT' then 'I' when 'UPDATE' then 'U' else 'D' end,
         session_user,
         current_setting('application_name'),
         nullif(current_setting('netbox_outbox.request', true), ''),
-        before,
-        after
+        case tg_op when 'INSERT' then null else row_to_json(old) end
     );
     -- netbox_outbox.wake(), inlined: this is the hot path
     if not pg_try_advisory_xact_lock_shared(7418734260116239617)
@@ -247,16 +239,15 @@ begin
         item := old;
     end if;
     insert into netbox_outbox.change
-        (slot, content_type_id, object_id, kind, db_user, application_name, request, new_row)
+        (content_type_id, object_id, kind, db_user, application_name, request, tag_id)
     values (
-        netbox_outbox.slot_of(statement_timestamp()),
         item.content_type_id,
         item.object_id,
         case tg_op when 'INSERT' then 'T' else 't' end,
         session_user,
         current_setting('application_name'),
         nullif(current_setting('netbox_outbox.request', true), ''),
-        jsonb_build_object('tag_id', item.tag_id)
+        item.tag_id
     );
     perform netbox_outbox.wake();
     return null;
@@ -269,14 +260,13 @@ language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     insert into netbox_outbox.changelog
-        (slot, content_type_id, object_id, objectchange_id, request, entry)
+        (content_type_id, object_id, objectchange_id, request, entry)
     values (
-        netbox_outbox.slot_of(statement_timestamp()),
         new.changed_object_type_id,
         new.changed_object_id,
         new.id,
         nullif(current_setting('netbox_outbox.request', true), ''),
-        to_jsonb(new)
+        row_to_json(new)
     );
     return null;
 end
@@ -305,7 +295,7 @@ from django_content_type ct
 join core_objecttype ot on ot.contenttype_ptr_id = ct.id
 where ot.features @> array['event_rules']::varchar[];
 
--- The ignored columns of one table, as the capture trigger's argument.
+-- The ignored columns of one table (see ignored_column).
 create function netbox_outbox.ignored_columns(tbl regclass) returns text[]
 language sql stable
 as $$
@@ -339,8 +329,8 @@ begin
     execute format('drop trigger if exists netbox_outbox_capture on %s', rel);
     execute format(
         'create trigger netbox_outbox_capture after insert or update or delete on %s '
-        'for each row execute function netbox_outbox.capture(%L, %L)',
-        rel, content_type_id, netbox_outbox.ignored_columns(rel));
+        'for each row execute function netbox_outbox.capture(%L)',
+        rel, content_type_id);
 end
 $$;
 
@@ -439,8 +429,7 @@ end
 $$;
 
 -- Makes the triggers match the intent recorded in netbox_outbox.watch: after a NetBox upgrade
--- dropped or recreated a table, after a change to ignored_column, or when new models gained the
--- event_rules feature. Safe to call at any time; the sidecar calls it at start and periodically.
+-- dropped or recreated a table, or when new models gained the event_rules feature. Safe to call at any time; the sidecar calls it at start and periodically.
 -- Returns one row per action taken.
 create function netbox_outbox.sync(out action text, out table_name text)
 returns setof record
@@ -469,8 +458,7 @@ begin
         select pg_get_triggerdef(t.oid) into have_args
           from pg_trigger t where t.tgrelid = w.rel and t.tgname = 'netbox_outbox_capture';
         if w.watched then
-            want_args := format('netbox_outbox.capture(%L, %L)', w.content_type_id,
-                                netbox_outbox.ignored_columns(w.rel));
+            want_args := format('netbox_outbox.capture(%L)', w.content_type_id);
             if have_args is null or position(want_args in have_args) = 0 then
                 perform netbox_outbox.install_trigger(w.table_name, w.content_type_id);
                 action := case when have_args is null then 'installed' else 'refreshed' end;
@@ -581,8 +569,8 @@ create view netbox_outbox.unread_change as
 select c.*
 from netbox_outbox.change c, netbox_outbox.cursor k
 where k.name = 'changes'
-  and not pg_visible_in_snapshot(c.txid, k.snapshot)
-  and pg_visible_in_snapshot(c.txid, pg_current_snapshot());
+  and not pg_visible_in_snapshot(c.txid::text::xid8, k.snapshot)
+  and pg_visible_in_snapshot(c.txid::text::xid8, pg_current_snapshot());
 
 -- ---------------------------------------------------------------------------------------------
 -- Retention.
@@ -596,7 +584,7 @@ language sql stable
 as $$
     -- Days older than the retention, up to the one sharing its slot with tomorrow. Tomorrow's slot
     -- is only emptied before 23:00 UTC, well before anyone writes into it.
-    with today as (select extract(epoch from now())::bigint / 86400 as day,
+    with today as (select date_part('epoch', now())::bigint / 86400 as day,
                           extract(hour from now() at time zone 'utc') as hour),
          retention as (select least(greatest(coalesce((select value::int from netbox_outbox.setting
                                                          where name = 'retention_days'), 7), 1), 14) as days)
@@ -631,7 +619,7 @@ begin
     for s in select * from netbox_outbox.expired_slots() loop
         foreach table_name in array array['change', 'changelog'] loop
             part := format('netbox_outbox.%I', table_name || '_' || s)::regclass;
-            execute format('select exists (select 1 from %s where not pg_visible_in_snapshot(txid, $1))', part)
+            execute format('select exists (select 1 from %s where not pg_visible_in_snapshot(txid::text::xid8, $1))', part)
                into busy using k;
             continue when busy;
             execute format('select exists (select 1 from %s)', part) into busy;

@@ -82,6 +82,39 @@ impl Database {
         format!("{user}@{host}:{port}/{db}")
     }
 
+    /// A libpq key/value connection string for child processes such as psql and pgbench.
+    /// It includes the password: never log it.
+    pub fn libpq_url(&self) -> String {
+        use tokio_postgres::config::Host;
+        fn quote(value: &str) -> String {
+            format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+        }
+        let mut parts = Vec::new();
+        if let Some(host) = self.config.get_hosts().first() {
+            let host = match host {
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            };
+            parts.push(format!("host={}", quote(&host)));
+        }
+        if let Some(port) = self.config.get_ports().first() {
+            parts.push(format!("port={port}"));
+        }
+        if let Some(user) = self.config.get_user() {
+            parts.push(format!("user={}", quote(user)));
+        }
+        if let Some(password) = self.config.get_password() {
+            parts.push(format!(
+                "password={}",
+                quote(&String::from_utf8_lossy(password))
+            ));
+        }
+        if let Some(dbname) = self.config.get_dbname() {
+            parts.push(format!("dbname={}", quote(dbname)));
+        }
+        parts.join(" ")
+    }
+
     /// Opens a connection and drives it on a background task; the task ends when the returned
     /// client is dropped or the connection fails.
     pub async fn connect(&self) -> Result<Client, ConnectError> {

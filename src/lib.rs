@@ -13,6 +13,14 @@
 //! answers after its timeout), never zero times. Each request carries a stable delivery id so
 //! receivers can drop duplicates.
 
+pub mod assemble;
 pub mod cli;
+pub mod condition;
+pub mod config;
 pub mod db;
 pub mod migrations;
+pub mod python;
+pub mod request;
+pub mod rules;
+pub mod template;
+pub mod wakeup;

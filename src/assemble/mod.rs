@@ -1,0 +1,3 @@
+//! Turning captured changes into events and deliveries.
+
+pub mod history;

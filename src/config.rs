@@ -1,0 +1,598 @@
+//! Configuration: one TOML file, overridden by environment variables, parsed once into typed
+//! values and checked before anything starts.
+//!
+//! Every key is optional; `netbox-outbox config` prints the defaults as a commented file (see
+//! [`DEFAULT_TOML`]). An environment variable `NETBOX_OUTBOX_<SECTION>__<KEY>` overrides
+//! `<key>` in `[<section>]` (for example `NETBOX_OUTBOX_DELIVERY__CONCURRENCY=64`), and
+//! `DATABASE_URL` overrides `database_url`. Unknown keys are errors, so a typo never passes
+//! silently.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The documented defaults, as a config file an operator can start from.
+pub const DEFAULT_TOML: &str = include_str!("../examples/netbox-outbox.toml");
+
+/// A configuration error: which key, what is wrong, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The sidecar's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Option<String>,
+    pub rules: RulesConfig,
+    pub delivery: DeliveryConfig,
+    pub assembly: AssemblyConfig,
+    pub netbox: NetboxConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RulesConfig {
+    /// Also deliver NetBox's own `webhook` rules (NetBox delivers those itself too).
+    pub deliver_netbox_webhook_rules: bool,
+    /// How often rules, webhooks and custom fields are re-read at most.
+    pub refresh_interval: Duration,
+}
+
+/// The payload layout a webhook's receiver expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayloadFormat {
+    /// NetBox 4.7: event, timestamp, object_type, data, request, snapshots.
+    #[serde(rename = "netbox-4.7")]
+    Netbox47,
+    /// Older NetBox: event, timestamp, model, username, request_id, data, snapshots.
+    Legacy,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub concurrency: usize,
+    pub per_webhook_concurrency: usize,
+    pub claim_batch: usize,
+    pub poll_interval: Duration,
+    pub default_timeout: Duration,
+    pub lease_margin: Duration,
+    pub retry_schedule: Vec<Duration>,
+    pub retry_jitter: f64,
+    pub max_retry_after: Duration,
+    pub pause_after_failures: u32,
+    pub pause_initial: Duration,
+    pub pause_max: Duration,
+    pub response_excerpt_bytes: usize,
+    pub user_agent: String,
+    pub follow_redirects: bool,
+    pub delivery_id_header: String,
+    pub payload_format: PayloadFormat,
+    /// Per-webhook payload format, by webhook name.
+    pub payload_format_by_webhook: BTreeMap<String, PayloadFormat>,
+    pub proxy: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AssemblyConfig {
+    pub poll_interval: Duration,
+    pub chunk_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetboxConfig {
+    /// NetBox's BASE_PATH, prefixed to `url` and `display_url`.
+    pub base_path: String,
+    /// Environment variables templates may read with the `env` filter (JINJA_ENVIRONMENT_PARAMS).
+    pub template_environment: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+// ---- the file's shape ----------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    database_url: Option<String>,
+    #[serde(default)]
+    rules: RawRules,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    assembly: RawAssembly,
+    #[serde(default)]
+    netbox: RawNetbox,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    shutdown: RawShutdown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    deliver_netbox_webhook_rules: Option<bool>,
+    refresh_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    concurrency: Option<usize>,
+    per_webhook_concurrency: Option<usize>,
+    claim_batch: Option<usize>,
+    poll_interval: Option<String>,
+    default_timeout: Option<String>,
+    lease_margin: Option<String>,
+    retry_schedule: Option<Vec<String>>,
+    retry_jitter: Option<f64>,
+    max_retry_after: Option<String>,
+    pause_after_failures: Option<u32>,
+    pause_initial: Option<String>,
+    pause_max: Option<String>,
+    response_excerpt_bytes: Option<usize>,
+    user_agent: Option<String>,
+    follow_redirects: Option<bool>,
+    delivery_id_header: Option<String>,
+    payload_format: Option<PayloadFormat>,
+    payload_format_by_webhook: Option<BTreeMap<String, PayloadFormat>>,
+    proxy: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAssembly {
+    poll_interval: Option<String>,
+    chunk_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetbox {
+    base_path: Option<String>,
+    template_environment: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace_period: Option<String>,
+}
+
+/// The retry schedule of the Standard Webhooks specification: about three days in all.
+pub const DEFAULT_RETRY_SCHEDULE: [&str; 9] =
+    ["5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"];
+
+impl Config {
+    /// Reads the file (if given), applies environment overrides from `vars`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let (text, origin) = match path {
+            Some(path) => (
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+                path.display().to_string(),
+            ),
+            None => (String::new(), "configuration".to_string()),
+        };
+        Self::from_toml(&text, &origin, vars)
+    }
+
+    /// Parses a TOML document plus environment overrides.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message: e.to_string(),
+                })?;
+        apply_environment(&mut table, vars)?;
+        let raw: RawConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message: format!(
+                        "{}; `netbox-outbox config` prints every valid key with its default",
+                        e.message()
+                    ),
+                })?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        let d = raw.delivery;
+        let retry_schedule = match d.retry_schedule {
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| duration(&format!("delivery.retry_schedule[{i}]"), s))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => DEFAULT_RETRY_SCHEDULE
+                .iter()
+                .map(|s| duration("delivery.retry_schedule", s))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let retry_jitter = d.retry_jitter.unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&retry_jitter) {
+            return Err(invalid(
+                "delivery.retry_jitter",
+                format!(
+                    "{retry_jitter} is not a fraction between 0 and 1 (0 = exact schedule, 1 = full jitter)"
+                ),
+            ));
+        }
+        let concurrency = positive("delivery.concurrency", d.concurrency.unwrap_or(256))?;
+        let per_webhook_concurrency = positive(
+            "delivery.per_webhook_concurrency",
+            d.per_webhook_concurrency.unwrap_or(concurrency.min(64)),
+        )?;
+        if per_webhook_concurrency > concurrency {
+            return Err(invalid(
+                "delivery.per_webhook_concurrency",
+                format!(
+                    "{per_webhook_concurrency} exceeds delivery.concurrency ({concurrency}); lower it or raise delivery.concurrency"
+                ),
+            ));
+        }
+        let default_timeout = duration_or("delivery.default_timeout", d.default_timeout, "60s")?;
+        if default_timeout.is_zero() || default_timeout > Duration::from_secs(3600) {
+            return Err(invalid(
+                "delivery.default_timeout",
+                "must be between 1s and 1h (NetBox's WEBHOOK_DEFAULT_TIMEOUT, 60s by default)",
+            ));
+        }
+        let pause_initial = duration_or("delivery.pause_initial", d.pause_initial, "30s")?;
+        let pause_max = duration_or("delivery.pause_max", d.pause_max, "1h")?;
+        if pause_max < pause_initial {
+            return Err(invalid(
+                "delivery.pause_max",
+                "must not be shorter than delivery.pause_initial",
+            ));
+        }
+        let delivery_id_header = d
+            .delivery_id_header
+            .unwrap_or_else(|| "X-Netbox-Outbox-Delivery".to_string());
+        if reqwest::header::HeaderName::from_bytes(delivery_id_header.as_bytes()).is_err() {
+            return Err(invalid(
+                "delivery.delivery_id_header",
+                format!("{delivery_id_header:?} is not a valid HTTP header name"),
+            ));
+        }
+        let metrics_listen = match raw.metrics.listen.as_deref() {
+            None | Some("") => None,
+            Some(addr) => Some(addr.parse().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{addr:?} is not an address such as 127.0.0.1:9187"),
+                )
+            })?),
+        };
+        let base_path = raw.netbox.base_path.unwrap_or_default();
+        let base_path = base_path.trim_matches('/').to_string();
+        Ok(Config {
+            database_url: raw.database_url,
+            rules: RulesConfig {
+                deliver_netbox_webhook_rules: raw
+                    .rules
+                    .deliver_netbox_webhook_rules
+                    .unwrap_or(false),
+                refresh_interval: duration_or(
+                    "rules.refresh_interval",
+                    raw.rules.refresh_interval,
+                    "1s",
+                )?,
+            },
+            delivery: DeliveryConfig {
+                concurrency,
+                per_webhook_concurrency,
+                claim_batch: positive("delivery.claim_batch", d.claim_batch.unwrap_or(500))?,
+                poll_interval: duration_or("delivery.poll_interval", d.poll_interval, "1s")?,
+                default_timeout,
+                lease_margin: duration_or("delivery.lease_margin", d.lease_margin, "30s")?,
+                retry_schedule,
+                retry_jitter,
+                max_retry_after: duration_or("delivery.max_retry_after", d.max_retry_after, "24h")?,
+                pause_after_failures: d.pause_after_failures.unwrap_or(10),
+                pause_initial,
+                pause_max,
+                response_excerpt_bytes: d.response_excerpt_bytes.unwrap_or(1024),
+                user_agent: d
+                    .user_agent
+                    .unwrap_or_else(|| format!("netbox-outbox/{}", env!("CARGO_PKG_VERSION"))),
+                follow_redirects: d.follow_redirects.unwrap_or(false),
+                delivery_id_header,
+                payload_format: d.payload_format.unwrap_or(PayloadFormat::Netbox47),
+                payload_format_by_webhook: d.payload_format_by_webhook.unwrap_or_default(),
+                proxy: d.proxy.filter(|p| !p.is_empty()),
+            },
+            assembly: AssemblyConfig {
+                poll_interval: duration_or(
+                    "assembly.poll_interval",
+                    raw.assembly.poll_interval,
+                    "1s",
+                )?,
+                chunk_size: positive(
+                    "assembly.chunk_size",
+                    raw.assembly.chunk_size.unwrap_or(500),
+                )?,
+            },
+            netbox: NetboxConfig {
+                base_path,
+                template_environment: raw.netbox.template_environment.unwrap_or_default(),
+            },
+            metrics: MetricsConfig {
+                listen: metrics_listen,
+            },
+            log: LogConfig {
+                format: raw.log.format.unwrap_or(LogFormat::Text),
+                level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+            },
+            shutdown_grace: duration_or("shutdown.grace_period", raw.shutdown.grace_period, "30s")?,
+        })
+    }
+
+    /// The default configuration (no file, no environment).
+    pub fn defaults() -> Self {
+        Self::from_toml("", "defaults", std::iter::empty()).expect("the defaults are valid")
+    }
+}
+
+fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be at least 1"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn duration_or(key: &str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    duration(key, value.as_deref().unwrap_or(default))
+}
+
+/// Parses durations such as `250ms`, `5s`, `2m`, `1h`, `3d`, or `1h30m`.
+pub fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let bad = || {
+        invalid(
+            key,
+            format!(
+                "{text:?} is not a duration; write a number and a unit, such as 500ms, 30s, 5m, 2h or 1d"
+            ),
+        )
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::from_secs_f64(number * seconds);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Applies `NETBOX_OUTBOX_<SECTION>__<KEY>` and `DATABASE_URL` overrides to the parsed file.
+fn apply_environment(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in vars {
+        if name == "DATABASE_URL" {
+            table.insert("database_url".into(), toml::Value::String(value));
+            continue;
+        }
+        let Some(path) = name.strip_prefix("NETBOX_OUTBOX_") else {
+            continue;
+        };
+        if path == "CONFIG" {
+            continue;
+        }
+        let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+        let parsed = parse_env_value(&value);
+        let mut target = &mut *table;
+        for section in &parts[..parts.len() - 1] {
+            let entry = target
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            target = entry.as_table_mut().ok_or_else(|| {
+                invalid(
+                    &name,
+                    format!("{section} is not a section of the configuration"),
+                )
+            })?;
+        }
+        target.insert(parts[parts.len() - 1].clone(), parsed);
+    }
+    Ok(())
+}
+
+/// An environment value as TOML: numbers, booleans and arrays as such, anything else a string.
+fn parse_env_value(value: &str) -> toml::Value {
+    match format!("v = {value}").parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.into())),
+        Err(_) => toml::Value::String(value.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented() {
+        let config = Config::defaults();
+        assert_eq!(config.delivery.default_timeout, Duration::from_secs(60));
+        assert_eq!(config.delivery.retry_schedule.len(), 9);
+        let span: Duration = config.delivery.retry_schedule.iter().sum();
+        assert!(span > Duration::from_secs(3 * 86400) && span < Duration::from_secs(4 * 86400));
+        // the shipped example parses and says the same as the defaults
+        let example = load(DEFAULT_TOML, &[]).unwrap();
+        assert_eq!(example.delivery.concurrency, config.delivery.concurrency);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load(
+            "[delivery]\nconcurrency = 10\n",
+            &[
+                ("NETBOX_OUTBOX_DELIVERY__CONCURRENCY", "20"),
+                ("NETBOX_OUTBOX_DELIVERY__RETRY_SCHEDULE", "[\"1s\", \"2s\"]"),
+                ("NETBOX_OUTBOX_LOG__FORMAT", "json"),
+                ("DATABASE_URL", "postgres://x@y/z"),
+                ("UNRELATED", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.delivery.concurrency, 20);
+        assert_eq!(
+            config.delivery.retry_schedule,
+            [Duration::from_secs(1), Duration::from_secs(2)]
+        );
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.database_url.as_deref(), Some("postgres://x@y/z"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let unknown = load("[delivery]\nconcurency = 3\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("unknown field `concurency`"), "{unknown}");
+        assert!(unknown.contains("netbox-outbox config"), "{unknown}");
+
+        let bad = load("[delivery]\npoll_interval = \"soon\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.starts_with("delivery.poll_interval: \"soon\" is not a duration"),
+            "{bad}"
+        );
+
+        let conflict = load(
+            "[delivery]\nconcurrency = 4\nper_webhook_concurrency = 8\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            conflict.contains("exceeds delivery.concurrency"),
+            "{conflict}"
+        );
+
+        let jitter = load("[delivery]\nretry_jitter = 2.0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(jitter.starts_with("delivery.retry_jitter"), "{jitter}");
+
+        let syntax = load("[delivery\n", &[]).unwrap_err().to_string();
+        assert!(syntax.starts_with("test.toml:"), "{syntax}");
+
+        let section = load("", &[("NETBOX_OUTBOX_NOPE__X", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(section.contains("unknown field `nope`"), "{section}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("k", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("k", "1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(duration("k", "1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "5", "s", "5 parsecs", "-1s"] {
+            assert!(duration("k", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Python's equality, ordering, membership and truthiness over JSON values, as NetBox's
+//! condition engine applies them to `json.loads` output.
+//!
+//! serde_json keeps integers and floats apart as Python's `json.loads` does: `1` is an `int`,
+//! `1.0` a `float`, and both equal `true`.
+
+use std::cmp::Ordering;
+
+use serde_json::{Number, Value};
+
+/// Python's type of a JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PyType {
+    NoneType,
+    Bool,
+    Int,
+    Float,
+    Str,
+    List,
+    Dict,
+}
+
+impl PyType {
+    pub fn of(value: &Value) -> Self {
+        match value {
+            Value::Null => PyType::NoneType,
+            Value::Bool(_) => PyType::Bool,
+            Value::Number(n) if is_float(n) => PyType::Float,
+            Value::Number(_) => PyType::Int,
+            Value::String(_) => PyType::Str,
+            Value::Array(_) => PyType::List,
+            Value::Object(_) => PyType::Dict,
+        }
+    }
+
+    /// The name Python prints for the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            PyType::NoneType => "NoneType",
+            PyType::Bool => "bool",
+            PyType::Int => "int",
+            PyType::Float => "float",
+            PyType::Str => "str",
+            PyType::List => "list",
+            PyType::Dict => "dict",
+        }
+    }
+}
+
+fn is_float(n: &Number) -> bool {
+    n.is_f64()
+}
+
+/// A numeric value: Python's bool, int or float.
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(i128),
+    Float(f64),
+}
+
+fn number(value: &Value) -> Option<Num> {
+    match value {
+        Value::Bool(b) => Some(Num::Int(i128::from(*b))),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Some(Num::Int(i128::from(i)))
+            } else if let Some(u) = n.as_u64() {
+                Some(Num::Int(i128::from(u)))
+            } else {
+                n.as_f64().map(Num::Float)
+            }
+        }
+        _ => None,
+    }
+}
+
+fn cmp_num(a: Num, b: Num) -> Option<Ordering> {
+    match (a, b) {
+        (Num::Int(x), Num::Int(y)) => Some(x.cmp(&y)),
+        (Num::Int(x), Num::Float(y)) => (x as f64).partial_cmp(&y),
+        (Num::Float(x), Num::Int(y)) => x.partial_cmp(&(y as f64)),
+        (Num::Float(x), Num::Float(y)) => x.partial_cmp(&y),
+    }
+}
+
+/// `a == b` in Python.
+pub fn eq(a: &Value, b: &Value) -> bool {
+    if let (Some(x), Some(y)) = (number(a), number(b)) {
+        return cmp_num(x, y) == Some(Ordering::Equal);
+    }
+    match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| eq(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| eq(v, w)))
+        }
+        _ => false,
+    }
+}
+
+/// Python's ordering of `a` and `b`, or the TypeError Python raises for incomparable types.
+pub fn cmp(a: &Value, b: &Value) -> Result<Ordering, String> {
+    if let (Some(x), Some(y)) = (number(a), number(b)) {
+        // NaN compares false every way; Python gives False, which no ordering expresses.
+        return cmp_num(x, y).ok_or_else(|| "comparison with NaN".to_string());
+    }
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => Ok(x.chars().cmp(y.chars())),
+        (Value::Array(x), Value::Array(y)) => {
+            for (p, q) in x.iter().zip(y) {
+                if !eq(p, q) {
+                    return cmp(p, q);
+                }
+            }
+            Ok(x.len().cmp(&y.len()))
+        }
+        _ => Err(format!(
+            "'<' not supported between instances of '{}' and '{}'",
+            PyType::of(a).name(),
+            PyType::of(b).name()
+        )),
+    }
+}
+
+/// `needle in haystack` in Python, or the TypeError it raises.
+pub fn contains(haystack: &Value, needle: &Value) -> Result<bool, String> {
+    match haystack {
+        Value::String(s) => match needle {
+            Value::String(n) => Ok(s.contains(n.as_str())),
+            other => Err(format!(
+                "'in <string>' requires string as left operand, not {}",
+                PyType::of(other).name()
+            )),
+        },
+        Value::Array(items) => Ok(items.iter().any(|item| eq(item, needle))),
+        Value::Object(map) => match needle {
+            // dict membership tests keys; JSON keys are strings, so only a str can be found
+            Value::String(key) => Ok(map.contains_key(key)),
+            Value::Array(_) | Value::Object(_) => {
+                Err(format!("unhashable type: '{}'", PyType::of(needle).name()))
+            }
+            _ => Ok(false),
+        },
+        other => Err(format!(
+            "argument of type '{}' is not iterable",
+            PyType::of(other).name()
+        )),
+    }
+}
+
+/// Python's truthiness.
+pub fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(_) => match number(value) {
+            Some(Num::Int(i)) => i != 0,
+            Some(Num::Float(f)) => f != 0.0,
+            None => true,
+        },
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn v(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn numbers_compare_across_bool_int_and_float() {
+        assert!(eq(&v("1"), &v("1.0")));
+        assert!(eq(&v("true"), &v("1")));
+        assert!(eq(&v("false"), &v("0.0")));
+        assert!(!eq(&v("\"1\""), &v("1")));
+        assert_eq!(PyType::of(&v("1.0")), PyType::Float);
+        assert_eq!(PyType::of(&v("1")), PyType::Int);
+        assert_eq!(cmp(&v("2"), &v("1.5")), Ok(Ordering::Greater));
+        assert!(cmp(&v("\"a\""), &v("1")).is_err());
+        assert!(cmp(&Value::Null, &v("1")).is_err());
+    }
+
+    #[test]
+    fn containers_follow_python() {
+        assert!(eq(&json!([1, "a"]), &json!([1.0, "a"])));
+        assert!(eq(&json!({"a": 1, "b": 2}), &json!({"b": 2, "a": 1})));
+        assert_eq!(contains(&json!("abc-01"), &json!("c-0")), Ok(true));
+        assert!(contains(&json!("abc"), &json!(1)).is_err());
+        assert_eq!(contains(&json!([1, 2]), &json!(2.0)), Ok(true));
+        assert_eq!(contains(&json!({"k": 1}), &json!("k")), Ok(true));
+        assert_eq!(contains(&json!({"1": 1}), &json!(1)), Ok(false));
+        assert!(contains(&json!({"k": 1}), &json!([])).is_err());
+        assert!(contains(&json!(5), &json!(5)).is_err());
+        assert_eq!(cmp(&json!([1, 2]), &json!([1, 3])), Ok(Ordering::Less));
+    }
+
+    #[test]
+    fn truthiness() {
+        for falsy in ["null", "false", "0", "0.0", "\"\"", "[]", "{}"] {
+            assert!(!truthy(&v(falsy)), "{falsy}");
+        }
+        for t in ["true", "1", "-0.5", "\"x\"", "[0]", "{\"a\":null}"] {
+            assert!(truthy(&v(t)), "{t}");
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Jinja2 templates for webhooks (`payload_url`, `additional_headers`, `body_template`),
+//! rendered with minijinja configured to behave like NetBox's sandboxed Jinja2 environment:
+//! undefined variables print as nothing, values print as Python prints them (`None`, `True`,
+//! `{'a': 1}`), `tojson` sorts keys and escapes like Jinja2's, and NetBox's `header_safe` and
+//! `env` filters exist.
+
+use minijinja::value::{Value as JValue, ValueKind};
+use minijinja::{AutoEscape, Environment, Error as JError, ErrorKind, State, UndefinedBehavior};
+use serde_json::Value;
+
+use crate::python::json::{dumps_sorted, float_repr};
+
+/// A template failed to parse or to render; the message says where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(pub String);
+
+/// The rendering environment, built once.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Templates {
+    /// `environment_patterns`: the variables the `env` filter may read (JINJA_ENVIRONMENT_PARAMS).
+    pub fn new(environment_patterns: Vec<String>) -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_keep_trailing_newline(false);
+        env.set_formatter(|out, _state, value| {
+            if value.is_undefined() {
+                return Ok(());
+            }
+            out.write_str(&python_str(value))
+                .map_err(|e| JError::new(ErrorKind::WriteFailure, e.to_string()))
+        });
+        env.add_filter("tojson", tojson);
+        env.add_filter("header_safe", |value: JValue| -> String {
+            python_str(&value)
+                .chars()
+                .filter(|c| !matches!(*c as u32, 0x00..=0x1f | 0x7f))
+                .collect()
+        });
+        env.add_filter("env", move |name: String| -> JValue {
+            let allowed = environment_patterns.iter().any(|p| glob_match(p, &name));
+            match (allowed, std::env::var(&name)) {
+                (true, Ok(value)) => JValue::from(value),
+                _ => JValue::from(()),
+            }
+        });
+        Templates { env }
+    }
+
+    /// Renders `source` with `context` (a JSON object).
+    pub fn render(&self, source: &str, context: &Value) -> Result<String, TemplateError> {
+        let template = self
+            .env
+            .template_from_str(source)
+            .map_err(|e| TemplateError(describe(&e)))?;
+        template
+            .render(JValue::from_serialize(context))
+            .map_err(|e| TemplateError(describe(&e)))
+    }
+
+    /// Checks that `source` parses, without rendering it.
+    pub fn check(&self, source: &str) -> Result<(), TemplateError> {
+        self.env
+            .template_from_str(source)
+            .map(|_| ())
+            .map_err(|e| TemplateError(describe(&e)))
+    }
+}
+
+fn describe(error: &JError) -> String {
+    let mut message = match error.line() {
+        Some(line) => format!("line {line}: {}", error.kind()),
+        None => error.kind().to_string(),
+    };
+    if let Some(detail) = error.detail() {
+        message.push_str(": ");
+        message.push_str(detail);
+    }
+    message
+}
+
+/// Jinja2's `tojson`: `json.dumps(value, sort_keys=True)` with `<`, `>`, `&` and `'` escaped.
+fn tojson(_state: &State<'_, '_>, value: JValue) -> Result<JValue, JError> {
+    let json: Value = serde_json::to_value(&value)
+        .map_err(|e| JError::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let text = dumps_sorted(&json)
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\'', "\\u0027");
+    Ok(JValue::from_safe_string(text))
+}
+
+/// `str(value)` in Python.
+pub fn python_str(value: &JValue) -> String {
+    match value.kind() {
+        ValueKind::String => value.as_str().unwrap_or_default().to_string(),
+        _ => python_repr(value),
+    }
+}
+
+/// `repr(value)` in Python, for the types JSON produces.
+pub fn python_repr(value: &JValue) -> String {
+    match value.kind() {
+        ValueKind::Undefined => String::new(),
+        ValueKind::None => "None".into(),
+        ValueKind::Bool => if value.is_true() { "True" } else { "False" }.into(),
+        ValueKind::Number => {
+            if let Some(i) = value.as_i64() {
+                i.to_string()
+            } else if let Ok(f) = f64::try_from(value.clone()) {
+                float_repr(f)
+            } else {
+                value.to_string()
+            }
+        }
+        ValueKind::String => repr_str(value.as_str().unwrap_or_default()),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<String> = value
+                .try_iter()
+                .map(|it| it.map(|v| python_repr(&v)).collect())
+                .unwrap_or_default();
+            format!("[{}]", items.join(", "))
+        }
+        ValueKind::Map => {
+            let items: Vec<String> = value
+                .try_iter()
+                .map(|keys| {
+                    keys.map(|k| {
+                        let v = value.get_item(&k).unwrap_or_default();
+                        format!("{}: {}", python_repr(&k), python_repr(&v))
+                    })
+                    .collect()
+                })
+                .unwrap_or_default();
+            format!("{{{}}}", items.join(", "))
+        }
+        _ => value.to_string(),
+    }
+}
+
+/// Python's repr of a str: single quotes unless the text holds one and no double quote.
+fn repr_str(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// fnmatch-style matching with `*` and `?`, as NetBox matches JINJA_ENVIRONMENT_PARAMS.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some('*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some('?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn render(source: &str, context: Value) -> Result<String, TemplateError> {
+        Templates::new(vec!["NBO_TEST_*".into()]).render(source, &context)
+    }
+
+    #[test]
+    fn values_print_as_python_prints_them() {
+        let context = json!({"n": null, "t": true, "f": 1.5, "i": 3, "s": "x",
+                             "d": {"a": 1, "b": [null, false, "it's"]}, "l": []});
+        assert_eq!(
+            render("{{ n }}|{{ t }}|{{ f }}|{{ i }}|{{ s }}", context.clone()).unwrap(),
+            "None|True|1.5|3|x"
+        );
+        assert_eq!(
+            render("{{ d }}", context.clone()).unwrap(),
+            "{'a': 1, 'b': [None, False, \"it's\"]}"
+        );
+        assert_eq!(render("{{ l }}", context).unwrap(), "[]");
+    }
+
+    #[test]
+    fn undefined_prints_nothing_but_its_attributes_fail() {
+        assert_eq!(
+            render("[{{ username }}{{ model }}]", json!({})).unwrap(),
+            "[]"
+        );
+        let err = render("{{ nothing.here }}", json!({})).unwrap_err();
+        assert!(err.0.contains("undefined"), "{err}");
+    }
+
+    #[test]
+    fn tojson_sorts_keys_and_escapes_like_jinja2() {
+        let out = render(
+            "{{ d | tojson }}",
+            json!({"d": {"b": "<a&'é>", "a": [1, 2.0]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            r#"{"a": [1, 2.0], "b": "\u003ca\u0026\u0027\u00e9\u003e"}"#
+        );
+    }
+
+    #[test]
+    fn netbox_filters() {
+        assert_eq!(
+            render(
+                "{{ v | header_safe }}",
+                json!({"v": "a\r\nX-Evil: 1\u{7f}"})
+            )
+            .unwrap(),
+            "aX-Evil: 1"
+        );
+        let templates = Templates::new(vec!["HO?E".into()]);
+        let home = std::env::var("HOME").unwrap_or_default();
+        assert_eq!(
+            templates.render("{{ 'HOME' | env }}", &json!({})).unwrap(),
+            home
+        );
+        assert_eq!(
+            templates.render("{{ 'PATH' | env }}", &json!({})).unwrap(),
+            "None"
+        );
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let err = render("{% if %}", json!({})).unwrap_err();
+        assert!(err.0.starts_with("line 1: syntax error"), "{err}");
+        let err = render("{{ a | nosuchfilter }}", json!({"a": 1})).unwrap_err();
+        assert!(err.0.contains("unknown filter"), "{err}");
+        assert!(Templates::new(vec![]).check("{% for %}").is_err());
+    }
+}
