@@ -2,8 +2,11 @@
 
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
+use crate::config::{Config, LogFormat};
 use crate::db::Database;
 use crate::migrations;
 
@@ -28,10 +31,14 @@ pub mod exit {
 #[derive(Debug, Parser)]
 #[command(name = "netbox-outbox", version, about, long_about = None, max_term_width = 100)]
 pub struct Cli {
-    /// PostgreSQL database of NetBox, as a URL (postgres://user:password@host:5432/netbox) or
-    /// key=value pairs.
-    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    /// NetBox's PostgreSQL database, as a URL (postgres://user:password@host:5432/netbox) or
+    /// key=value pairs. Overrides DATABASE_URL and the config file's database_url.
+    #[arg(long, global = true)]
     pub database_url: Option<String>,
+
+    /// The configuration file (TOML; `netbox-outbox config` prints a commented one).
+    #[arg(long, short = 'c', global = true, env = "NETBOX_OUTBOX_CONFIG")]
+    pub config: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -54,6 +61,14 @@ pub enum Command {
         #[arg(long, conflicts_with = "print_sql")]
         check: bool,
     },
+    /// Run the sidecar: turn captured changes into webhooks and deliver them, until SIGTERM or
+    /// Ctrl-C.
+    ///
+    /// Several sidecars may run against one database: they share the work, and if one stops,
+    /// the others carry on. Delivery is at least once.
+    Run,
+    /// Print a configuration file with every setting, its default and what it does.
+    Config,
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -121,28 +136,98 @@ impl From<crate::db::ConnectError> for Failure {
     }
 }
 
-fn database(cli: &Cli) -> Result<Database, Failure> {
-    let url = cli.database_url.as_deref().ok_or_else(|| {
+impl From<crate::config::ConfigError> for Failure {
+    fn from(error: crate::config::ConfigError) -> Self {
+        Failure::new(exit::CONFIG, error)
+    }
+}
+
+/// The configuration: file, then environment, then command-line flags.
+fn config(cli: &Cli) -> Result<Config, Failure> {
+    let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
+    if let Some(url) = &cli.database_url {
+        config.database_url = Some(url.clone());
+    }
+    Ok(config)
+}
+
+fn database(config: &Config) -> Result<Database, Failure> {
+    let url = config.database_url.as_deref().ok_or_else(|| {
         Failure::new(
             exit::CONFIG,
-            "no database given: set DATABASE_URL or pass --database-url",
+            "no database given: set DATABASE_URL, pass --database-url, or set database_url in the config file",
         )
     })?;
     Ok(Database::parse(url)?)
 }
 
+/// Logs to stderr: readable text, or JSON lines for collectors.
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("NETBOX_OUTBOX_LOG")
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
 async fn run(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
+        Command::Config => {
+            print!("{}", crate::config::DEFAULT_TOML);
+            Ok(exit::OK)
+        }
         Command::Migrate { print_sql, check } => migrate(&cli, *print_sql, *check).await,
+        Command::Run => {
+            let config = config(&cli)?;
+            let database = database(&config)?;
+            init_logging(&config);
+            crate::sidecar::run(config, database, shutdown_signal())
+                .await
+                .map_err(|e| match e {
+                    crate::sidecar::StartError::Connect(c) => Failure::from(c),
+                    crate::sidecar::StartError::NotMigrated { .. } => {
+                        Failure::new(exit::PROBLEMS, e)
+                    }
+                    other => Failure::new(exit::FAILURE, other),
+                })?;
+            Ok(exit::OK)
+        }
     }
 }
 
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
 async fn migrate(cli: &Cli, print_sql: bool, check: bool) -> Result<u8, Failure> {
-    if print_sql && cli.database_url.is_none() {
+    let config = config(cli)?;
+    if print_sql && config.database_url.is_none() {
         print!("{}", migrations::script(&migrations::all()));
         return Ok(exit::OK);
     }
-    let mut client = database(cli)?.connect().await?;
+    let mut client = database(&config)?.connect().await?;
     if print_sql {
         print!(
             "{}",

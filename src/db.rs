@@ -47,6 +47,9 @@ impl Database {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
+        // Timestamps read with row_to_json() are then in UTC, as NetBox renders them.
+        let options = config.get_options().unwrap_or_default().to_string();
+        config.options(format!("{options} -c TimeZone=UTC").trim());
         Ok(Self { config })
     }
 

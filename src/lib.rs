@@ -18,9 +18,29 @@ pub mod cli;
 pub mod condition;
 pub mod config;
 pub mod db;
+pub mod deliver;
+pub mod metrics;
 pub mod migrations;
+pub mod netbox;
 pub mod python;
+pub mod receiver;
 pub mod request;
 pub mod rules;
+pub mod sidecar;
 pub mod template;
 pub mod wakeup;
+
+/// An error and its causes on one line, for logs: `outer: cause: root cause`.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

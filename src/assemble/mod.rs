@@ -1,3 +1,509 @@
 //! Turning captured changes into events and deliveries.
+//!
+//! One sidecar at a time reads a batch: every transaction committed since the previous batch,
+//! object by object ([`source`]). Each object's history merges into one change per transaction
+//! ([`history`]); each becomes an event if NetBox would send one (see [`Mode`]); each event is
+//! matched against the event rules, and each matching rule becomes a delivery with its request
+//! rendered and frozen ([`store`]). The batch, its deliveries and the new read position commit
+//! together, in a REPEATABLE READ transaction whose snapshot is the batch's end, so the rows read
+//! for `data` show the objects as of the batch's commits, not as they are when webhooks go out.
 
 pub mod history;
+pub mod source;
+pub mod store;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, histogram};
+use serde_json::{Map, Value};
+use tokio_postgres::{Client, IsolationLevel};
+use tracing::{debug, warn};
+
+use self::history::{ObjectHistory, TxChange};
+use self::source::{BatchReader, Snapshot};
+use self::store::{NewDelivery, NewEvent};
+use crate::config::Config;
+use crate::metrics as m;
+use crate::netbox::{self, Netbox};
+use crate::request::{self, EventContext};
+use crate::rules::RuleSet;
+use crate::template::Templates;
+
+/// The advisory lock that makes one sidecar at a time read changes.
+pub const ASSEMBLY_LOCK: i64 = 7418734260116239618;
+
+/// Which changes become events: the `capture_mode` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every committed change to a watched table, whoever made it.
+    All,
+    /// Only what NetBox itself would send: a change NetBox logged in its change log, or an
+    /// update by a `save()` (it moves `last_updated`) in a transaction NetBox made (one with a
+    /// change log entry, or the plugin's request context).
+    Netbox,
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    pub changes: u64,
+    pub events: u64,
+    pub deliveries: u64,
+}
+
+/// The state the assembler keeps between batches.
+pub struct Assembler {
+    config: Config,
+    netbox: Netbox,
+    rules: RuleSet,
+    rules_read: Option<Instant>,
+    templates: Arc<Templates>,
+}
+
+/// Whether a batch ran.
+pub enum Batch {
+    /// Another sidecar is reading changes right now.
+    Busy,
+    Done(BatchReport),
+}
+
+impl Assembler {
+    pub fn new(config: Config) -> Self {
+        Assembler {
+            netbox: Netbox::new(config.netbox.clone()),
+            templates: Arc::new(Templates::new(config.netbox.template_environment.clone())),
+            rules: RuleSet::default(),
+            rules_read: None,
+            config,
+        }
+    }
+
+    /// Reads and processes one batch, if no other sidecar is doing so.
+    pub async fn run_batch(&mut self, client: &mut Client) -> Result<Batch, tokio_postgres::Error> {
+        let locked: bool = client
+            .query_one("select pg_try_advisory_lock($1)", &[&ASSEMBLY_LOCK])
+            .await?
+            .get(0);
+        if !locked {
+            return Ok(Batch::Busy);
+        }
+        let result = self.locked_batch(client).await;
+        let unlock = client
+            .execute("select pg_advisory_unlock($1)", &[&ASSEMBLY_LOCK])
+            .await;
+        let report = result?;
+        unlock?;
+        Ok(Batch::Done(report))
+    }
+
+    async fn locked_batch(
+        &mut self,
+        client: &mut Client,
+    ) -> Result<BatchReport, tokio_postgres::Error> {
+        let started = Instant::now();
+        // The transaction's snapshot is taken by its first statement, after we hold the lock, so
+        // it sees the previous batch's commit.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .start()
+            .await?;
+        let row = tx
+            .query_one(
+                "select c.snapshot::text, pg_current_snapshot()::text,
+                        (select value from netbox_outbox.setting where name = 'capture_mode')
+                 from netbox_outbox.cursor c where c.name = 'changes'",
+                &[],
+            )
+            .await?;
+        let from = Snapshot::parse(row.get(0)).expect("pg_snapshot text");
+        let to = Snapshot::parse(row.get(1)).expect("pg_snapshot text");
+        let mode = match row.get::<_, Option<&str>>(2) {
+            Some("netbox") => Mode::Netbox,
+            _ => Mode::All,
+        };
+        if from.xmax == to.xmax && from.xip == to.xip {
+            tx.rollback().await?;
+            return Ok(BatchReport::default());
+        }
+
+        self.refresh_configuration(&tx).await?;
+        let netbox_txs = source::netbox_transactions(&tx, &from, &to).await?;
+        let mut report = BatchReport::default();
+        let mut reader = BatchReader::open(&tx, &from, &to).await?;
+        let mut chunk: Vec<ObjectHistory> = Vec::new();
+        let mut events: Vec<NewEvent> = Vec::new();
+        let mut deliveries: Vec<NewDelivery> = Vec::new();
+        loop {
+            let next = reader.next_object().await?;
+            let end = next.is_none();
+            if let Some(history) = next {
+                report.changes += (history.changes.len() + history.changelog.len()) as u64;
+                chunk.push(history);
+            }
+            if chunk.len() >= self.config.assembly.chunk_size || (end && !chunk.is_empty()) {
+                self.process_chunk(
+                    &tx,
+                    std::mem::take(&mut chunk),
+                    mode,
+                    &netbox_txs,
+                    from.xmin,
+                    &mut events,
+                    &mut deliveries,
+                )
+                .await?;
+                report.events += events.len() as u64;
+                report.deliveries += store::insert(&tx, &events, &deliveries).await?;
+                events.clear();
+                deliveries.clear();
+            }
+            if end {
+                break;
+            }
+        }
+        drop(reader);
+        tx.execute(
+            "update netbox_outbox.cursor set snapshot = $1::text::pg_snapshot, advanced_at = now()
+             where name = 'changes'",
+            &[&to.text],
+        )
+        .await?;
+        if report.deliveries > 0 {
+            // wake the dispatchers of every sidecar (this one is woken in-process as well)
+            tx.execute("select pg_notify('netbox_outbox', 'deliveries')", &[])
+                .await?;
+        }
+        tx.commit().await?;
+        counter!(m::CHANGES_READ).increment(report.changes);
+        histogram!(m::ASSEMBLY_SECONDS).record(started.elapsed().as_secs_f64());
+        if report.changes > 0 {
+            debug!(
+                changes = report.changes,
+                events = report.events,
+                deliveries = report.deliveries,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "batch processed"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Re-reads rules, webhooks, custom fields and content types when they may have changed.
+    async fn refresh_configuration(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let due = self
+            .rules_read
+            .is_none_or(|t| t.elapsed() >= self.config.rules.refresh_interval);
+        if !due {
+            return Ok(());
+        }
+        if let Some(rules) = RuleSet::load(
+            tx,
+            self.config.rules.deliver_netbox_webhook_rules,
+            Some(&self.rules),
+        )
+        .await?
+        {
+            debug!(rules = rules.rules.len(), "event rules loaded");
+            self.rules = rules;
+        }
+        self.netbox.refresh(tx).await?;
+        self.rules_read = Some(Instant::now());
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn process_chunk(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        chunk: Vec<ObjectHistory>,
+        mode: Mode,
+        netbox_txs: &HashMap<i64, (String, String)>,
+        txid_floor: i64,
+        events: &mut Vec<NewEvent>,
+        deliveries: &mut Vec<NewDelivery>,
+    ) -> Result<(), tokio_postgres::Error> {
+        // The rows and tags as they stand in the batch's snapshot: the state after each
+        // object's last change.
+        let mut by_type: HashMap<i32, Vec<i64>> = HashMap::new();
+        for h in &chunk {
+            by_type
+                .entry(h.content_type_id)
+                .or_default()
+                .push(h.object_id);
+        }
+        let mut live_rows: HashMap<(i32, i64), history::Row> = HashMap::new();
+        let mut live_tags: HashMap<(i32, i64), BTreeSet<i64>> = HashMap::new();
+        for (ct, ids) in &by_type {
+            if let Some(table) = self.netbox.table(*ct) {
+                for (id, row) in source::live_rows(tx, &table, ids).await? {
+                    live_rows.insert((*ct, id), row);
+                }
+            }
+            for (id, tags) in source::live_tags(tx, *ct, ids).await? {
+                live_tags.insert((*ct, id), tags);
+            }
+        }
+
+        // Merge, and keep the changes that are events.
+        let mut changes: Vec<TxChange> = Vec::new();
+        for h in chunk {
+            let key = (h.content_type_id, h.object_id);
+            if !self.netbox.is_watched(h.content_type_id) {
+                continue;
+            }
+            for change in h.merge(
+                live_rows.remove(&key),
+                live_tags.remove(&key).unwrap_or_default(),
+            ) {
+                let table = self
+                    .netbox
+                    .table(change.content_type_id)
+                    .unwrap_or_default();
+                if change.is_noise(|column| self.netbox.is_ignored(&table, column)) {
+                    counter!(m::EVENTS, "outcome" => "noise").increment(1);
+                    continue;
+                }
+                let netbox_tx = netbox_txs.contains_key(&change.txid) || change.request.is_some();
+                let emit = match mode {
+                    Mode::All => true,
+                    Mode::Netbox => {
+                        change.logged_by_netbox() || (netbox_tx && change.last_updated_moved())
+                    }
+                };
+                if !emit {
+                    counter!(m::EVENTS, "outcome" => "filtered").increment(1);
+                    continue;
+                }
+                changes.push(change);
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+
+        // Build data and snapshots for the events some rule may match (NetBox builds data lazily
+        // too, only when a rule matches).
+        let wanted: Vec<usize> = changes
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| self.rules.watches(c.content_type_id))
+            .map(|(i, _)| i)
+            .collect();
+        let rendered = netbox::render(
+            tx,
+            &self.netbox,
+            txid_floor,
+            wanted.iter().map(|&i| &changes[i]),
+        )
+        .await?;
+        let mut rendered_by_index: HashMap<usize, netbox::Rendered> =
+            wanted.into_iter().zip(rendered).collect();
+
+        for (index, change) in changes.into_iter().enumerate() {
+            let object_type = self
+                .netbox
+                .object_type(change.content_type_id)
+                .unwrap_or_default();
+            let (request_id, user_name, origin) = attribution(&change, netbox_txs);
+            let event_index = events.len();
+            let mut delivered = 0;
+            if let Some(rendered) = rendered_by_index.remove(&index) {
+                let request_block =
+                    request_block(&change, &rendered, &request_id, &user_name, &self.netbox);
+                let mut condition_data = rendered.data.clone();
+                condition_data.insert("snapshots".into(), rendered.snapshots.clone());
+                let action = change.action;
+                for rule in self
+                    .rules
+                    .candidates(action.event_type(), change.content_type_id)
+                {
+                    let verdict = match &rule.conditions {
+                        Err(malformed) => Err(format!("conditions: {malformed}")),
+                        Ok(conditions) => match conditions.eval(&condition_data) {
+                            Ok(true) => Ok(()),
+                            Ok(false) => continue,
+                            Err(invalid) => Err(format!("conditions: {invalid}")),
+                        },
+                    };
+                    let webhook = rule.webhook.clone();
+                    let timeout = webhook
+                        .as_ref()
+                        .and_then(|w| w.timeout_seconds)
+                        .filter(|t| *t > 0)
+                        .map_or(self.config.delivery.default_timeout, |t| {
+                            Duration::from_secs(t as u64)
+                        });
+                    let built = match (verdict, &webhook) {
+                        (Err(reason), _) => Err(reason),
+                        (Ok(()), None) => Err(format!(
+                            "webhook {} of event rule {:?} does not exist",
+                            rule.webhook_id, rule.name
+                        )),
+                        (Ok(()), Some(webhook)) => {
+                            let format = self
+                                .config
+                                .delivery
+                                .payload_format_by_webhook
+                                .get(&webhook.name)
+                                .copied()
+                                .unwrap_or(self.config.delivery.payload_format);
+                            let context = EventContext {
+                                event: action.word().to_string(),
+                                timestamp: netbox::format::timestamp_now(),
+                                object_type: object_type.clone(),
+                                data: merge_action_data(&rule.action_data, &rendered.data),
+                                request: request_block.clone(),
+                                snapshots: rendered.snapshots.clone(),
+                            };
+                            request::build(
+                                webhook,
+                                &context.to_value(format),
+                                &self.templates,
+                                self.config.delivery.default_timeout,
+                            )
+                            .map_err(|e| e.to_string())
+                        }
+                    };
+                    if let Err(reason) = &built {
+                        warn!(rule = %rule.name, object_type = %object_type, object_id = change.object_id,
+                              reason = %reason, "delivery rejected");
+                    }
+                    counter!(m::DELIVERIES_CREATED,
+                             "webhook" => webhook.as_ref().map(|w| w.name.clone()).unwrap_or_default())
+                        .increment(1);
+                    delivered += 1;
+                    deliveries.push(NewDelivery {
+                        event: event_index,
+                        rule_id: rule.id,
+                        rule_name: rule.name.clone(),
+                        webhook_id: rule.webhook_id,
+                        webhook_name: webhook.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
+                        content_type_id: change.content_type_id,
+                        object_id: change.object_id,
+                        seq: change.seq,
+                        timeout_ms: timeout.as_millis().min(i32::MAX as u128) as i32,
+                        ssl_verification: webhook
+                            .as_ref()
+                            .is_none_or(|w| w.ssl_verification || w.ca_file_path.is_some()),
+                        ca_file_path: webhook.as_ref().and_then(|w| w.ca_file_path.clone()),
+                        request: built,
+                    });
+                }
+            }
+            counter!(m::EVENTS, "outcome" => if delivered > 0 { "dispatched" } else { "no_rule" })
+                .increment(1);
+            if delivered > 0 {
+                counter!(m::EVENTS_DISPATCHED).increment(1);
+            }
+            events.push(NewEvent {
+                txid: change.txid,
+                seq: change.seq,
+                content_type_id: change.content_type_id,
+                object_type,
+                object_id: change.object_id,
+                action: change.action,
+                request_id,
+                user_name,
+                origin,
+                committed_at: change.committed_at,
+                deliveries: delivered,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `{**action_data, **data}`: the rule's keys first (in their stored order), the object's
+/// values winning on a collision without moving the key.
+fn merge_action_data(
+    action_data: &Map<String, Value>,
+    data: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut merged = action_data.clone();
+    for (k, v) in data {
+        merged.insert(k.clone(), v.clone());
+    }
+    merged
+}
+
+/// Who made the change: NetBox's request id and user when NetBox logged it (or the plugin told
+/// us), else an id for the database transaction and the database role.
+fn attribution(
+    change: &TxChange,
+    netbox_txs: &HashMap<i64, (String, String)>,
+) -> (String, String, &'static str) {
+    if let Some(entry) = change.changelog.first()
+        && let Some(id) = entry.request_id()
+    {
+        return (
+            id.to_string(),
+            entry.user_name().unwrap_or_default().to_string(),
+            "netbox",
+        );
+    }
+    if let Some(request) = change
+        .request
+        .as_deref()
+        .and_then(|r| serde_json::from_str::<Value>(r).ok())
+        && let Some(id) = request.get("id").and_then(Value::as_str)
+    {
+        let user = request
+            .get("user")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        return (id.to_string(), user.to_string(), "netbox");
+    }
+    if let Some((id, user)) = netbox_txs.get(&change.txid) {
+        return (id.clone(), user.clone(), "netbox");
+    }
+    (
+        transaction_uuid(change.txid),
+        change.db_user.clone(),
+        "database",
+    )
+}
+
+/// A stable UUID for a database transaction without a NetBox request, so that all events of one
+/// transaction share a request id, as NetBox's events of one request do.
+pub fn transaction_uuid(txid: i64) -> String {
+    let bytes = txid.to_be_bytes();
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(b"nboutbox");
+    b[8..].copy_from_slice(&bytes);
+    uuid::Builder::from_custom_bytes(b)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// NetBox's `request` block: exact with the plugin; otherwise NetBox's request id and user (or
+/// the transaction's) with the path and method the REST API would have used.
+fn request_block(
+    change: &TxChange,
+    rendered: &netbox::Rendered,
+    request_id: &str,
+    user_name: &str,
+    netbox: &Netbox,
+) -> Map<String, Value> {
+    if let Some(Value::Object(request)) = change
+        .request
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+    {
+        return request;
+    }
+    let (path, method) = netbox.fallback_request(change, rendered);
+    let mut block = Map::new();
+    block.insert("id".into(), Value::String(request_id.to_string()));
+    block.insert("path".into(), Value::String(path.clone()));
+    block.insert("path_info".into(), Value::String(path));
+    block.insert("method".into(), Value::String(method.to_string()));
+    block.insert("GET".into(), Value::Object(Map::new()));
+    block.insert("user".into(), Value::String(user_name.to_string()));
+    block
+}

@@ -4,5 +4,7 @@ mod support;
 
 /// The SQL capture: triggers, watch management, self-healing, least privilege.
 mod capture;
+/// The sidecar end to end: captured changes delivered to a real receiver.
+mod deliver;
 /// Applying the migrations, by the binary and by a DBA with psql.
 mod migrate;

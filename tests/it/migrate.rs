@@ -152,7 +152,7 @@ async fn migrate_refuses_a_database_without_netbox() {
 fn bad_database_urls_have_clear_errors() {
     let missing = netbox_outbox(&["migrate"], None);
     assert_eq!(missing.status.code(), Some(3));
-    assert!(stderr(&missing).contains("set DATABASE_URL or pass --database-url"));
+    assert!(stderr(&missing).contains("set DATABASE_URL, pass --database-url"));
 
     let invalid = netbox_outbox(&["migrate"], Some("postgres://x:y@host:notaport/db"));
     assert_eq!(invalid.status.code(), Some(3), "{}", stderr(&invalid));

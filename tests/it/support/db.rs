@@ -202,8 +202,8 @@ pub struct Captured {
     pub db_user: String,
     pub application_name: String,
     pub request: Option<String>,
-    pub old_row: Option<serde_json::Value>,
-    pub new_row: Option<serde_json::Value>,
+    pub before: Option<serde_json::Value>,
+    pub tag_id: Option<i64>,
 }
 
 /// Every captured change, in id order.
@@ -211,7 +211,7 @@ pub async fn captured(client: &Client) -> Vec<Captured> {
     client
         .query(
             "select id, txid::text, content_type_id, object_id, kind::text, db_user, application_name,
-                    request, old_row, new_row
+                    request, before, tag_id
              from netbox_outbox.change order by id",
             &[],
         )
@@ -227,8 +227,8 @@ pub async fn captured(client: &Client) -> Vec<Captured> {
             db_user: r.get(5),
             application_name: r.get(6),
             request: r.get(7),
-            old_row: r.get(8),
-            new_row: r.get(9),
+            before: r.get(8),
+            tag_id: r.get(9),
         })
         .collect()
 }

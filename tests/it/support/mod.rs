@@ -1,4 +1,5 @@
-//! Shared test support: a fresh database per test, a webhook receiver, and polling waits.
+//! Shared test support: a fresh database per test, the sidecar, and polling waits.
 
 pub mod db;
+pub mod sidecar;
 pub mod wait;

@@ -1,0 +1,284 @@
+//! Reading captured changes: one batch is every transaction that committed between the
+//! snapshot the previous batch was read with and the current one (the technique of PgQ), read
+//! one object at a time so a batch of any size streams through bounded memory.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tokio_postgres::{Row, Statement, Transaction};
+
+use super::history::{Change, ChangeKind, ChangelogEntry, ObjectHistory, Row as JsonRow};
+
+/// A PostgreSQL snapshot (`pg_snapshot`): transactions below `xmin` are finished, those from
+/// `xmax` on had not started, those in `xip` were in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub text: String,
+    pub xmin: i64,
+    pub xmax: i64,
+    pub xip: Vec<i64>,
+}
+
+impl Snapshot {
+    /// Parses `xmin:xmax:xip1,xip2`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split(':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let xip = parts
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().ok())
+            .collect::<Option<Vec<i64>>>()?;
+        Some(Snapshot {
+            text: text.to_string(),
+            xmin,
+            xmax,
+            xip,
+        })
+    }
+}
+
+const CHANGE_COLUMNS: &str = "id, txid, captured_at, content_type_id, object_id, kind::text, db_user, \
+                              application_name, request, before::text, tag_id";
+
+/// The rows of a batch: committed in `to`, not yet committed in `from`.
+fn batch_query(table: &str, columns: &str) -> String {
+    format!(
+        "select {columns} from netbox_outbox.{table}
+         where txid >= $1 and txid < $2 and pg_visible_in_snapshot(txid::text::xid8, $3::text::pg_snapshot)
+         union all
+         select {columns} from netbox_outbox.{table}
+         where txid = any($4) and pg_visible_in_snapshot(txid::text::xid8, $3::text::pg_snapshot)
+         order by content_type_id, object_id, id"
+    )
+}
+
+/// Streams one batch, object by object, through two portals (changes and change log entries)
+/// merged on (content type, object id).
+pub struct BatchReader<'t> {
+    tx: &'t Transaction<'t>,
+    changes: Portal,
+    changelog: Portal,
+}
+
+struct Portal {
+    portal: tokio_postgres::Portal,
+    buffer: std::collections::VecDeque<Row>,
+    done: bool,
+}
+
+const FETCH: i32 = 2000;
+
+impl Portal {
+    async fn peek<'a>(
+        &'a mut self,
+        tx: &Transaction<'_>,
+    ) -> Result<Option<&'a Row>, tokio_postgres::Error> {
+        if self.buffer.is_empty() && !self.done {
+            let rows = tx.query_portal(&self.portal, FETCH).await?;
+            self.done = rows.len() < FETCH as usize;
+            self.buffer.extend(rows);
+        }
+        Ok(self.buffer.front())
+    }
+
+    async fn next(&mut self, tx: &Transaction<'_>) -> Result<Option<Row>, tokio_postgres::Error> {
+        self.peek(tx).await?;
+        Ok(self.buffer.pop_front())
+    }
+}
+
+fn key(row: &Row) -> (i32, i64) {
+    (row.get("content_type_id"), row.get("object_id"))
+}
+
+impl<'t> BatchReader<'t> {
+    pub async fn open(
+        tx: &'t Transaction<'t>,
+        from: &Snapshot,
+        to: &Snapshot,
+    ) -> Result<BatchReader<'t>, tokio_postgres::Error> {
+        let changes: Statement = tx.prepare(&batch_query("change", CHANGE_COLUMNS)).await?;
+        let changelog: Statement = tx
+            .prepare(&batch_query(
+                "changelog",
+                "id, txid, captured_at, content_type_id, object_id, objectchange_id, request, entry::text",
+            ))
+            .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&from.xmax, &to.xmax, &to.text, &from.xip];
+        Ok(BatchReader {
+            changes: Portal {
+                portal: tx.bind(&changes, &params).await?,
+                buffer: Default::default(),
+                done: false,
+            },
+            changelog: Portal {
+                portal: tx.bind(&changelog, &params).await?,
+                buffer: Default::default(),
+                done: false,
+            },
+            tx,
+        })
+    }
+
+    /// The next object's history in the batch, or `None` at the end.
+    pub async fn next_object(&mut self) -> Result<Option<ObjectHistory>, tokio_postgres::Error> {
+        let next_change = self.changes.peek(self.tx).await?.map(key);
+        let next_entry = self.changelog.peek(self.tx).await?.map(key);
+        let object = match (next_change, next_entry) {
+            (None, None) => return Ok(None),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (Some(a), Some(b)) => a.min(b),
+        };
+        let mut history = ObjectHistory {
+            content_type_id: object.0,
+            object_id: object.1,
+            ..Default::default()
+        };
+        while self.changes.peek(self.tx).await?.map(key) == Some(object) {
+            let row = self.changes.next(self.tx).await?.expect("peeked");
+            if let Some(change) = change_from(&row) {
+                history.changes.push(change);
+            }
+        }
+        while self.changelog.peek(self.tx).await?.map(key) == Some(object) {
+            let row = self.changelog.next(self.tx).await?.expect("peeked");
+            history.changelog.push(ChangelogEntry {
+                id: row.get(0),
+                txid: row.get(1),
+                captured_at: row.get(2),
+                objectchange_id: row.get(5),
+                request: row.get(6),
+                entry: parse_row(row.get::<_, Option<String>>(7).as_deref()).unwrap_or_default(),
+            });
+        }
+        Ok(Some(history))
+    }
+}
+
+fn change_from(row: &Row) -> Option<Change> {
+    Some(Change {
+        id: row.get(0),
+        txid: row.get(1),
+        captured_at: row.get(2),
+        content_type_id: row.get(3),
+        object_id: row.get(4),
+        kind: ChangeKind::from_code(row.get::<_, &str>(5))?,
+        db_user: row.get(6),
+        application_name: row.get(7),
+        request: row.get(8),
+        before: parse_row(row.get::<_, Option<String>>(9).as_deref()),
+        tag_id: row.get(10),
+    })
+}
+
+/// Parses a `row_to_json` text into a map; None for null or anything else.
+pub fn parse_row(text: Option<&str>) -> Option<JsonRow> {
+    match serde_json::from_str(text?) {
+        Ok(serde_json::Value::Object(map)) => Some(map),
+        _ => None,
+    }
+}
+
+/// NetBox's request and user for each transaction in the batch that wrote change log entries.
+pub async fn netbox_transactions(
+    tx: &Transaction<'_>,
+    from: &Snapshot,
+    to: &Snapshot,
+) -> Result<HashMap<i64, (String, String)>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "select distinct on (txid) txid, entry->>'request_id', entry->>'user_name'
+             from (select txid, id, entry from netbox_outbox.changelog
+                   where txid >= $1 and txid < $2 and pg_visible_in_snapshot(txid::text::xid8, $3::text::pg_snapshot)
+                   union all
+                   select txid, id, entry from netbox_outbox.changelog
+                   where txid = any($4) and pg_visible_in_snapshot(txid::text::xid8, $3::text::pg_snapshot)) c
+             order by txid, id",
+            &[&from.xmax, &to.xmax, &to.text, &from.xip],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let request: Option<String> = r.get(1);
+            let user: Option<String> = r.get(2);
+            Some((r.get(0), (request?, user.unwrap_or_default())))
+        })
+        .collect())
+}
+
+/// The rows of some objects of one table as they stand in the transaction's snapshot.
+pub async fn live_rows(
+    tx: &Transaction<'_>,
+    table: &str,
+    ids: &[i64],
+) -> Result<HashMap<i64, JsonRow>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            &format!(
+                "select t.id::bigint, row_to_json(t)::text from public.{} t where t.id = any($1)",
+                quote_ident(table)
+            ),
+            &[&ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.get(0),
+                parse_row(r.get::<_, Option<String>>(1).as_deref())?,
+            ))
+        })
+        .collect())
+}
+
+/// The tags of some objects of one content type, as they stand in the transaction's snapshot.
+pub async fn live_tags(
+    tx: &Transaction<'_>,
+    content_type_id: i32,
+    ids: &[i64],
+) -> Result<HashMap<i64, BTreeSet<i64>>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "select object_id::bigint, tag_id from extras_taggeditem
+             where content_type_id = $1 and object_id = any($2::bigint[]::int[])",
+            &[&content_type_id, &ids],
+        )
+        .await?;
+    let mut tags: HashMap<i64, BTreeSet<i64>> = HashMap::new();
+    for r in rows {
+        tags.entry(r.get(0)).or_default().insert(r.get(1));
+    }
+    Ok(tags)
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_parse() {
+        let s = Snapshot::parse("100:105:101,103").unwrap();
+        assert_eq!((s.xmin, s.xmax, s.xip), (100, 105, vec![101, 103]));
+        let s = Snapshot::parse("7:7:").unwrap();
+        assert!(s.xip.is_empty());
+        assert!(Snapshot::parse("x:1:").is_none());
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("dcim_device"), "\"dcim_device\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}

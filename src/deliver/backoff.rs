@@ -1,0 +1,82 @@
+//! When to try a failed delivery again: the configured schedule, randomised, or what the
+//! receiver asked for with Retry-After.
+
+use std::time::Duration;
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Next {
+    /// Try again after this long.
+    RetryIn(Duration),
+    /// That was the last attempt: the delivery is dead.
+    GiveUp,
+}
+
+/// The retry policy of [`crate::config::DeliveryConfig`].
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub schedule: Vec<Duration>,
+    pub jitter: f64,
+    pub max_retry_after: Duration,
+}
+
+impl Backoff {
+    /// After `attempts` attempts (the failed one included), with `unit` a uniform draw in [0, 1).
+    pub fn next(&self, attempts: u32, retry_after: Option<Duration>, unit: f64) -> Next {
+        let Some(base) = self.schedule.get(attempts.saturating_sub(1) as usize) else {
+            return Next::GiveUp;
+        };
+        if let Some(asked) = retry_after {
+            return Next::RetryIn(asked.min(self.max_retry_after));
+        }
+        Next::RetryIn(base.mul_f64(1.0 - self.jitter * unit.clamp(0.0, 1.0)))
+    }
+
+    /// How many attempts a delivery gets in all.
+    pub fn max_attempts(&self) -> u32 {
+        self.schedule.len() as u32 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backoff() -> Backoff {
+        Backoff {
+            schedule: vec![Duration::from_secs(5), Duration::from_secs(300)],
+            jitter: 0.5,
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn follows_the_schedule_with_jitter_then_gives_up() {
+        let b = backoff();
+        assert_eq!(b.next(1, None, 0.0), Next::RetryIn(Duration::from_secs(5)));
+        assert_eq!(
+            b.next(1, None, 0.999_999),
+            Next::RetryIn(Duration::from_secs(5).mul_f64(1.0 - 0.5 * 0.999_999))
+        );
+        assert_eq!(
+            b.next(2, None, 0.5),
+            Next::RetryIn(Duration::from_secs(225))
+        );
+        assert_eq!(b.next(3, None, 0.0), Next::GiveUp);
+        assert_eq!(b.max_attempts(), 3);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_a_cap() {
+        let b = backoff();
+        assert_eq!(
+            b.next(1, Some(Duration::from_secs(17)), 0.3),
+            Next::RetryIn(Duration::from_secs(17))
+        );
+        assert_eq!(
+            b.next(1, Some(Duration::from_secs(7200)), 0.3),
+            Next::RetryIn(Duration::from_secs(60))
+        );
+        assert_eq!(b.next(3, Some(Duration::from_secs(1)), 0.3), Next::GiveUp);
+    }
+}

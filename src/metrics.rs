@@ -1,0 +1,100 @@
+//! Prometheus metrics: the names, and their descriptions. Values are recorded with the `metrics`
+//! crate's macros where things happen; [`install`] makes them scrapeable.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CHANGES_READ: &str = "netbox_outbox_changes_read_total";
+pub const EVENTS: &str = "netbox_outbox_events_total";
+pub const EVENTS_DISPATCHED: &str = "netbox_outbox_events_dispatched_total";
+pub const DELIVERIES_CREATED: &str = "netbox_outbox_deliveries_created_total";
+pub const DELIVERIES: &str = "netbox_outbox_deliveries_total";
+pub const ATTEMPT_SECONDS: &str = "netbox_outbox_attempt_duration_seconds";
+pub const RETRIES_SCHEDULED: &str = "netbox_outbox_retries_scheduled_total";
+pub const DEAD: &str = "netbox_outbox_deliveries_dead_total";
+pub const CLAIM_SECONDS: &str = "netbox_outbox_claim_duration_seconds";
+pub const ASSEMBLY_SECONDS: &str = "netbox_outbox_assembly_duration_seconds";
+pub const DB_RECONNECTS: &str = "netbox_outbox_database_reconnects_total";
+pub const IN_FLIGHT: &str = "netbox_outbox_requests_in_flight";
+pub const BACKLOG: &str = "netbox_outbox_backlog";
+pub const OLDEST_PENDING: &str = "netbox_outbox_oldest_pending_seconds";
+pub const UNREAD_CHANGES: &str = "netbox_outbox_unread_changes";
+pub const PAUSED_WEBHOOKS: &str = "netbox_outbox_paused_webhooks";
+pub const DEAD_PENDING_REPLAY: &str = "netbox_outbox_dead_deliveries";
+
+/// Registers the descriptions and returns a handle that renders the Prometheus text format.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_string()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ],
+        )
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        CHANGES_READ,
+        "Captured row changes read from netbox_outbox.change."
+    );
+    describe_counter!(
+        EVENTS,
+        "Events built from captured changes, by outcome (dispatched, no_rule, filtered)."
+    );
+    describe_counter!(EVENTS_DISPATCHED, "Events that matched at least one rule.");
+    describe_counter!(
+        DELIVERIES_CREATED,
+        "Deliveries created, by webhook (rejected ones included)."
+    );
+    describe_counter!(
+        DELIVERIES,
+        "Delivery attempts, by webhook and outcome (delivered, retry, dead)."
+    );
+    describe_histogram!(
+        ATTEMPT_SECONDS,
+        Unit::Seconds,
+        "Duration of each HTTP attempt, by webhook."
+    );
+    describe_counter!(
+        RETRIES_SCHEDULED,
+        "Failed attempts that were scheduled for a retry, by webhook."
+    );
+    describe_counter!(DEAD, "Deliveries that ran out of attempts, by webhook.");
+    describe_histogram!(
+        CLAIM_SECONDS,
+        Unit::Seconds,
+        "Time to claim a batch of due deliveries."
+    );
+    describe_histogram!(
+        ASSEMBLY_SECONDS,
+        Unit::Seconds,
+        "Time to turn one batch of changes into deliveries."
+    );
+    describe_counter!(DB_RECONNECTS, "Database reconnections, by connection role.");
+    describe_gauge!(IN_FLIGHT, "HTTP requests in flight in this sidecar.");
+    describe_gauge!(BACKLOG, "Pending deliveries, by webhook (sampled).");
+    describe_gauge!(
+        OLDEST_PENDING,
+        Unit::Seconds,
+        "Age of the oldest pending delivery, by webhook (sampled)."
+    );
+    describe_gauge!(
+        UNREAD_CHANGES,
+        "Committed changes no sidecar has read yet (sampled)."
+    );
+    describe_gauge!(
+        PAUSED_WEBHOOKS,
+        "Webhooks paused by failures or by an operator (sampled)."
+    );
+    describe_gauge!(
+        DEAD_PENDING_REPLAY,
+        "Dead deliveries kept in the log (sampled)."
+    );
+}

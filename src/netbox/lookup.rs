@@ -1,0 +1,207 @@
+//! The related rows a payload needs (nested objects, tags, many-to-many links, counts), fetched
+//! in batches: rendering records what it misses, [`Lookups::fetch`] gets all of it with one
+//! query per table and column, and rendering runs again.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tokio_postgres::GenericClient;
+
+use crate::assemble::history::Row;
+use crate::assemble::source::{parse_row, quote_ident};
+
+/// Rows of `table` whose `column` equals a value (a foreign key, or a generic relation).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelatedKey {
+    pub table: String,
+    pub column: String,
+    /// For a generic relation: the content type column and its value.
+    pub content_type: Option<(String, i32)>,
+}
+
+/// What the last rendering pass lacked.
+#[derive(Debug, Default)]
+pub struct Needs {
+    /// Rows by table and id.
+    pub rows: BTreeSet<(String, i64)>,
+    /// Related rows by key and the value of the key column.
+    pub related: BTreeSet<(RelatedKey, i64)>,
+    /// Rows deleted within the batch, for nested objects that are gone by its end.
+    pub deleted: BTreeSet<(i32, i64)>,
+}
+
+impl Needs {
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.related.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// Rows fetched so far, as of the batch's snapshot.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    rows: HashMap<(String, i64), Option<Row>>,
+    related: HashMap<(RelatedKey, i64), Vec<Row>>,
+    deleted_checked: BTreeSet<(i32, i64)>,
+    /// The lowest transaction id of the batch, to find its deleted rows cheaply.
+    pub batch_txid_floor: i64,
+}
+
+/// A cache lookup: found (maybe absent), or not fetched yet.
+pub enum Found<T> {
+    Yes(T),
+    Missing,
+}
+
+impl Lookups {
+    /// An empty cache for a batch whose transactions start at `batch_txid_floor`.
+    pub fn new(batch_txid_floor: i64) -> Self {
+        Lookups {
+            batch_txid_floor,
+            ..Default::default()
+        }
+    }
+
+    pub fn row(&self, table: &str, id: i64) -> Found<Option<&Row>> {
+        match self.rows.get(&(table.to_string(), id)) {
+            Some(row) => Found::Yes(row.as_ref()),
+            None => Found::Missing,
+        }
+    }
+
+    pub fn related(&self, key: &RelatedKey, value: i64) -> Found<&[Row]> {
+        match self.related.get(&(key.clone(), value)) {
+            Some(rows) => Found::Yes(rows.as_slice()),
+            None => Found::Missing,
+        }
+    }
+
+    /// Whether the batch was searched for a deleted row of this object.
+    pub fn deleted_checked(&self, content_type_id: i32, id: i64) -> bool {
+        self.deleted_checked.contains(&(content_type_id, id))
+    }
+
+    /// Seeds the cache with a row already at hand.
+    pub fn put(&mut self, table: &str, id: i64, row: Option<Row>) {
+        self.rows.insert((table.to_string(), id), row);
+    }
+
+    /// Fetches everything `needs` lists.
+    pub async fn fetch(
+        &mut self,
+        client: &impl GenericClient,
+        needs: Needs,
+        table_of: impl Fn(i32) -> Option<String>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let mut by_table: HashMap<String, Vec<i64>> = HashMap::new();
+        for (table, id) in needs.rows {
+            by_table.entry(table).or_default().push(id);
+        }
+        for (table, ids) in by_table {
+            let found = rows_by_column(client, &table, "id", None, &ids).await?;
+            let mut found: HashMap<i64, Row> = found
+                .into_iter()
+                .filter_map(|(_, row)| Some((row.get("id")?.as_i64()?, row)))
+                .collect();
+            for id in ids {
+                self.rows.insert((table.clone(), id), found.remove(&id));
+            }
+        }
+
+        let mut by_key: HashMap<RelatedKey, Vec<i64>> = HashMap::new();
+        for (key, value) in needs.related {
+            by_key.entry(key).or_default().push(value);
+        }
+        for (key, values) in by_key {
+            let found = rows_by_column(
+                client,
+                &key.table,
+                &key.column,
+                key.content_type.as_ref(),
+                &values,
+            )
+            .await?;
+            let mut grouped: HashMap<i64, Vec<Row>> = HashMap::new();
+            for (value, row) in found {
+                grouped.entry(value).or_default().push(row);
+            }
+            for value in values {
+                self.related.insert(
+                    (key.clone(), value),
+                    grouped.remove(&value).unwrap_or_default(),
+                );
+            }
+        }
+
+        // Objects deleted within the batch: their last image, from the capture.
+        let mut by_type: HashMap<i32, Vec<i64>> = HashMap::new();
+        for (ct, id) in needs.deleted {
+            by_type.entry(ct).or_default().push(id);
+            self.deleted_checked.insert((ct, id));
+        }
+        for (ct, ids) in by_type {
+            let Some(table) = table_of(ct) else { continue };
+            let rows = client
+                .query(
+                    "select distinct on (object_id) object_id, before::text from netbox_outbox.change
+                     where txid >= $1 and content_type_id = $2 and object_id = any($3) and kind = 'D'
+                     order by object_id, id desc",
+                    &[&self.batch_txid_floor, &ct, &ids],
+                )
+                .await?;
+            for r in rows {
+                let id: i64 = r.get(0);
+                if let Some(row) = parse_row(r.get::<_, Option<String>>(1).as_deref()) {
+                    self.rows.insert((table.clone(), id), Some(row));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `select row_to_json(t) from <table> t where <column> = any($ids) [and <ct column> = $ct]`,
+/// returning (the column's value, the row).
+async fn rows_by_column(
+    client: &impl GenericClient,
+    table: &str,
+    column: &str,
+    content_type: Option<&(String, i32)>,
+    values: &[i64],
+) -> Result<Vec<(i64, Row)>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one(
+            "select to_regclass($1) is not null",
+            &[&format!("public.{}", quote_ident(table))],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let sql = match content_type {
+        None => format!(
+            "select t.{col}::bigint, row_to_json(t)::text from public.{table} t where t.{col} = any($1::bigint[])",
+            col = quote_ident(column),
+            table = quote_ident(table)
+        ),
+        Some((ct_column, _)) => format!(
+            "select t.{col}::bigint, row_to_json(t)::text from public.{table} t
+             where t.{col} = any($1::bigint[]) and t.{ct} = $2",
+            col = quote_ident(column),
+            table = quote_ident(table),
+            ct = quote_ident(ct_column)
+        ),
+    };
+    let rows = match content_type {
+        None => client.query(&sql, &[&values]).await?,
+        Some((_, ct)) => client.query(&sql, &[&values, ct]).await?,
+    };
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.get::<_, Option<i64>>(0)?,
+                parse_row(r.get::<_, Option<String>>(1).as_deref())?,
+            ))
+        })
+        .collect())
+}

@@ -1,0 +1,231 @@
+//! A webhook receiver that records every request (raw headers in order, body bytes) and
+//! answers with scripted responses: `netbox-outbox receive` for trying a webhook out, the demo's
+//! receiver, and the tests' and benchmarks' endpoint.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// One recorded request.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: SystemTime,
+    pub method: String,
+    pub path: String,
+    /// Headers in arrival order, names lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Whether `X-Hook-Signature` is the HMAC-SHA512 of the body with `secret`.
+    pub fn signature_valid(&self, secret: &str) -> bool {
+        self.header("X-Hook-Signature") == Some(crate::request::sign(secret, &self.body).as_str())
+    }
+}
+
+/// How to answer one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Status(u16),
+    /// A status with extra headers (e.g. Retry-After).
+    WithHeaders(u16, Vec<(String, String)>),
+    /// Wait, then answer.
+    Delay(Duration, u16),
+    /// Close the connection without answering.
+    Hang,
+}
+
+#[derive(Default)]
+struct State {
+    received: Vec<Received>,
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+}
+
+/// A running receiver on 127.0.0.1.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    arrived: Arc<Notify>,
+    stop: CancellationToken,
+}
+
+impl Receiver {
+    /// Starts a receiver on an ephemeral port of 127.0.0.1, answering 200 by default.
+    pub async fn start() -> std::io::Result<Receiver> {
+        Self::bind("127.0.0.1:0".parse().expect("address")).await
+    }
+
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Receiver> {
+        let listener = TcpListener::bind(addr).await?;
+        let receiver = Receiver {
+            addr: listener.local_addr()?,
+            state: Arc::new(Mutex::new(State::default())),
+            arrived: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+        };
+        let r = receiver.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = r.stop.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let r = r.clone();
+                        async move { r.handle(req).await }
+                    });
+                    let conn =
+                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    let _ = conn.await;
+                });
+            }
+        });
+        Ok(receiver)
+    }
+
+    /// The URL of a path on this receiver.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Answers the next requests with these replies, in order, then with the default.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state
+            .lock()
+            .expect("receiver state")
+            .script
+            .extend(replies);
+    }
+
+    /// Answers every request not scripted otherwise with this.
+    pub fn default_reply(&self, reply: Reply) {
+        self.state.lock().expect("receiver state").default = Some(reply);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().expect("receiver state").received.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.lock().expect("receiver state").received.len()
+    }
+
+    /// Waits until at least `n` requests arrived, or the deadline passes (then returns what came).
+    pub async fn wait_for(&self, n: usize, deadline: Duration) -> Vec<Received> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.arrived.notified();
+            if self.count() >= n {
+                return self.received();
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.received();
+            }
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let method = req.method().to_string();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let headers = wire_headers(&req);
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .unwrap_or_default();
+        let reply = {
+            let mut state = self.state.lock().expect("receiver state");
+            state.received.push(Received {
+                at: SystemTime::now(),
+                method,
+                path,
+                headers,
+                body,
+            });
+            state
+                .script
+                .pop_front()
+                .or_else(|| state.default.clone())
+                .unwrap_or(Reply::Status(200))
+        };
+        self.arrived.notify_waiters();
+        let (status, extra) = match reply {
+            Reply::Status(s) => (s, Vec::new()),
+            Reply::WithHeaders(s, h) => (s, h),
+            Reply::Delay(d, s) => {
+                tokio::time::sleep(d).await;
+                (s, Vec::new())
+            }
+            Reply::Hang => {
+                // Never answer: the client times out.
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+        };
+        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        for (name, value) in extra {
+            if let (Ok(n), Ok(v)) = (
+                hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                hyper::header::HeaderValue::from_str(&value),
+            ) {
+                response.headers_mut().insert(n, v);
+            }
+        }
+        Ok(response)
+    }
+}
+
+/// The headers in the order they came (names lower case: HTTP names are case-insensitive).
+fn wire_headers(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,331 @@
+//! `netbox-outbox run`: the assembler, the dispatcher and the housekeeping, until shutdown.
+//!
+//! Every task owns its database connection and reconnects on its own, so a database restart or
+//! failover only delays work; nothing is lost because the database is the only state.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::assemble::{Assembler, Batch};
+use crate::config::Config;
+use crate::db::Database;
+use crate::deliver::{Dispatcher, pause, reconnect_delay};
+use crate::metrics as m;
+use crate::migrations;
+use crate::wakeup::{WakeUp, Woken};
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Connect(#[from] crate::db::ConnectError),
+    #[error(transparent)]
+    Migrations(#[from] migrations::MigrationError),
+    #[error(
+        "the database lacks netbox-outbox migrations {pending}; apply them first: netbox-outbox migrate \
+         (or netbox-outbox migrate --print-sql for a DBA)"
+    )]
+    NotMigrated { pending: String },
+    #[error("database query failed while starting")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// This sidecar's identity, registered in netbox_outbox.sidecar.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    pub id: Uuid,
+}
+
+/// Runs until `shutdown` completes, then stops gracefully.
+pub async fn run(
+    config: Config,
+    database: Database,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let client = database.connect().await?;
+    let pending = migrations::pending(&client).await?;
+    if !pending.is_empty() {
+        return Err(StartError::NotMigrated {
+            pending: pending
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let identity = Identity { id: Uuid::new_v4() };
+    client
+        .execute(
+            "insert into netbox_outbox.sidecar (id, hostname, pid, version) values ($1, $2, $3, $4)",
+            &[
+                &identity.id,
+                &hostname(),
+                &(std::process::id() as i32),
+                &env!("CARGO_PKG_VERSION"),
+            ],
+        )
+        .await?;
+    match client
+        .query("select action, table_name from netbox_outbox.sync()", &[])
+        .await
+    {
+        Ok(rows) => {
+            for row in rows {
+                let (action, table): (String, String) = (row.get(0), row.get(1));
+                info!(action, table, "capture trigger synchronised");
+            }
+        }
+        Err(error) => {
+            warn!(error = %error, "could not check the capture triggers (netbox_outbox.sync)")
+        }
+    }
+    drop(client);
+    info!(sidecar = %identity.id, database = %database, "netbox-outbox running");
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let deliveries_due = Arc::new(Notify::new());
+
+    tracker.spawn(assemble_loop(
+        config.clone(),
+        database.clone(),
+        cancel.clone(),
+        deliveries_due.clone(),
+    ));
+    let dispatcher = Dispatcher::new(
+        database.clone(),
+        config.delivery.clone(),
+        identity.id,
+        deliveries_due.clone(),
+    );
+    tracker.spawn(dispatcher.run(cancel.clone(), config.shutdown_grace));
+    tracker.spawn(housekeeping(database.clone(), identity, cancel.clone()));
+    tracker.close();
+
+    shutdown.await;
+    info!(
+        grace_s = config.shutdown_grace.as_secs_f64(),
+        "shutting down: no new work; finishing requests in flight"
+    );
+    cancel.cancel();
+    let grace = config.shutdown_grace + Duration::from_secs(2);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!("tasks did not stop within the grace period; exiting anyway");
+    }
+    if let Ok(client) = database.connect().await {
+        let _ = client
+            .execute("update netbox_outbox.sidecar set stopped_at = now(), last_seen_at = now() where id = $1", &[&identity.id])
+            .await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Reads batches of changes while there are any, sleeps (see [`crate::wakeup`]) when there are
+/// none, and reconnects when the database goes away.
+async fn assemble_loop(
+    config: Config,
+    database: Database,
+    cancel: CancellationToken,
+    deliveries_due: Arc<Notify>,
+) {
+    let mut assembler = Assembler::new(config.clone());
+    let mut client = None;
+    let mut wakeup: Option<WakeUp> = None;
+    let mut failures = 0u32;
+    while !cancel.is_cancelled() {
+        if client.is_none() {
+            match database.connect().await {
+                Ok(c) => {
+                    if failures > 0 {
+                        counter!(m::DB_RECONNECTS, "role" => "assembler").increment(1);
+                        info!("assembler reconnected to the database");
+                    }
+                    failures = 0;
+                    client = Some(c);
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, "assembler cannot reach the database; retrying");
+                    pause(&cancel, reconnect_delay(failures)).await;
+                    continue;
+                }
+            }
+        }
+        let db = client.as_mut().expect("connected");
+        match assembler.run_batch(db).await {
+            Ok(Batch::Done(report)) if report.changes > 0 => {
+                if report.deliveries > 0 {
+                    deliveries_due.notify_one();
+                }
+                continue;
+            }
+            Ok(Batch::Done(_)) => {}
+            Ok(Batch::Busy) => {
+                // Another sidecar reads changes; be ready to take over within a poll interval.
+                pause(&cancel, config.assembly.poll_interval).await;
+                continue;
+            }
+            Err(e) => {
+                error!(error = %crate::error_chain(&e), "processing a batch of changes failed; it will be retried");
+                client = None;
+                wakeup = None;
+                failures += 1;
+                pause(&cancel, reconnect_delay(failures)).await;
+                continue;
+            }
+        }
+
+        // Nothing to read: sleep until a writer commits, with a poll as the backstop.
+        if wakeup.is_none() {
+            match WakeUp::connect(&database).await {
+                Ok(w) => wakeup = Some(w),
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for notifications; polling");
+                    pause(&cancel, config.assembly.poll_interval).await;
+                    continue;
+                }
+            }
+        }
+        let w = wakeup.as_mut().expect("connected");
+        match w.begin_sleep().await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Writers that saw us busy are still committing: look again shortly.
+                pause(&cancel, Duration::from_millis(5)).await;
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "wake-up connection failed; reconnecting");
+                wakeup = None;
+                continue;
+            }
+        }
+        // Asleep: one more look for changes committed by writers that saw us awake.
+        let db = client.as_mut().expect("connected");
+        match assembler.run_batch(db).await {
+            Ok(Batch::Done(report)) if report.changes > 0 => {
+                if report.deliveries > 0 {
+                    deliveries_due.notify_one();
+                }
+                if let Err(e) = w.wake().await {
+                    warn!(error = %e, "wake-up connection failed");
+                    wakeup = None;
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                error!(error = %crate::error_chain(&e), "processing a batch of changes failed; it will be retried");
+                client = None;
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            woken = w.wait(config.assembly.poll_interval) => match woken {
+                Ok(Woken::Notified) | Ok(Woken::Timeout) => {
+                    // a notification about new deliveries (from another sidecar) concerns the dispatcher too
+                    deliveries_due.notify_one();
+                }
+                Err(e) => {
+                    warn!(error = %e, "wake-up connection failed; reconnecting");
+                    wakeup = None;
+                }
+            },
+        }
+    }
+}
+
+/// Heartbeat, capture self-healing, retention and sampled gauges.
+async fn housekeeping(database: Database, identity: Identity, cancel: CancellationToken) {
+    let mut ticks: u64 = 0;
+    let mut client = None;
+    while !cancel.is_cancelled() {
+        if client.is_none() {
+            client = database.connect().await.ok();
+        }
+        if let Some(db) = &client {
+            let result: Result<(), tokio_postgres::Error> = async {
+                db.execute(
+                    "update netbox_outbox.sidecar set last_seen_at = now() where id = $1",
+                    &[&identity.id],
+                )
+                .await?;
+                sample_gauges(db).await?;
+                if ticks % 6 == 0 {
+                    for row in db
+                        .query("select action, table_name from netbox_outbox.sync()", &[])
+                        .await?
+                    {
+                        let (action, table): (String, String) = (row.get(0), row.get(1));
+                        info!(action, table, "capture trigger synchronised");
+                    }
+                }
+                if ticks % 30 == 0 {
+                    for row in db
+                        .query(
+                            "select table_name, slot, truncated from netbox_outbox.prune()",
+                            &[],
+                        )
+                        .await?
+                    {
+                        let (table, slot, truncated): (String, Option<i16>, bool) =
+                            (row.get(0), row.get(1), row.get(2));
+                        if slot.is_some() {
+                            info!(table, slot, truncated, "retention: day slot pruned");
+                        }
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                warn!(error = %e, "housekeeping failed; retrying");
+                client = None;
+            }
+        }
+        ticks += 1;
+        pause(&cancel, Duration::from_secs(10)).await;
+    }
+}
+
+/// Backlog, oldest pending age, paused webhooks and dead deliveries, for the metrics endpoint.
+async fn sample_gauges(db: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    for row in db
+        .query(
+            "select webhook_name, count(*), extract(epoch from now() - min(created_at))::float8
+             from netbox_outbox.delivery where state = 'pending' group by webhook_name",
+            &[],
+        )
+        .await?
+    {
+        let name: String = row.get(0);
+        gauge!(m::BACKLOG, "webhook" => name.clone()).set(row.get::<_, i64>(1) as f64);
+        gauge!(m::OLDEST_PENDING, "webhook" => name).set(row.get::<_, f64>(2));
+    }
+    let row = db
+        .query_one(
+            "select (select count(*) from netbox_outbox.webhook_state where paused_until > now()),
+                    (select count(*) from netbox_outbox.delivery where state = 'dead')",
+            &[],
+        )
+        .await?;
+    gauge!(m::PAUSED_WEBHOOKS).set(row.get::<_, i64>(0) as f64);
+    gauge!(m::DEAD_PENDING_REPLAY).set(row.get::<_, i64>(1) as f64);
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! End to end: changes in the database become NetBox webhooks at a real HTTP receiver.
+
+use std::time::Duration;
+
+use netbox_outbox::receiver::{Receiver, Reply};
+
+use crate::support::db::{TestDb, insert_site};
+use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A site created, updated and deleted with plain SQL gives created, updated and deleted
+/// webhooks with NetBox's envelope, data and snapshots, signed.
+#[tokio::test]
+async fn create_update_delete_reach_the_receiver() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    let hook = webhook(
+        &client,
+        "crm",
+        &receiver.url("/hook"),
+        &[("secret", "'s3cret'")],
+    )
+    .await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    let sidecar = Sidecar::start(&db, test_config(""));
+
+    let id = insert_site(&client, "alpha").await;
+    client
+        .execute(
+            "update dcim_site set description = 'edge', last_updated = now() where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    client
+        .execute("delete from dcim_site where id = $1", &[&id])
+        .await
+        .unwrap();
+
+    let got = receiver.wait_for(3, WAIT).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    let bodies: Vec<serde_json::Value> = got.iter().map(|r| r.json()).collect();
+    assert_eq!(
+        bodies
+            .iter()
+            .map(|b| b["event"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["created", "updated", "deleted"]
+    );
+    for (r, b) in got.iter().zip(&bodies) {
+        assert!(r.signature_valid("s3cret"), "signature");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(b["object_type"], "dcim.site");
+        assert_eq!(b["data"]["id"], id);
+        assert_eq!(b["data"]["url"], format!("/api/dcim/sites/{id}/"));
+        assert_eq!(b["data"]["display"], "alpha");
+        let keys: Vec<&String> = b.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "event",
+                "timestamp",
+                "object_type",
+                "data",
+                "request",
+                "snapshots"
+            ]
+        );
+        assert!(r.header("x-netbox-outbox-delivery").is_some());
+    }
+    assert_eq!(bodies[0]["snapshots"]["prechange"], serde_json::Value::Null);
+    assert_eq!(bodies[0]["snapshots"]["postchange"]["name"], "alpha");
+    assert_eq!(bodies[1]["snapshots"]["prechange"]["description"], "");
+    assert_eq!(bodies[1]["snapshots"]["postchange"]["description"], "edge");
+    assert_eq!(bodies[1]["data"]["description"], "edge");
+    assert_eq!(
+        bodies[2]["snapshots"]["postchange"],
+        serde_json::Value::Null
+    );
+    assert_eq!(bodies[2]["data"]["description"], "edge");
+    sidecar.stop().await;
+}
+
+/// A receiver answering 503 then 200 gets the same request twice; the delivery log shows both.
+#[tokio::test]
+async fn a_failed_attempt_is_retried_with_the_same_body() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script([Reply::Status(503)]);
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    let sidecar = Sidecar::start(&db, test_config(""));
+    insert_site(&client, "alpha").await;
+    let got = receiver.wait_for(2, WAIT).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].body, got[1].body);
+    assert_eq!(
+        got[0].header("x-netbox-outbox-delivery"),
+        got[1].header("x-netbox-outbox-delivery")
+    );
+    crate::support::wait::eventually("the delivery to be recorded as delivered", WAIT, || async {
+        let row = client
+            .query_one("select state, attempts, (select count(*) from netbox_outbox.attempt) from netbox_outbox.delivery", &[])
+            .await
+            .unwrap();
+        let (state, attempts, logged): (String, i32, i64) = (row.get(0), row.get(1), row.get(2));
+        (state == "delivered" && attempts == 2 && logged == 2).then_some(())
+    })
+    .await;
+    sidecar.stop().await;
+}
