@@ -121,12 +121,66 @@ async fn a_failed_attempt_is_retried_with_the_same_body() {
     );
     crate::support::wait::eventually("the delivery to be recorded as delivered", WAIT, || async {
         let row = client
-            .query_one("select state, attempts, (select count(*) from netbox_outbox.attempt) from netbox_outbox.delivery", &[])
+            .query_opt("select state, attempts, (select count(*) from netbox_outbox.attempt) from netbox_outbox.delivery", &[])
             .await
-            .unwrap();
+            .unwrap()?;
         let (state, attempts, logged): (String, i32, i64) = (row.get(0), row.get(1), row.get(2));
         (state == "delivered" && attempts == 2 && logged == 2).then_some(())
     })
     .await;
+    sidecar.stop().await;
+}
+
+/// A receiver that never answers 2xx: every attempt of the (short) schedule is made, then the
+/// delivery is dead, with its reason; the log holds every attempt.
+#[tokio::test]
+async fn a_receiver_that_never_succeeds_ends_dead() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    receiver.default_reply(Reply::Status(500));
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    rule(&client, "sites", &["dcim.site"], &ALL_EVENTS, hook, "null", "null").await;
+    let sidecar = Sidecar::start(&db, test_config(""));
+    insert_site(&client, "alpha").await;
+    let (attempts, error) = crate::support::wait::eventually("the delivery to die", WAIT, || async {
+        let row = client
+            .query_opt("select state, attempts, last_error, finished_at is not null from netbox_outbox.delivery", &[])
+            .await
+            .unwrap()?;
+        let (state, attempts, error, finished): (String, i32, Option<String>, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        (state == "dead" && finished).then_some((attempts, error))
+    })
+    .await;
+    assert_eq!(attempts, 3, "one attempt and two retries");
+    assert_eq!(error.as_deref(), Some("HTTP 500"));
+    assert_eq!(receiver.count(), 3);
+    let logged: Vec<(i32, Option<i32>)> = client
+        .query("select attempt, status from netbox_outbox.attempt order by attempt", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(logged, [(1, Some(500)), (2, Some(500)), (3, Some(500))]);
+    sidecar.stop().await;
+}
+
+/// A 429 with Retry-After is retried no sooner than asked, whatever the schedule says.
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script([Reply::WithHeaders(429, vec![("Retry-After".into(), "2".into())])]);
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    rule(&client, "sites", &["dcim.site"], &ALL_EVENTS, hook, "null", "null").await;
+    let sidecar = Sidecar::start(&db, test_config(""));
+    insert_site(&client, "alpha").await;
+    let got = receiver.wait_for(2, WAIT).await;
+    assert_eq!(got.len(), 2);
+    let waited = got[1].at.duration_since(got[0].at).unwrap();
+    assert!(waited >= Duration::from_millis(1900), "retried after {waited:?}, the schedule says 200ms");
     sidecar.stop().await;
 }

@@ -6,5 +6,7 @@ mod support;
 mod capture;
 /// The sidecar end to end: captured changes delivered to a real receiver.
 mod deliver;
+/// Which changes become webhooks, merged, matched and rendered how.
+mod events;
 /// Applying the migrations, by the binary and by a DBA with psql.
 mod migrate;

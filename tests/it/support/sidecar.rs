@@ -12,12 +12,24 @@ use super::db::{TestDb, content_type};
 
 /// A configuration for tests: fast polls, a short retry schedule, no metrics listener.
 pub fn test_config(extra_toml: &str) -> Config {
-    let toml = format!(
-        "[delivery]\npoll_interval = \"50ms\"\nretry_schedule = [\"200ms\", \"400ms\"]\nretry_jitter = 0.0\n\
-         pause_after_failures = 0\n[assembly]\npoll_interval = \"50ms\"\n[rules]\nrefresh_interval = \"0s\"\n\
-         [metrics]\nlisten = \"\"\n[shutdown]\ngrace_period = \"2s\"\n{extra_toml}"
-    );
-    Config::from_toml(&toml, "test config", std::iter::empty()).expect("valid test config")
+    let base = "[delivery]\npoll_interval = \"50ms\"\nretry_schedule = [\"200ms\", \"400ms\"]\nretry_jitter = 0.0\n\
+                pause_after_failures = 0\n[assembly]\npoll_interval = \"50ms\"\n[rules]\nrefresh_interval = \"0s\"\n\
+                [metrics]\nlisten = \"\"\n[shutdown]\ngrace_period = \"2s\"\n";
+    let mut table: toml::Table = base.parse().unwrap();
+    let extra: toml::Table = extra_toml.parse().expect("extra test config is TOML");
+    merge(&mut table, extra);
+    Config::from_toml(&table.to_string(), "test config", std::iter::empty()).expect("valid test config")
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
 }
 
 /// A sidecar running in the test's runtime; stopped (gracefully) on `stop` or drop.
