@@ -164,7 +164,8 @@ fn database(config: &Config) -> Result<Database, Failure> {
 /// Logs to stderr: readable text, or JSON lines for collectors.
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("NETBOX_OUTBOX_LOG")
+    // RUST_LOG, if set, wins over [log] level (NETBOX_OUTBOX_LOG__LEVEL)
+    let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

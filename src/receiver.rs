@@ -65,6 +65,7 @@ pub enum Reply {
 struct State {
     received: Vec<Received>,
     script: VecDeque<Reply>,
+    by_path: std::collections::HashMap<String, VecDeque<Reply>>,
     default: Option<Reply>,
 }
 
@@ -129,6 +130,17 @@ impl Receiver {
             .extend(replies);
     }
 
+    /// Answers the next requests to `path` with these replies, in order.
+    pub fn script_path(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.state
+            .lock()
+            .expect("receiver state")
+            .by_path
+            .entry(path.to_string())
+            .or_default()
+            .extend(replies);
+    }
+
     /// Answers every request not scripted otherwise with this.
     pub fn default_reply(&self, reply: Reply) {
         self.state.lock().expect("receiver state").default = Some(reply);
@@ -160,6 +172,30 @@ impl Receiver {
         self.stop.cancel();
     }
 
+    /// Serves HTTP/1.1 on one connection (for instance one already wrapped in TLS).
+    pub async fn serve<I>(&self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let r = self.clone();
+        let service = service_fn(move |req| {
+            let r = r.clone();
+            async move { r.handle(req).await }
+        });
+        let _ = http1::Builder::new().serve_connection(TokioIo::new(io), service).await;
+    }
+
+    /// A receiver that records and answers but accepts no connections itself; feed it with
+    /// [`Receiver::serve`].
+    pub fn detached(addr: SocketAddr) -> Receiver {
+        Receiver {
+            addr,
+            state: Arc::new(Mutex::new(State::default())),
+            arrived: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+        }
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let method = req.method().to_string();
         let path = req
@@ -176,6 +212,7 @@ impl Receiver {
             .unwrap_or_default();
         let reply = {
             let mut state = self.state.lock().expect("receiver state");
+            let scripted = state.by_path.get_mut(&path).and_then(VecDeque::pop_front);
             state.received.push(Received {
                 at: SystemTime::now(),
                 method,
@@ -183,9 +220,8 @@ impl Receiver {
                 headers,
                 body,
             });
-            state
-                .script
-                .pop_front()
+            scripted
+                .or_else(|| state.script.pop_front())
                 .or_else(|| state.default.clone())
                 .unwrap_or(Reply::Status(200))
         };

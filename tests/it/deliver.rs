@@ -184,3 +184,45 @@ async fn retry_after_is_honoured() {
     assert!(waited >= Duration::from_millis(1900), "retried after {waited:?}, the schedule says 200ms");
     sidecar.stop().await;
 }
+
+/// TLS: a private CA given in ca_file_path is trusted; without it, verification fails with a
+/// clear error in the delivery log; with ssl_verification off, the request goes through.
+#[tokio::test]
+async fn tls_verification_and_private_cas() {
+    use crate::support::tls::TlsReceiver;
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let tls = TlsReceiver::start(&db.name).await;
+    let ca = tls.ca_file.display().to_string();
+    let trusted = webhook(&client, "trusted", &tls.url("/trusted"), &[("ca_file_path", &format!("'{ca}'"))]).await;
+    let untrusted = webhook(&client, "untrusted", &tls.url("/untrusted"), &[]).await;
+    let unverified = webhook(&client, "unverified", &tls.url("/unverified"), &[("ssl_verification", "false")]).await;
+    let missing = webhook(&client, "missing ca", &tls.url("/missing"), &[("ca_file_path", "'/nonexistent/ca.pem'")]).await;
+    for (name, hook) in [("a", trusted), ("b", untrusted), ("c", unverified), ("d", missing)] {
+        rule(&client, name, &["dcim.site"], &["object_created"], hook, "null", "null").await;
+    }
+    let sidecar = Sidecar::start(&db, test_config("[delivery]\nretry_schedule = [\"10s\"]\n"));
+    insert_site(&client, "alpha").await;
+    let got = tls.receiver.wait_for(2, WAIT).await;
+    let mut paths: Vec<&str> = got.iter().map(|r| r.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/trusted", "/unverified"]);
+    let errors: Vec<(String, String)> = crate::support::wait::eventually("both failures to be logged", WAIT, || async {
+        let rows = client
+            .query(
+                "select d.webhook_name, a.error from netbox_outbox.attempt a
+                 join netbox_outbox.delivery d on d.id = a.delivery_id where a.error is not null order by 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (rows.len() == 2).then(|| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    })
+    .await;
+    assert_eq!(errors[0].0, "missing ca");
+    assert!(errors[0].1.contains("ca_file_path /nonexistent/ca.pem: cannot read it"), "{errors:?}");
+    assert_eq!(errors[1].0, "untrusted");
+    assert!(errors[1].1.contains("certificate"), "{errors:?}");
+    sidecar.stop().await;
+    std::fs::remove_file(&tls.ca_file).ok();
+}

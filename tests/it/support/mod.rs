@@ -3,3 +3,4 @@
 pub mod db;
 pub mod sidecar;
 pub mod wait;
+pub mod tls;
