@@ -67,6 +67,44 @@ pub enum Command {
     /// Several sidecars may run against one database: they share the work, and if one stops,
     /// the others carry on. Delivery is at least once.
     Run,
+    /// Show what is pending, failed or paused per webhook, what is watched, and which sidecars
+    /// run.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send deliveries again, by delivery, event, object, webhook or time range (dead ones by
+    /// default). Each is copied into a new delivery with the same request.
+    Replay {
+        #[command(flatten)]
+        selection: crate::commands::replay::Selection,
+        /// Count what would be replayed, replay nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check the configuration, the database, the migrations, the capture triggers, NetBox's
+    /// schema, and every rule and webhook (templates, URL, TLS); exits 5 on any problem.
+    Check {
+        /// Do not connect to the webhooks' receivers.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Render the request a webhook would get for a real object, show it, send it, and show the
+    /// answer (like trying a receiver with a request bin before going live).
+    TestWebhook(crate::commands::test_webhook::TestWebhook),
+    /// Run a webhook receiver that prints every request (a local request bin).
+    Receive {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// Check X-Hook-Signature with this secret.
+        #[arg(long, env = "NETBOX_OUTBOX_RECEIVE_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// The HTTP status to answer with.
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+    },
     /// Print a configuration file with every setting, its default and what it does.
     Config,
 }
@@ -184,6 +222,89 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Migrate { print_sql, check } => migrate(&cli, *print_sql, *check).await,
+        Command::Status { json } => {
+            let config = config(&cli)?;
+            let client = database(&config)?.connect().await?;
+            let status = crate::commands::status::gather(&client)
+                .await
+                .map_err(|e| Failure::new(exit::FAILURE, e))?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                );
+            } else {
+                print!("{}", crate::commands::status::render(&status));
+            }
+            Ok(exit::OK)
+        }
+        Command::Replay { selection, dry_run } => {
+            use std::io::IsTerminal;
+            let config = config(&cli)?;
+            let client = database(&config)?.connect().await?;
+            let n = crate::commands::replay::replay(
+                &client,
+                selection,
+                *dry_run,
+                std::io::stderr().is_terminal(),
+            )
+            .await
+            .map_err(|e| match e {
+                crate::commands::replay::ReplayError::Invalid(_) => Failure::new(exit::USAGE, e),
+                other => Failure::new(exit::FAILURE, other),
+            })?;
+            if *dry_run {
+                println!("{n} deliveries would be replayed");
+            } else {
+                println!("{n} deliveries replayed");
+            }
+            Ok(exit::OK)
+        }
+        Command::Check { offline } => {
+            let config = config(&cli)?;
+            println!(
+                "ok       configuration is valid ({})",
+                cli.config
+                    .as_ref()
+                    .map_or("defaults and environment".to_string(), |p| p
+                        .display()
+                        .to_string())
+            );
+            let database = database(&config)?;
+            let client = database.connect().await?;
+            println!("ok       database {database} answers");
+            let findings = crate::commands::check::run(&client, &config, !*offline).await;
+            for finding in &findings {
+                println!("{}", finding.line());
+            }
+            Ok(if findings.iter().any(|f| f.is_problem()) {
+                exit::PROBLEMS
+            } else {
+                exit::OK
+            })
+        }
+        Command::TestWebhook(args) => {
+            let config = config(&cli)?;
+            let client = database(&config)?.connect().await?;
+            let tested = crate::commands::test_webhook::run(&client, &config, args)
+                .await
+                .map_err(|e| match e {
+                    crate::commands::test_webhook::TestError::Invalid(_) => {
+                        Failure::new(exit::USAGE, e)
+                    }
+                    other => Failure::new(exit::FAILURE, other),
+                })?;
+            print!("{}", crate::commands::test_webhook::render(&tested));
+            Ok(match &tested.result {
+                Some(r) if !r.succeeded() => exit::FAILURE,
+                _ => exit::OK,
+            })
+        }
+        Command::Receive {
+            listen,
+            secret,
+            status,
+        } => receive(*listen, secret.clone(), *status).await,
         Command::Run => {
             let config = config(&cli)?;
             let database = database(&config)?;
@@ -256,4 +377,38 @@ async fn migrate(cli: &Cli, print_sql: bool, check: bool) -> Result<u8, Failure>
         println!("applied {m}");
     }
     Ok(exit::OK)
+}
+
+/// A request bin: prints each webhook as it arrives.
+async fn receive(
+    listen: std::net::SocketAddr,
+    secret: Option<String>,
+    status: u16,
+) -> Result<u8, Failure> {
+    use crate::receiver::{Receiver, Reply};
+    let receiver = Receiver::bind(listen)
+        .await
+        .map_err(|e| Failure::new(exit::FAILURE, format!("cannot listen on {listen}: {e}")))?;
+    receiver.default_reply(Reply::Status(status));
+    eprintln!("listening on http://{} (Ctrl-C to stop)", receiver.addr);
+    let mut shown = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
+            got = receiver.wait_for(shown + 1, std::time::Duration::from_secs(3600)) => {
+                for r in &got[shown..] {
+                    println!("---- {} {}", r.method, r.path);
+                    for (name, value) in &r.headers {
+                        println!("{name}: {value}");
+                    }
+                    if let Some(secret) = &secret {
+                        println!("# signature {}", if r.signature_valid(secret) { "valid" } else { "INVALID" });
+                    }
+                    println!();
+                    println!("{}", String::from_utf8_lossy(&r.body));
+                }
+                shown = got.len();
+            }
+        }
+    }
 }

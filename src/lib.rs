@@ -15,10 +15,12 @@
 
 pub mod assemble;
 pub mod cli;
+pub mod commands;
 pub mod condition;
 pub mod config;
 pub mod db;
 pub mod deliver;
+pub mod health;
 pub mod metrics;
 pub mod migrations;
 pub mod netbox;

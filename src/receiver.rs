@@ -182,7 +182,9 @@ impl Receiver {
             let r = r.clone();
             async move { r.handle(req).await }
         });
-        let _ = http1::Builder::new().serve_connection(TokioIo::new(io), service).await;
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .await;
     }
 
     /// A receiver that records and answers but accepts no connections itself; feed it with

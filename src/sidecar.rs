@@ -108,6 +108,16 @@ pub async fn run(
     );
     tracker.spawn(dispatcher.run(cancel.clone(), config.shutdown_grace));
     tracker.spawn(housekeeping(database.clone(), identity, cancel.clone()));
+    // Recording metrics needs the recorder even when nothing serves them.
+    let _ = crate::health::metrics_handle();
+    if let Some(addr) = config.metrics.listen {
+        let (database, cancel) = (database.clone(), cancel.clone());
+        tracker.spawn(async move {
+            if let Err(error) = crate::health::serve(addr, database, cancel).await {
+                error!(%addr, error = %error, "cannot serve metrics; set [metrics] listen to a free address or \"\" to disable");
+            }
+        });
+    }
     tracker.close();
 
     shutdown.await;

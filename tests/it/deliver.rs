@@ -140,7 +140,16 @@ async fn a_receiver_that_never_succeeds_ends_dead() {
     let receiver = Receiver::start().await.unwrap();
     receiver.default_reply(Reply::Status(500));
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(&client, "sites", &["dcim.site"], &ALL_EVENTS, hook, "null", "null").await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
     let sidecar = Sidecar::start(&db, test_config(""));
     insert_site(&client, "alpha").await;
     let (attempts, error) = crate::support::wait::eventually("the delivery to die", WAIT, || async {
@@ -157,7 +166,10 @@ async fn a_receiver_that_never_succeeds_ends_dead() {
     assert_eq!(error.as_deref(), Some("HTTP 500"));
     assert_eq!(receiver.count(), 3);
     let logged: Vec<(i32, Option<i32>)> = client
-        .query("select attempt, status from netbox_outbox.attempt order by attempt", &[])
+        .query(
+            "select attempt, status from netbox_outbox.attempt order by attempt",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -173,15 +185,30 @@ async fn retry_after_is_honoured() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
-    receiver.script([Reply::WithHeaders(429, vec![("Retry-After".into(), "2".into())])]);
+    receiver.script([Reply::WithHeaders(
+        429,
+        vec![("Retry-After".into(), "2".into())],
+    )]);
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(&client, "sites", &["dcim.site"], &ALL_EVENTS, hook, "null", "null").await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
     let sidecar = Sidecar::start(&db, test_config(""));
     insert_site(&client, "alpha").await;
     let got = receiver.wait_for(2, WAIT).await;
     assert_eq!(got.len(), 2);
     let waited = got[1].at.duration_since(got[0].at).unwrap();
-    assert!(waited >= Duration::from_millis(1900), "retried after {waited:?}, the schedule says 200ms");
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "retried after {waited:?}, the schedule says 200ms"
+    );
     sidecar.stop().await;
 }
 
@@ -194,12 +221,44 @@ async fn tls_verification_and_private_cas() {
     let client = db.client().await;
     let tls = TlsReceiver::start(&db.name).await;
     let ca = tls.ca_file.display().to_string();
-    let trusted = webhook(&client, "trusted", &tls.url("/trusted"), &[("ca_file_path", &format!("'{ca}'"))]).await;
+    let trusted = webhook(
+        &client,
+        "trusted",
+        &tls.url("/trusted"),
+        &[("ca_file_path", &format!("'{ca}'"))],
+    )
+    .await;
     let untrusted = webhook(&client, "untrusted", &tls.url("/untrusted"), &[]).await;
-    let unverified = webhook(&client, "unverified", &tls.url("/unverified"), &[("ssl_verification", "false")]).await;
-    let missing = webhook(&client, "missing ca", &tls.url("/missing"), &[("ca_file_path", "'/nonexistent/ca.pem'")]).await;
-    for (name, hook) in [("a", trusted), ("b", untrusted), ("c", unverified), ("d", missing)] {
-        rule(&client, name, &["dcim.site"], &["object_created"], hook, "null", "null").await;
+    let unverified = webhook(
+        &client,
+        "unverified",
+        &tls.url("/unverified"),
+        &[("ssl_verification", "false")],
+    )
+    .await;
+    let missing = webhook(
+        &client,
+        "missing ca",
+        &tls.url("/missing"),
+        &[("ca_file_path", "'/nonexistent/ca.pem'")],
+    )
+    .await;
+    for (name, hook) in [
+        ("a", trusted),
+        ("b", untrusted),
+        ("c", unverified),
+        ("d", missing),
+    ] {
+        rule(
+            &client,
+            name,
+            &["dcim.site"],
+            &["object_created"],
+            hook,
+            "null",
+            "null",
+        )
+        .await;
     }
     let sidecar = Sidecar::start(&db, test_config("[delivery]\nretry_schedule = [\"10s\"]\n"));
     insert_site(&client, "alpha").await;
@@ -220,7 +279,12 @@ async fn tls_verification_and_private_cas() {
     })
     .await;
     assert_eq!(errors[0].0, "missing ca");
-    assert!(errors[0].1.contains("ca_file_path /nonexistent/ca.pem: cannot read it"), "{errors:?}");
+    assert!(
+        errors[0]
+            .1
+            .contains("ca_file_path /nonexistent/ca.pem: cannot read it"),
+        "{errors:?}"
+    );
     assert_eq!(errors[1].0, "untrusted");
     assert!(errors[1].1.contains("certificate"), "{errors:?}");
     sidecar.stop().await;

@@ -23,13 +23,21 @@ async fn setup() -> Setup {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    Setup { db, client, receiver, hook }
+    Setup {
+        db,
+        client,
+        receiver,
+        hook,
+    }
 }
 
 /// The events the sidecar stored, as (object_type, object_id, event, deliveries).
 async fn events(client: &tokio_postgres::Client) -> Vec<(String, i64, String, i32)> {
     client
-        .query("select object_type, object_id, event, deliveries from netbox_outbox.event order by id", &[])
+        .query(
+            "select object_type, object_id, event, deliveries from netbox_outbox.event order by id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -39,19 +47,27 @@ async fn events(client: &tokio_postgres::Client) -> Vec<(String, i64, String, i3
 
 /// Waits until the sidecar has read everything committed so far (the read cursor passed it).
 async fn caught_up(client: &tokio_postgres::Client) {
-    let target: String = client.query_one("select pg_current_snapshot()::text", &[]).await.unwrap().get(0);
-    eventually("the sidecar to read every committed change", WAIT, || async {
-        let done: bool = client
-            .query_one(
-                "select pg_snapshot_xmax(snapshot) >= pg_snapshot_xmax($1::text::pg_snapshot)
+    let target: String = client
+        .query_one("select pg_current_snapshot()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eventually(
+        "the sidecar to read every committed change",
+        WAIT,
+        || async {
+            let done: bool = client
+                .query_one(
+                    "select pg_snapshot_xmax(snapshot) >= pg_snapshot_xmax($1::text::pg_snapshot)
                  from netbox_outbox.cursor where name = 'changes'",
-                &[&target],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        done.then_some(())
-    })
+                    &[&target],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            done.then_some(())
+        },
+    )
     .await;
 }
 
@@ -61,7 +77,16 @@ async fn caught_up(client: &tokio_postgres::Client) {
 #[tokio::test]
 async fn changes_in_one_transaction_merge_like_netbox() {
     let s = setup().await;
-    rule(&s.client, "sites", &["dcim.site"], &ALL_EVENTS, s.hook, "null", "null").await;
+    rule(
+        &s.client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        s.hook,
+        "null",
+        "null",
+    )
+    .await;
     let site_ct = content_type(&s.client, "dcim.site").await;
     s.client
         .batch_execute("insert into extras_tag (name, slug, weight) values ('gold', 'gold', 10), ('bronze', 'bronze', 100)")
@@ -127,15 +152,35 @@ async fn changes_in_one_transaction_merge_like_netbox() {
     assert_eq!(gone["snapshots"]["postchange"], Value::Null);
     assert_eq!(gone["data"]["status"]["value"], "planned");
 
-    let updates: Vec<&Value> = bodies.iter().filter(|b| b["data"]["name"] == "kept").collect();
+    let updates: Vec<&Value> = bodies
+        .iter()
+        .filter(|b| b["data"]["name"] == "kept")
+        .collect();
     assert_eq!(updates.len(), 2);
     assert_eq!(updates[0]["snapshots"]["prechange"]["tags"], json!([]));
-    assert_eq!(updates[0]["snapshots"]["postchange"]["tags"], json!(["gold"]));
-    assert_eq!(updates[0]["snapshots"]["postchange"]["description"], "tagged");
-    assert_eq!(updates[1]["snapshots"]["prechange"]["tags"], json!(["gold"]));
-    assert_eq!(updates[1]["snapshots"]["postchange"]["tags"], json!(["bronze", "gold"]));
+    assert_eq!(
+        updates[0]["snapshots"]["postchange"]["tags"],
+        json!(["gold"])
+    );
+    assert_eq!(
+        updates[0]["snapshots"]["postchange"]["description"],
+        "tagged"
+    );
+    assert_eq!(
+        updates[1]["snapshots"]["prechange"]["tags"],
+        json!(["gold"])
+    );
+    assert_eq!(
+        updates[1]["snapshots"]["postchange"]["tags"],
+        json!(["bronze", "gold"])
+    );
     // full tag objects in data, by weight then name
-    let data_tags: Vec<&str> = updates[1]["data"]["tags"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let data_tags: Vec<&str> = updates[1]["data"]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(data_tags, ["gold", "bronze"]);
     assert_eq!(updates[1]["data"]["tags"][0]["url"], "/api/extras/tags/1/");
     sidecar.stop().await;
@@ -145,7 +190,16 @@ async fn changes_in_one_transaction_merge_like_netbox() {
 #[tokio::test]
 async fn updates_of_ignored_columns_are_not_events() {
     let s = setup().await;
-    rule(&s.client, "sites", &["dcim.site"], &ALL_EVENTS, s.hook, "null", "null").await;
+    rule(
+        &s.client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        s.hook,
+        "null",
+        "null",
+    )
+    .await;
     let id = insert_site(&s.client, "alpha").await;
     s.client
         .batch_execute(
@@ -156,15 +210,41 @@ async fn updates_of_ignored_columns_are_not_events() {
         .unwrap();
     let sidecar = Sidecar::start(&s.db, test_config(""));
     assert_eq!(s.receiver.wait_for(1, WAIT).await.len(), 1);
-    s.client.execute("update dcim_site set facility = 'DC1' where id = $1", &[&id]).await.unwrap();
-    s.client.execute("update dcim_site set description = description where id = $1", &[&id]).await.unwrap();
-    s.client.execute("update dcim_site set comments = 'real' where id = $1", &[&id]).await.unwrap();
+    s.client
+        .execute(
+            "update dcim_site set facility = 'DC1' where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    s.client
+        .execute(
+            "update dcim_site set description = description where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    s.client
+        .execute(
+            "update dcim_site set comments = 'real' where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
     let got = s.receiver.wait_for(2, WAIT).await;
     caught_up(&s.client).await;
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].json()["data"]["comments"], "real");
-    let stored: Vec<_> = events(&s.client).await.into_iter().filter(|e| e.0 == "dcim.site").collect();
-    assert_eq!(stored.len(), 2, "the ignored and the no-op updates are not events: {stored:?}");
+    let stored: Vec<_> = events(&s.client)
+        .await
+        .into_iter()
+        .filter(|e| e.0 == "dcim.site")
+        .collect();
+    assert_eq!(
+        stored.len(),
+        2,
+        "the ignored and the no-op updates are not events: {stored:?}"
+    );
     sidecar.stop().await;
 }
 
@@ -173,10 +253,21 @@ async fn updates_of_ignored_columns_are_not_events() {
 #[tokio::test]
 async fn netbox_mode_sends_only_what_netbox_would() {
     let s = setup().await;
-    rule(&s.client, "sites", &["dcim.site"], &ALL_EVENTS, s.hook, "null", "null").await;
+    rule(
+        &s.client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        s.hook,
+        "null",
+        "null",
+    )
+    .await;
     let site_ct = content_type(&s.client, "dcim.site").await;
     s.client
-        .batch_execute("update netbox_outbox.setting set value = 'netbox' where name = 'capture_mode'")
+        .batch_execute(
+            "update netbox_outbox.setting set value = 'netbox' where name = 'capture_mode'",
+        )
         .await
         .unwrap();
     let sidecar = Sidecar::start(&s.db, test_config(""));
@@ -205,12 +296,23 @@ async fn netbox_mode_sends_only_what_netbox_would() {
     bodies.sort_by_key(|b| b["event"].as_str().unwrap().to_string());
     let names: Vec<(&str, &str)> = bodies
         .iter()
-        .map(|b| (b["event"].as_str().unwrap(), b["data"]["name"].as_str().unwrap()))
+        .map(|b| {
+            (
+                b["event"].as_str().unwrap(),
+                b["data"]["name"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(names, [("created", "by netbox"), ("updated", "quiet")]);
-    assert_eq!(bodies[0]["request"]["id"], "aedca68e-cdd1-4580-88c6-b3c964bf65e7");
+    assert_eq!(
+        bodies[0]["request"]["id"],
+        "aedca68e-cdd1-4580-88c6-b3c964bf65e7"
+    );
     assert_eq!(bodies[0]["request"]["user"], "alice");
-    assert_eq!(bodies[1]["request"]["id"], "aedca68e-cdd1-4580-88c6-b3c964bf65e7");
+    assert_eq!(
+        bodies[1]["request"]["id"],
+        "aedca68e-cdd1-4580-88c6-b3c964bf65e7"
+    );
     let _ = (plain, other);
     sidecar.stop().await;
 }
@@ -221,15 +323,58 @@ async fn netbox_mode_sends_only_what_netbox_would() {
 async fn rules_match_like_netbox() {
     let s = setup().await;
     let second = webhook(&s.client, "second", &s.receiver.url("/second"), &[]).await;
-    rule(&s.client, "b-active only", &["dcim.site"], &["object_created"], s.hook,
-         r#"'{"attr": "status.value", "value": "active"}'"#, r#"'{"zz": 1, "id": 999, "a": "first"}'"#).await;
-    rule(&s.client, "a-all", &["dcim.site"], &["object_created"], second, "null", "null").await;
+    rule(
+        &s.client,
+        "b-active only",
+        &["dcim.site"],
+        &["object_created"],
+        s.hook,
+        r#"'{"attr": "status.value", "value": "active"}'"#,
+        r#"'{"zz": 1, "id": 999, "a": "first"}'"#,
+    )
+    .await;
+    rule(
+        &s.client,
+        "a-all",
+        &["dcim.site"],
+        &["object_created"],
+        second,
+        "null",
+        "null",
+    )
+    .await;
     rule(&s.client, "c-regex", &["dcim.site"], &["object_created"], s.hook,
          r#"'{"and": [{"attr": "name", "value": "ed", "op": "regex", "negate": true}, {"attr": "tags.slug", "value": [], "op": "eq"}]}'"#, "null").await;
-    rule(&s.client, "d-malformed", &["dcim.site"], &["object_created"], s.hook, r#"'{"attr": "name"}'"#, "null").await;
-    rule(&s.client, "e-invalid", &["dcim.site"], &["object_created"], s.hook,
-         r#"'{"attr": "tenant.name", "value": "x"}'"#, "null").await;
-    rule(&s.client, "f-updates only", &["dcim.site"], &["object_updated"], s.hook, "null", "null").await;
+    rule(
+        &s.client,
+        "d-malformed",
+        &["dcim.site"],
+        &["object_created"],
+        s.hook,
+        r#"'{"attr": "name"}'"#,
+        "null",
+    )
+    .await;
+    rule(
+        &s.client,
+        "e-invalid",
+        &["dcim.site"],
+        &["object_created"],
+        s.hook,
+        r#"'{"attr": "tenant.name", "value": "x"}'"#,
+        "null",
+    )
+    .await;
+    rule(
+        &s.client,
+        "f-updates only",
+        &["dcim.site"],
+        &["object_updated"],
+        s.hook,
+        "null",
+        "null",
+    )
+    .await;
     let sidecar = Sidecar::start(&s.db, test_config(""));
     s.client
         .batch_execute("insert into dcim_site (name, slug, status) values ('edge', 'edge', 'active'), ('core', 'core', 'planned')")
@@ -248,20 +393,43 @@ async fn rules_match_like_netbox() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
-    let rules: Vec<(&str, &str)> = deliveries.iter().map(|d| (d.0.as_str(), d.1.as_str())).collect();
+    let rules: Vec<(&str, &str)> = deliveries
+        .iter()
+        .map(|d| (d.0.as_str(), d.1.as_str()))
+        .collect();
     assert_eq!(
         rules,
         [
-            ("a-all", "dcim.site:1"), ("b-active only", "dcim.site:1"), ("d-malformed", "dcim.site:1"), ("e-invalid", "dcim.site:1"),
-            ("a-all", "dcim.site:2"), ("c-regex", "dcim.site:2"), ("d-malformed", "dcim.site:2"), ("e-invalid", "dcim.site:2"),
+            ("a-all", "dcim.site:1"),
+            ("b-active only", "dcim.site:1"),
+            ("d-malformed", "dcim.site:1"),
+            ("e-invalid", "dcim.site:1"),
+            ("a-all", "dcim.site:2"),
+            ("c-regex", "dcim.site:2"),
+            ("d-malformed", "dcim.site:2"),
+            ("e-invalid", "dcim.site:2"),
         ]
     );
     let malformed = deliveries.iter().find(|d| d.0 == "d-malformed").unwrap();
     assert_eq!(malformed.2, "rejected");
-    assert!(malformed.3.as_deref().unwrap().contains("malformed conditions"), "{malformed:?}");
+    assert!(
+        malformed
+            .3
+            .as_deref()
+            .unwrap()
+            .contains("malformed conditions"),
+        "{malformed:?}"
+    );
     let invalid = deliveries.iter().find(|d| d.0 == "e-invalid").unwrap();
     assert_eq!(invalid.2, "rejected");
-    assert!(invalid.3.as_deref().unwrap().contains("invalid key path: tenant.name"), "{invalid:?}");
+    assert!(
+        invalid
+            .3
+            .as_deref()
+            .unwrap()
+            .contains("invalid key path: tenant.name"),
+        "{invalid:?}"
+    );
 
     let got = s.receiver.wait_for(4, WAIT).await;
     let with_action_data = got
@@ -269,7 +437,12 @@ async fn rules_match_like_netbox() {
         .map(|r| r.json())
         .find(|b| b["data"].get("zz").is_some())
         .expect("the rule with action_data fired");
-    let keys: Vec<&String> = with_action_data["data"].as_object().unwrap().keys().take(4).collect();
+    let keys: Vec<&String> = with_action_data["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .take(4)
+        .collect();
     // jsonb key order (shorter keys first), the object's values winning without moving the key
     assert_eq!(keys, ["a", "id", "zz", "url"]);
     assert_eq!(with_action_data["data"]["id"], 1);
@@ -280,18 +453,37 @@ async fn rules_match_like_netbox() {
 #[tokio::test]
 async fn netbox_webhook_rules_only_when_enabled() {
     let s = setup().await;
-    let id = rule(&s.client, "native", &["dcim.site"], &ALL_EVENTS, s.hook, "null", "null").await;
+    let id = rule(
+        &s.client,
+        "native",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        s.hook,
+        "null",
+        "null",
+    )
+    .await;
     s.client
-        .execute("update extras_eventrule set action_type = 'webhook' where id = $1", &[&id])
+        .execute(
+            "update extras_eventrule set action_type = 'webhook' where id = $1",
+            &[&id],
+        )
         .await
         .unwrap();
     let sidecar = Sidecar::start(&s.db, test_config(""));
     insert_site(&s.client, "alpha").await;
     caught_up(&s.client).await;
-    assert_eq!(events(&s.client).await[0].3, 0, "no delivery for a NetBox webhook rule by default");
+    assert_eq!(
+        events(&s.client).await[0].3,
+        0,
+        "no delivery for a NetBox webhook rule by default"
+    );
     sidecar.stop().await;
 
-    let sidecar = Sidecar::start(&s.db, test_config("[rules]\ndeliver_netbox_webhook_rules = true\n"));
+    let sidecar = Sidecar::start(
+        &s.db,
+        test_config("[rules]\ndeliver_netbox_webhook_rules = true\n"),
+    );
     insert_site(&s.client, "beta").await;
     let got = s.receiver.wait_for(1, WAIT).await;
     assert_eq!(got[0].json()["data"]["name"], "beta");
@@ -316,7 +508,16 @@ async fn templates_headers_and_url() {
         ],
     )
     .await;
-    rule(&s.client, "templated", &["dcim.site"], &["object_created"], templated, "null", "null").await;
+    rule(
+        &s.client,
+        "templated",
+        &["dcim.site"],
+        &["object_created"],
+        templated,
+        "null",
+        "null",
+    )
+    .await;
     let sidecar = Sidecar::start(&s.db, test_config(""));
     let id = insert_site(&s.client, "alpha").await;
     let got = s.receiver.wait_for(1, WAIT).await;
@@ -329,7 +530,10 @@ async fn templates_headers_and_url() {
     assert_eq!(r.header("x-name"), Some("alpha"));
     assert!(r.signature_valid("k"));
     let body = String::from_utf8(r.body.clone()).unwrap();
-    assert!(body.starts_with("created dcim.site alpha None |{\""), "{body}");
+    assert!(
+        body.starts_with("created dcim.site alpha None |{\""),
+        "{body}"
+    );
     let json_part: Value = serde_json::from_str(body.split_once('|').unwrap().1).unwrap();
     assert_eq!(json_part["name"], "alpha");
     sidecar.stop().await;
@@ -340,9 +544,27 @@ async fn templates_headers_and_url() {
 #[tokio::test]
 async fn a_queued_delivery_is_frozen() {
     let s = setup().await;
-    s.client.execute("update extras_webhook set secret = 'old' where id = $1", &[&s.hook]).await.unwrap();
-    rule(&s.client, "sites", &["dcim.site"], &ALL_EVENTS, s.hook, "null", "null").await;
-    s.client.batch_execute("select netbox_outbox.pause_webhook('crm')").await.unwrap();
+    s.client
+        .execute(
+            "update extras_webhook set secret = 'old' where id = $1",
+            &[&s.hook],
+        )
+        .await
+        .unwrap();
+    rule(
+        &s.client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        s.hook,
+        "null",
+        "null",
+    )
+    .await;
+    s.client
+        .batch_execute("select netbox_outbox.pause_webhook('crm')")
+        .await
+        .unwrap();
     let sidecar = Sidecar::start(&s.db, test_config(""));
     insert_site(&s.client, "alpha").await;
     caught_up(&s.client).await;
@@ -354,7 +576,10 @@ async fn a_queued_delivery_is_frozen() {
         )
         .await
         .unwrap();
-    s.client.batch_execute("select netbox_outbox.resume_webhook('crm')").await.unwrap();
+    s.client
+        .batch_execute("select netbox_outbox.resume_webhook('crm')")
+        .await
+        .unwrap();
     let got = s.receiver.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1);
     assert!(got[0].signature_valid("old"));
@@ -367,13 +592,36 @@ async fn a_queued_delivery_is_frozen() {
 #[tokio::test]
 async fn legacy_payload_format() {
     let s = setup().await;
-    rule(&s.client, "sites", &["dcim.site"], &ALL_EVENTS, s.hook, "null", "null").await;
-    let sidecar = Sidecar::start(&s.db, test_config("[delivery.payload_format_by_webhook]\ncrm = \"legacy\"\n"));
+    rule(
+        &s.client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        s.hook,
+        "null",
+        "null",
+    )
+    .await;
+    let sidecar = Sidecar::start(
+        &s.db,
+        test_config("[delivery.payload_format_by_webhook]\ncrm = \"legacy\"\n"),
+    );
     insert_site(&s.client, "alpha").await;
     let got = s.receiver.wait_for(1, WAIT).await;
     let body = got[0].json();
     let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["event", "timestamp", "model", "username", "request_id", "data", "snapshots"]);
+    assert_eq!(
+        keys,
+        [
+            "event",
+            "timestamp",
+            "model",
+            "username",
+            "request_id",
+            "data",
+            "snapshots"
+        ]
+    );
     assert_eq!(body["model"], "site");
     assert_eq!(body["username"], "postgres");
     sidecar.stop().await;

@@ -8,7 +8,7 @@ mod capture;
 mod deliver;
 /// Which changes become webhooks, merged, matched and rendered how.
 mod events;
-/// Several sidecars, crashes, shutdowns and per-object order.
-mod resilience;
 /// Applying the migrations, by the binary and by a DBA with psql.
 mod migrate;
+/// Several sidecars, crashes, shutdowns and per-object order.
+mod resilience;

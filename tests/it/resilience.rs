@@ -36,7 +36,13 @@ const FAST: &str = "[delivery]\npoll_interval = \"50ms\"\nlease_margin = \"1s\"\
 fn per_delivery(receiver: &Receiver) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for r in receiver.received() {
-        *seen.entry(r.header("x-netbox-outbox-delivery").unwrap_or("").to_string()).or_insert(0) += 1;
+        *seen
+            .entry(
+                r.header("x-netbox-outbox-delivery")
+                    .unwrap_or("")
+                    .to_string(),
+            )
+            .or_insert(0) += 1;
     }
     seen
 }
@@ -48,7 +54,16 @@ async fn two_sidecars_deliver_each_event_once() {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(&client, "sites", &["dcim.site"], &ALL_EVENTS, hook, "null", "null").await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
     let first = Sidecar::start(&db, test_config(""));
     let second = Sidecar::start(&db, test_config(""));
     for batch in 0..20 {
@@ -64,7 +79,10 @@ async fn two_sidecars_deliver_each_event_once() {
     // give a duplicate, if any, the time to arrive: wait for every delivery to be recorded
     eventually("every delivery to be recorded", WAIT, || async {
         let pending: i64 = client
-            .query_one("select count(*) from netbox_outbox.delivery where state <> 'delivered'", &[])
+            .query_one(
+                "select count(*) from netbox_outbox.delivery where state <> 'delivered'",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -73,9 +91,15 @@ async fn two_sidecars_deliver_each_event_once() {
     .await;
     let seen = per_delivery(&receiver);
     assert_eq!(seen.len(), 200);
-    assert!(seen.values().all(|n| *n == 1), "a delivery went out twice: {seen:?}");
-    let names: std::collections::HashSet<String> =
-        receiver.received().iter().map(|r| r.json()["data"]["name"].as_str().unwrap().to_string()).collect();
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a delivery went out twice: {seen:?}"
+    );
+    let names: std::collections::HashSet<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.json()["data"]["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names.len(), 200);
     first.stop().await;
     second.stop().await;
@@ -90,12 +114,24 @@ async fn a_killed_sidecar_loses_nothing() {
     let receiver = Receiver::start().await.unwrap();
     receiver.default_reply(Reply::Delay(Duration::from_millis(300), 200));
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[("timeout", "1")]).await;
-    rule(&client, "sites", &["dcim.site"], &ALL_EVENTS, hook, "null", "null").await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
     client
         .batch_execute("insert into dcim_site (name, slug) select 's' || n, 's' || n from generate_series(1, 50) n")
         .await
         .unwrap();
-    let mut child = spawn_sidecar(&db, &FAST.replace("[delivery]\n", "[delivery]\nconcurrency = 2\n"));
+    let mut child = spawn_sidecar(
+        &db,
+        &FAST.replace("[delivery]\n", "[delivery]\nconcurrency = 2\n"),
+    );
     receiver.wait_for(5, WAIT).await;
     child.kill().expect("SIGKILL the sidecar");
     child.wait().unwrap();
@@ -103,10 +139,16 @@ async fn a_killed_sidecar_loses_nothing() {
     assert!(before < 50, "the kill came before the end ({before})");
 
     receiver.default_reply(Reply::Status(200));
-    let survivor = Sidecar::start(&db, crate::support::sidecar::test_config("[delivery]\nlease_margin = \"1s\"\n"));
+    let survivor = Sidecar::start(
+        &db,
+        crate::support::sidecar::test_config("[delivery]\nlease_margin = \"1s\"\n"),
+    );
     eventually("every site's webhook", WAIT, || async {
-        let names: std::collections::HashSet<String> =
-            receiver.received().iter().map(|r| r.json()["data"]["name"].as_str().unwrap().to_string()).collect();
+        let names: std::collections::HashSet<String> = receiver
+            .received()
+            .iter()
+            .map(|r| r.json()["data"]["name"].as_str().unwrap().to_string())
+            .collect();
         (names.len() == 50).then_some(())
     })
     .await;
@@ -125,11 +167,23 @@ async fn per_object_order_holds_under_retries() {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook/{{ data.name }}"), &[]).await;
-    rule(&client, "updates", &["dcim.site"], &["object_updated"], hook, "null", "null").await;
+    rule(
+        &client,
+        "updates",
+        &["dcim.site"],
+        &["object_updated"],
+        hook,
+        "null",
+        "null",
+    )
+    .await;
     let a = insert_site(&client, "a").await;
     let b = insert_site(&client, "b").await;
     receiver.script_path("/hook/a", [Reply::Status(500), Reply::Status(500)]);
-    let sidecar = Sidecar::start(&db, test_config("[delivery]\nretry_schedule = [\"300ms\", \"300ms\", \"300ms\"]\n"));
+    let sidecar = Sidecar::start(
+        &db,
+        test_config("[delivery]\nretry_schedule = [\"300ms\", \"300ms\", \"300ms\"]\n"),
+    );
     for n in 1..=3 {
         client
             .batch_execute(&format!(
@@ -144,17 +198,34 @@ async fn per_object_order_holds_under_retries() {
     let for_a: Vec<String> = got
         .iter()
         .filter(|r| r.path == "/hook/a")
-        .map(|r| r.json()["data"]["description"].as_str().unwrap().to_string())
+        .map(|r| {
+            r.json()["data"]["description"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert_eq!(for_a, ["a1", "a1", "a1", "a2", "a3"], "a's first update is retried before the rest");
+    assert_eq!(
+        for_a,
+        ["a1", "a1", "a1", "a2", "a3"],
+        "a's first update is retried before the rest"
+    );
     let for_b: Vec<String> = got
         .iter()
         .filter(|r| r.path == "/hook/b")
-        .map(|r| r.json()["data"]["description"].as_str().unwrap().to_string())
+        .map(|r| {
+            r.json()["data"]["description"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(for_b, ["b1", "b2", "b3"]);
     let last_b = got.iter().rposition(|r| r.path == "/hook/b").unwrap();
-    let a2 = got.iter().position(|r| r.path == "/hook/a" && r.json()["data"]["description"] == "a2").unwrap();
+    let a2 = got
+        .iter()
+        .position(|r| r.path == "/hook/a" && r.json()["data"]["description"] == "a2")
+        .unwrap();
     assert!(last_b < a2, "b is not held back by a's failures");
     sidecar.stop().await;
 }
@@ -168,13 +239,27 @@ async fn sigterm_finishes_what_is_in_flight() {
     let receiver = Receiver::start().await.unwrap();
     receiver.default_reply(Reply::Delay(Duration::from_millis(1500), 200));
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(&client, "sites", &["dcim.site"], &ALL_EVENTS, hook, "null", "null").await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
     insert_site(&client, "alpha").await;
     let mut child = spawn_sidecar(&db, FAST);
     receiver.wait_for(1, WAIT).await;
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
     let state: String = client
         .query_one("select state from netbox_outbox.delivery", &[])
@@ -183,7 +268,10 @@ async fn sigterm_finishes_what_is_in_flight() {
         .get(0);
     assert_eq!(state, "delivered");
     let stopped: bool = client
-        .query_one("select stopped_at is not null from netbox_outbox.sidecar", &[])
+        .query_one(
+            "select stopped_at is not null from netbox_outbox.sidecar",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

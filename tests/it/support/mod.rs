@@ -2,5 +2,5 @@
 
 pub mod db;
 pub mod sidecar;
-pub mod wait;
 pub mod tls;
+pub mod wait;

@@ -18,7 +18,8 @@ pub fn test_config(extra_toml: &str) -> Config {
     let mut table: toml::Table = base.parse().unwrap();
     let extra: toml::Table = extra_toml.parse().expect("extra test config is TOML");
     merge(&mut table, extra);
-    Config::from_toml(&table.to_string(), "test config", std::iter::empty()).expect("valid test config")
+    Config::from_toml(&table.to_string(), "test config", std::iter::empty())
+        .expect("valid test config")
 }
 
 fn merge(into: &mut toml::Table, from: toml::Table) {

@@ -22,11 +22,14 @@ impl TlsReceiver {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "netbox-outbox test CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "netbox-outbox test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
 
         let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         let cert = params.signed_by(&key, &ca).unwrap();
 
         let ca_file = std::env::temp_dir().join(format!("{name}-{}-ca.pem", std::process::id()));
@@ -46,7 +49,9 @@ impl TlsReceiver {
         let r = receiver.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let r = r.clone();
                 tokio::spawn(async move {
