@@ -277,7 +277,7 @@ async fn housekeeping(database: Database, identity: Identity, cancel: Cancellati
                 )
                 .await?;
                 sample_gauges(db).await?;
-                if ticks % 6 == 0 {
+                if ticks.is_multiple_of(6) {
                     for row in db
                         .query("select action, table_name from netbox_outbox.sync()", &[])
                         .await?
@@ -286,7 +286,7 @@ async fn housekeeping(database: Database, identity: Identity, cancel: Cancellati
                         info!(action, table, "capture trigger synchronised");
                     }
                 }
-                if ticks % 30 == 0 {
+                if ticks.is_multiple_of(30) {
                     for row in db
                         .query(
                             "select table_name, slot, truncated from netbox_outbox.prune()",

@@ -10,5 +10,7 @@ mod deliver;
 mod events;
 /// Applying the migrations, by the binary and by a DBA with psql.
 mod migrate;
+/// Operating it: commands, SQL cookbook, metrics, least privilege, uninstall.
+mod operate;
 /// Several sidecars, crashes, shutdowns and per-object order.
 mod resilience;

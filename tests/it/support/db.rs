@@ -17,6 +17,8 @@ pub struct TestDb {
     pub name: String,
     pub database: Database,
     admin: Database,
+    /// Whether dropping this handle drops the database.
+    owned: bool,
 }
 
 fn admin() -> Database {
@@ -138,6 +140,17 @@ impl TestDb {
             database: admin_db.with_dbname(&name),
             name,
             admin: admin_db,
+            owned: true,
+        }
+    }
+
+    /// The same database, reached as another role; dropping it leaves the database alone.
+    pub fn attach(db: &TestDb, user: &str) -> TestDb {
+        TestDb {
+            name: db.name.clone(),
+            database: db.database.with_user(user),
+            admin: db.admin.clone(),
+            owned: false,
         }
     }
 
@@ -158,6 +171,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let admin = self.admin.clone();
         let name = self.name.clone();
         // Dropping needs async I/O, and Drop may run inside or outside a runtime: use a thread.

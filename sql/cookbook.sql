@@ -1,0 +1,164 @@
+-- netbox-outbox SQL cookbook: the queries an operator runs by hand, against NetBox's database.
+-- Every statement here runs in netbox-outbox's test suite, so none of them rots.
+-- Replace the example values (webhook names, ids, object types) with your own.
+
+-- ---------------------------------------------------------------------------------------------
+-- What is waiting
+-- ---------------------------------------------------------------------------------------------
+
+-- Deliveries not sent yet, oldest first, with their last failure (if they are being retried).
+select id, webhook_name, object_type, object_id, event, attempts, next_attempt_at, in_flight, age, last_error
+from netbox_outbox.pending
+order by created_at
+limit 50;
+
+-- The backlog per webhook: how many, how old, how many are being retried.
+select webhook_name, count(*) as pending, count(*) filter (where attempts > 0) as retrying,
+       max(age) as oldest
+from netbox_outbox.pending
+group by webhook_name
+order by pending desc;
+
+-- Changes committed but not read by a sidecar yet (should be near zero while one runs).
+select count(*) as unread, min(captured_at) as oldest from netbox_outbox.unread_change;
+
+-- ---------------------------------------------------------------------------------------------
+-- What failed, and why
+-- ---------------------------------------------------------------------------------------------
+
+-- Dead deliveries (every attempt failed) and rejected ones (a template or condition error),
+-- newest first, with the reason.
+select id, state, webhook_name, object_type, object_id, event, attempts, last_status, last_error, finished_at
+from netbox_outbox.failed
+order by finished_at desc
+limit 50;
+
+-- Failures grouped by reason, to see a pattern (a TLS error, a 401, a bad template...).
+select webhook_name, state, coalesce(last_error, 'HTTP ' || last_status) as reason, count(*)
+from netbox_outbox.failed
+group by 1, 2, 3
+order by count(*) desc;
+
+-- Each webhook's health: queue, failure streak, pause.
+select * from netbox_outbox.webhook_health order by webhook_name;
+
+-- ---------------------------------------------------------------------------------------------
+-- One delivery, one object
+-- ---------------------------------------------------------------------------------------------
+
+-- Every attempt of one delivery (replace 1 with a delivery id).
+select attempt, started_at, duration_ms, status, error, response_excerpt
+from netbox_outbox.delivery_log
+where delivery_id = 1
+order by attempt;
+
+-- The request a delivery sends, exactly (URL, headers, body); the body is what X-Hook-Signature
+-- signs. Never share it: it may hold sensitive data.
+select method, url, headers, convert_from(body, 'UTF8') as body
+from netbox_outbox.delivery
+where id = 1;
+
+-- Everything about one object: each change (event) and each of its deliveries.
+select * from netbox_outbox.object_history('dcim.device', 1);
+
+-- The raw captured changes of one object (the outbox itself), newest first.
+select c.id, c.captured_at, c.kind, c.db_user, c.application_name, c.before
+from netbox_outbox.change c
+join django_content_type ct on ct.id = c.content_type_id
+where ct.app_label = 'dcim' and ct.model = 'device' and c.object_id = 1
+order by c.id desc
+limit 20;
+
+-- Who changed what in the last hour: NetBox users by request, and changes made outside NetBox.
+select origin, user_name, object_type, event, count(*)
+from netbox_outbox.event
+where created_at > now() - interval '1 hour'
+group by 1, 2, 3, 4
+order by count(*) desc;
+
+-- ---------------------------------------------------------------------------------------------
+-- Throughput
+-- ---------------------------------------------------------------------------------------------
+
+-- Attempts per minute over the last hour, by webhook, with latency.
+select * from netbox_outbox.throughput order by minute desc, webhook_name;
+
+-- Deliveries and events in the last hour, and the time from commit to delivery.
+select count(*) as delivered,
+       percentile_cont(0.5) within group (order by extract(epoch from d.finished_at - e.committed_at)) as p50_seconds,
+       percentile_cont(0.99) within group (order by extract(epoch from d.finished_at - e.committed_at)) as p99_seconds
+from netbox_outbox.delivery d
+join netbox_outbox.event e on e.id = d.event_id
+where d.state = 'delivered' and d.finished_at > now() - interval '1 hour';
+
+-- ---------------------------------------------------------------------------------------------
+-- Replay (each replayed delivery is a new delivery with the same request, sent after whatever
+-- is queued for its object; the original stays in the log)
+-- ---------------------------------------------------------------------------------------------
+
+-- How many dead deliveries of the last day would be replayed (dry run).
+select netbox_outbox.replay(since => now() - interval '1 day', dry_run => true);
+
+-- Replay one delivery, whatever its state.
+select netbox_outbox.replay(delivery_id => 1, states => '{dead,delivered}');
+
+-- Replay everything about one object.
+select netbox_outbox.replay(object_type => 'dcim.device', object_id => 1, states => '{dead,delivered}');
+
+-- Replay a time range of dead deliveries to one webhook (after fixing its receiver).
+select netbox_outbox.replay(webhook => 'crm', since => now() - interval '6 hours', until => now());
+
+-- ---------------------------------------------------------------------------------------------
+-- Pause and resume a webhook (deliveries wait; nothing is lost)
+-- ---------------------------------------------------------------------------------------------
+
+select netbox_outbox.pause_webhook('crm', 'receiver maintenance until 14:00');
+select netbox_outbox.resume_webhook('crm');
+
+-- ---------------------------------------------------------------------------------------------
+-- What is captured
+-- ---------------------------------------------------------------------------------------------
+
+-- The watched tables and whether their trigger is in place.
+select * from netbox_outbox.watched_tables order by table_name;
+
+-- Stop or start capturing one model, or all of them.
+select netbox_outbox.unwatch('dcim.interface');
+select netbox_outbox.watch('dcim.interface');
+select * from netbox_outbox.watch_all();
+
+-- Re-install missing triggers (after a NetBox upgrade; the sidecar does this every minute too).
+select * from netbox_outbox.sync();
+
+-- Columns whose changes alone are not events (NetBox's caches and counters); add your own.
+select * from netbox_outbox.ignored_column;
+
+-- Capture mode: 'all' (every committed change) or 'netbox' (only what NetBox itself would send).
+select name, value from netbox_outbox.setting;
+update netbox_outbox.setting set value = 'all' where name = 'capture_mode';
+
+-- ---------------------------------------------------------------------------------------------
+-- Retention
+-- ---------------------------------------------------------------------------------------------
+
+-- Keep 7 days of history (1 to 14); the sidecar prunes every few minutes.
+update netbox_outbox.setting set value = '7' where name = 'retention_days';
+
+-- Prune now.
+select * from netbox_outbox.prune();
+
+-- How much space netbox-outbox uses.
+select relname, pg_size_pretty(pg_total_relation_size(c.oid)) as size
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = 'netbox_outbox' and c.relkind in ('r', 'p')
+order by pg_total_relation_size(c.oid) desc;
+
+-- ---------------------------------------------------------------------------------------------
+-- Sidecars
+-- ---------------------------------------------------------------------------------------------
+
+-- The sidecars that ran in the last hour.
+select id, hostname, pid, version, started_at, last_seen_at, stopped_at
+from netbox_outbox.sidecar
+where last_seen_at > now() - interval '1 hour'
+order by started_at;

@@ -1,0 +1,579 @@
+//! Operating netbox-outbox: the commands, the SQL cookbook, the metrics endpoint, a
+//! least-privilege role, and a clean uninstall.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use netbox_outbox::receiver::{Receiver, Reply};
+
+use crate::support::db::{TestDb, insert_site};
+use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
+use crate::support::wait::eventually;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs the binary without blocking the test's runtime (which serves the receiver).
+async fn cli(db: &TestDb, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_netbox-outbox"))
+        .args(args)
+        .env("DATABASE_URL", db.url())
+        .env_remove("NETBOX_OUTBOX_CONFIG")
+        .output()
+        .await
+        .expect("run netbox-outbox")
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A database with a webhook "crm", a rule, and deliveries: one delivered, one dead.
+async fn with_history() -> (TestDb, tokio_postgres::Client, Receiver) {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[("secret", "'k'")]).await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    let sidecar = Sidecar::start(&db, test_config("[delivery]\nretry_schedule = []\n"));
+    insert_site(&client, "delivered").await;
+    receiver.wait_for(1, WAIT).await;
+    receiver.script([Reply::Status(500)]);
+    insert_site(&client, "dead").await;
+    eventually("one delivered and one dead delivery", WAIT, || async {
+        let n: i64 = client
+            .query_one("select count(*) from netbox_outbox.delivery where state in ('delivered', 'dead') and finished_at is not null", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n == 2).then_some(())
+    })
+    .await;
+    sidecar.stop().await;
+    (db, client, receiver)
+}
+
+/// Every statement of sql/cookbook.sql runs without error against a database with history.
+#[tokio::test]
+async fn the_cookbook_runs() {
+    let (_db, client, _receiver) = with_history().await;
+    let cookbook = include_str!("../../sql/cookbook.sql");
+    let mut count = 0;
+    for statement in cookbook.split(";\n").map(str::trim) {
+        let code: String = statement
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if code.trim().is_empty() {
+            continue;
+        }
+        client.simple_query(&code).await.unwrap_or_else(|e| {
+            panic!(
+                "cookbook statement failed: {code}\n{}",
+                netbox_outbox::error_chain(&e)
+            )
+        });
+        count += 1;
+    }
+    assert!(count >= 25, "only {count} statements ran");
+}
+
+/// `status` shows the backlog, dead deliveries, pauses, capture and sidecars, as text and JSON.
+#[tokio::test]
+async fn status_reports_queue_failures_and_sidecars() {
+    let (db, client, _receiver) = with_history().await;
+    client
+        .batch_execute("select netbox_outbox.pause_webhook('crm', 'maintenance')")
+        .await
+        .unwrap();
+    let text = cli(&db, &["status"]).await;
+    assert_eq!(text.status.code(), Some(0), "{}", err(&text));
+    let text = out(&text);
+    assert!(text.contains("capture: mode all"), "{text}");
+    assert!(text.contains("crm"), "{text}");
+    assert!(text.contains("paused by an operator"), "{text}");
+    let json = cli(&db, &["status", "--json"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON status");
+    let crm = &status["webhooks"][0];
+    assert_eq!(crm["webhook"], "crm");
+    assert_eq!(crm["dead"], 1);
+    assert_eq!(crm["paused"], true);
+    assert_eq!(status["sidecars"][0]["state"], "stopped");
+    assert!(status["capture"]["watched_tables"].as_i64().unwrap() > 20);
+}
+
+/// `replay` sends dead deliveries again (dry run first); bad selections say what to write.
+#[tokio::test]
+async fn replay_by_selection() {
+    let (db, client, receiver) = with_history().await;
+    let dry = cli(
+        &db,
+        &["replay", "--webhook", "crm", "--since", "1h", "--dry-run"],
+    )
+    .await;
+    assert_eq!(dry.status.code(), Some(0), "{}", err(&dry));
+    assert_eq!(out(&dry).trim(), "1 deliveries would be replayed");
+    let replayed = cli(&db, &["replay", "--object", "dcim.site:2"]).await;
+    assert_eq!(
+        out(&replayed).trim(),
+        "1 deliveries replayed",
+        "{}",
+        err(&replayed)
+    );
+    let all = cli(
+        &db,
+        &[
+            "replay",
+            "--object",
+            "dcim.site",
+            "--state",
+            "dead,delivered",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert_eq!(out(&all).trim(), "2 deliveries would be replayed");
+
+    let sidecar = Sidecar::start(&db, test_config(""));
+    let before = receiver.count();
+    let got = receiver.wait_for(before + 1, WAIT).await;
+    assert_eq!(got.last().unwrap().json()["data"]["name"], "dead");
+    let original: String = client
+        .query_one(
+            "select state from netbox_outbox.delivery where replay_of is null and object_id = 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(original, "dead", "the original stays in the log");
+    sidecar.stop().await;
+
+    let none = cli(&db, &["replay"]).await;
+    assert_eq!(none.status.code(), Some(2));
+    assert!(err(&none).contains("say what to replay"), "{}", err(&none));
+    let bad = cli(&db, &["replay", "--object", "device:1"]).await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(err(&bad).contains("app_label.model"), "{}", err(&bad));
+    let unknown = cli(&db, &["replay", "--webhook", "nope"]).await;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        err(&unknown).contains("no webhook named nope"),
+        "{}",
+        err(&unknown)
+    );
+}
+
+/// `check` passes on a sound setup and names each misconfiguration, exiting with 5.
+#[tokio::test]
+async fn check_finds_misconfigurations() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    let good = webhook(&client, "good", &receiver.url("/"), &[]).await;
+    rule(
+        &client,
+        "good",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        good,
+        "null",
+        "null",
+    )
+    .await;
+    let ok = cli(&db, &["check"]).await;
+    assert_eq!(ok.status.code(), Some(0), "{}{}", out(&ok), err(&ok));
+    assert!(out(&ok).contains("migrations are current"));
+    assert!(
+        out(&ok).contains("answers (HTTP 200 to HEAD)"),
+        "{}",
+        out(&ok)
+    );
+
+    // (webhook name, URL, extra columns, the problem check must name)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 6] = [
+        (
+            "bad template",
+            "http://127.0.0.1:1/",
+            &[("body_template", "'{% if %}'")],
+            "body_template does not parse",
+        ),
+        (
+            "bad scheme",
+            "ftp://example.net/x",
+            &[],
+            "unsupported scheme",
+        ),
+        (
+            "missing ca",
+            "https://127.0.0.1:1/",
+            &[("ca_file_path", "'/nonexistent/ca.pem'")],
+            "ca_file_path /nonexistent/ca.pem: cannot read it",
+        ),
+        (
+            "not a cert",
+            "https://127.0.0.1:1/",
+            &[("ca_file_path", "'/etc/hostname'")],
+            "not a PEM certificate bundle",
+        ),
+        (
+            "control char",
+            "http://127.0.0.1:1/",
+            &[("additional_headers", "E'X-A: b\\x07'")],
+            "control character",
+        ),
+        (
+            "unreachable",
+            "http://127.0.0.1:1/",
+            &[],
+            "connection failed",
+        ),
+    ];
+    for (name, url, extra, _) in cases {
+        let id = webhook(&client, name, url, extra).await;
+        rule(
+            &client,
+            name,
+            &["dcim.site"],
+            &ALL_EVENTS,
+            id,
+            "null",
+            "null",
+        )
+        .await;
+    }
+    rule(
+        &client,
+        "bad condition",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        good,
+        r#"'{"attr": "x", "op": "nope", "value": 1}'"#,
+        "null",
+    )
+    .await;
+    let bad = cli(&db, &["check"]).await;
+    assert_eq!(bad.status.code(), Some(5));
+    let report = out(&bad);
+    for (name, _, _, expected) in cases {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("PROBLEM") && l.contains(name) && l.contains(expected)),
+            "{name}: {expected:?} not in:\n{report}"
+        );
+    }
+    assert!(report.contains("unknown operator \"nope\""), "{report}");
+    let offline = cli(&db, &["check", "--offline"]).await;
+    assert!(!out(&offline).contains("connection failed"));
+
+    client
+        .batch_execute("drop trigger netbox_outbox_capture on dcim_site")
+        .await
+        .unwrap();
+    let missing = out(&cli(&db, &["check", "--offline"]).await);
+    assert!(
+        missing.contains(
+            "watched tables without a capture trigger (changes to them are missed): dcim_site"
+        ),
+        "{missing}"
+    );
+}
+
+/// `test-webhook` renders a real object's request, sends it, and shows the answer.
+#[tokio::test]
+async fn test_webhook_shows_request_and_answer() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    let hook = webhook(
+        &client,
+        "crm",
+        &receiver.url("/hook/{{ object_type }}"),
+        &[("secret", "'k'")],
+    )
+    .await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    insert_site(&client, "alpha").await;
+    let dry = cli(&db, &["test-webhook", "crm", "--dry-run"]).await;
+    assert_eq!(dry.status.code(), Some(0), "{}", err(&dry));
+    let shown = out(&dry);
+    assert!(
+        shown.contains(&format!("POST {}", receiver.url("/hook/dcim.site"))),
+        "{shown}"
+    );
+    assert!(shown.contains("X-Hook-Signature: "), "{shown}");
+    assert!(!shown.contains("\"k\""), "the secret is never shown");
+    assert_eq!(receiver.count(), 0);
+
+    let sent = cli(
+        &db,
+        &[
+            "test-webhook",
+            "crm",
+            "--object",
+            "dcim.site:1",
+            "--event",
+            "created",
+        ],
+    )
+    .await;
+    assert_eq!(sent.status.code(), Some(0), "{}{}", out(&sent), err(&sent));
+    assert!(out(&sent).contains("HTTP 200 (success)"));
+    let got = receiver.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].signature_valid("k"));
+    assert_eq!(got[0].json()["event"], "created");
+
+    receiver.default_reply(Reply::Status(503));
+    let failed = cli(&db, &["test-webhook", "crm"]).await;
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(out(&failed).contains("HTTP 503"));
+    let unknown = cli(&db, &["test-webhook", "nope"]).await;
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+/// The metrics endpoint serves Prometheus text with the documented series; health and
+/// readiness answer.
+#[tokio::test]
+async fn metrics_and_health_endpoints() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sidecar = Sidecar::start(
+        &db,
+        test_config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")),
+    );
+    insert_site(&client, "alpha").await;
+    receiver.wait_for(1, WAIT).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let body = eventually("the delivery to show in the metrics", WAIT, || async {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("netbox_outbox_deliveries_total{")
+            .then_some(text)
+    })
+    .await;
+    // parse the exposition format: every sample line is `name{labels} value`
+    let mut names = std::collections::HashSet::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad sample value in {line}"));
+        names.insert(series.split('{').next().unwrap().to_string());
+    }
+    for expected in [
+        "netbox_outbox_deliveries_total",
+        "netbox_outbox_attempt_duration_seconds_bucket",
+        "netbox_outbox_changes_read_total",
+        "netbox_outbox_events_total",
+        "netbox_outbox_deliveries_created_total",
+        "netbox_outbox_claim_duration_seconds_count",
+    ] {
+        assert!(
+            names.contains(expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert!(body.contains("outcome=\"delivered\"") && body.contains("webhook=\"crm\""));
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    sidecar.stop().await;
+}
+
+/// The least-privilege role of sql/roles.sql runs the sidecar, and cannot write NetBox's tables.
+#[tokio::test]
+async fn the_sidecar_runs_with_the_least_privilege_role() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let role = format!("nbo_sidecar_{}", db.name);
+    let psql = Command::new("psql")
+        .arg(db.url())
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-v"])
+        .arg(format!("role={role}"))
+        .args(["-v", "password='secret'", "-f"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/roles.sql"))
+        .output()
+        .unwrap();
+    assert!(psql.status.success(), "{}", err(&psql));
+    let receiver = Receiver::start().await.unwrap();
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+
+    let restricted = TestDb::attach(&db, &role);
+    let sidecar = Sidecar::start(&restricted, test_config(""));
+    insert_site(&client, "alpha").await;
+    assert_eq!(receiver.wait_for(1, WAIT).await.len(), 1);
+    sidecar.stop().await;
+
+    let as_sidecar = restricted.database.connect().await.unwrap();
+    let denied = as_sidecar
+        .batch_execute("insert into dcim_site (name, slug) values ('x', 'x')")
+        .await
+        .unwrap_err();
+    assert!(
+        denied
+            .as_db_error()
+            .unwrap()
+            .message()
+            .contains("permission denied")
+    );
+    as_sidecar
+        .batch_execute("select * from netbox_outbox.sync(); select * from netbox_outbox.prune()")
+        .await
+        .unwrap();
+    drop(as_sidecar);
+    drop(restricted);
+    client
+        .batch_execute(&format!("drop owned by {role}; drop role {role}"))
+        .await
+        .unwrap();
+}
+
+/// sql/uninstall.sql removes every object of ours and leaves NetBox's tables as they were.
+#[tokio::test]
+async fn uninstall_leaves_netbox_as_it_was() {
+    let db = TestDb::bare().await;
+    let client = db.client().await;
+    let netbox_before = netbox_fingerprint(&client).await;
+    netbox_outbox::migrations::run(&mut db.client().await)
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await.unwrap();
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    let sidecar = Sidecar::start(&db, test_config(""));
+    insert_site(&client, "alpha").await;
+    receiver.wait_for(1, WAIT).await;
+    sidecar.stop().await;
+    client
+        .batch_execute("delete from extras_eventrule_object_types; delete from extras_eventrule; delete from extras_webhook; delete from dcim_site")
+        .await
+        .unwrap();
+
+    let psql = Command::new("psql")
+        .arg(db.url())
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/uninstall.sql"))
+        .output()
+        .unwrap();
+    assert!(psql.status.success(), "{}", err(&psql));
+    let leftovers: i64 = client
+        .query_one(
+            "select (select count(*) from pg_namespace where nspname = 'netbox_outbox')
+                  + (select count(*) from pg_trigger where tgname like 'netbox_outbox%')
+                  + (select count(*) from pg_event_trigger where evtname like 'netbox_outbox%')
+                  + (select count(*) from pg_proc where proname like '%netbox_outbox%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0);
+    assert_eq!(netbox_fingerprint(&client).await, netbox_before);
+    // NetBox writes work as before
+    insert_site(&client, "after").await;
+}
+
+/// NetBox's tables as comparable text: columns, indexes, triggers, constraints.
+async fn netbox_fingerprint(client: &tokio_postgres::Client) -> Vec<String> {
+    let mut rows: Vec<String> = client
+        .query(
+            "select 'column ' || table_name || '.' || column_name || ' ' || data_type || ' ' || coalesce(column_default, '')
+               from information_schema.columns where table_schema = 'public'
+             union all select 'index ' || indexdef from pg_indexes where schemaname = 'public'
+             union all select 'trigger ' || tgrelid::regclass::text || ' ' || tgname from pg_trigger where not tgisinternal
+             union all select 'constraint ' || conrelid::regclass::text || ' ' || conname from pg_constraint
+               where connamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    rows.sort();
+    rows
+}
