@@ -99,6 +99,8 @@ pub struct DeliveryConfig {
 pub struct AssemblyConfig {
     pub poll_interval: Duration,
     pub chunk_size: usize,
+    /// LISTEN for the capture's notifications; off behind PgBouncer in transaction mode.
+    pub listen: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +187,7 @@ struct RawDelivery {
 struct RawAssembly {
     poll_interval: Option<String>,
     chunk_size: Option<usize>,
+    listen: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -378,6 +381,7 @@ impl Config {
                     "assembly.chunk_size",
                     raw.assembly.chunk_size.unwrap_or(500),
                 )?,
+                listen: raw.assembly.listen.unwrap_or(true),
             },
             netbox: NetboxConfig {
                 base_path,

@@ -202,6 +202,10 @@ async fn assemble_loop(
         }
 
         // Nothing to read: sleep until a writer commits, with a poll as the backstop.
+        if !config.assembly.listen {
+            pause(&cancel, config.assembly.poll_interval).await;
+            continue;
+        }
         if wakeup.is_none() {
             match WakeUp::connect(&database).await {
                 Ok(w) => wakeup = Some(w),

@@ -81,43 +81,56 @@ impl Assembler {
     }
 
     /// Reads and processes one batch, if no other sidecar is doing so.
+    ///
+    /// Only transaction-scoped locks are used, so this works behind PgBouncer in transaction
+    /// mode too. The REPEATABLE READ snapshot is taken by the first statement, which takes the
+    /// lock; if the previous batch committed after that snapshot, locking the read position
+    /// fails with a serialization error, and the batch is simply tried again.
     pub async fn run_batch(&mut self, client: &mut Client) -> Result<Batch, tokio_postgres::Error> {
-        let locked: bool = client
-            .query_one("select pg_try_advisory_lock($1)", &[&ASSEMBLY_LOCK])
-            .await?
-            .get(0);
-        if !locked {
-            return Ok(Batch::Busy);
-        }
-        let result = self.locked_batch(client).await;
-        let unlock = client
-            .execute("select pg_advisory_unlock($1)", &[&ASSEMBLY_LOCK])
-            .await;
-        let report = result?;
-        unlock?;
-        Ok(Batch::Done(report))
-    }
-
-    async fn locked_batch(
-        &mut self,
-        client: &mut Client,
-    ) -> Result<BatchReport, tokio_postgres::Error> {
         let started = Instant::now();
-        // The transaction's snapshot is taken by its first statement, after we hold the lock, so
-        // it sees the previous batch's commit.
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .start()
             .await?;
-        let row = tx
+        let locked: bool = tx
+            .query_one("select pg_try_advisory_xact_lock($1)", &[&ASSEMBLY_LOCK])
+            .await?
+            .get(0);
+        if !locked {
+            tx.rollback().await?;
+            return Ok(Batch::Busy);
+        }
+        let row = match tx
             .query_one(
                 "select c.snapshot::text, pg_current_snapshot()::text,
                         (select value from netbox_outbox.setting where name = 'capture_mode')
-                 from netbox_outbox.cursor c where c.name = 'changes'",
+                 from netbox_outbox.cursor c where c.name = 'changes' for update",
                 &[],
             )
-            .await?;
+            .await
+        {
+            Ok(row) => row,
+            Err(e)
+                if e.code()
+                    == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) =>
+            {
+                // Another sidecar's batch committed after our snapshot: start over.
+                tx.rollback().await?;
+                return Ok(Batch::Busy);
+            }
+            Err(e) => return Err(e),
+        };
+        let report = self.process(tx, row, started).await?;
+        Ok(Batch::Done(report))
+    }
+
+    async fn process(
+        &mut self,
+        tx: tokio_postgres::Transaction<'_>,
+        row: tokio_postgres::Row,
+        started: Instant,
+    ) -> Result<BatchReport, tokio_postgres::Error> {
         let from = Snapshot::parse(row.get(0)).expect("pg_snapshot text");
         let to = Snapshot::parse(row.get(1)).expect("pg_snapshot text");
         let mode = match row.get::<_, Option<&str>>(2) {

@@ -74,7 +74,8 @@ class Control:
 
     def query(self, sql, params=()):
         with env.pg_connect(self.dbname) as conn:
-            return conn.execute(sql, params).fetchall()
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else None
 
     def capture_mode(self, mode):
         log(f'capture_mode = {mode}')

@@ -290,3 +290,33 @@ async fn tls_verification_and_private_cas() {
     sidecar.stop().await;
     std::fs::remove_file(&tls.ca_file).ok();
 }
+
+/// Poll-only mode (behind PgBouncer in transaction mode, where LISTEN does not work): no
+/// notification is ever needed.
+#[tokio::test]
+async fn poll_only_mode_delivers() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    let sidecar = Sidecar::start(&db, test_config("[assembly]\nlisten = false\n"));
+    insert_site(&client, "alpha").await;
+    assert_eq!(receiver.wait_for(1, WAIT).await.len(), 1);
+    let listeners: i64 = client
+        .query_one("select count(*) from pg_stat_activity where datname = current_database() and query ilike 'listen%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(listeners, 0);
+    sidecar.stop().await;
+}
