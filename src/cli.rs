@@ -104,6 +104,9 @@ pub enum Command {
         /// The HTTP status to answer with.
         #[arg(long, default_value_t = 200)]
         status: u16,
+        /// Print only a count per second (for load tests), not each request.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Print a configuration file with every setting, its default and what it does.
     Config,
@@ -304,7 +307,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             listen,
             secret,
             status,
-        } => receive(*listen, secret.clone(), *status).await,
+            quiet,
+        } => receive(*listen, secret.clone(), *status, *quiet).await,
         Command::Run => {
             let config = config(&cli)?;
             let database = database(&config)?;
@@ -384,6 +388,7 @@ async fn receive(
     listen: std::net::SocketAddr,
     secret: Option<String>,
     status: u16,
+    quiet: bool,
 ) -> Result<u8, Failure> {
     use crate::receiver::{Receiver, Reply};
     let receiver = Receiver::bind(listen)
@@ -391,6 +396,20 @@ async fn receive(
         .map_err(|e| Failure::new(exit::FAILURE, format!("cannot listen on {listen}: {e}")))?;
     receiver.default_reply(Reply::Status(status));
     eprintln!("listening on http://{} (Ctrl-C to stop)", receiver.addr);
+    if quiet {
+        receiver.keep_nothing();
+        let mut last = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                    let total = receiver.count();
+                    println!("{total} {}", total - last);
+                    last = total;
+                }
+            }
+        }
+    }
     let mut shown = 0;
     loop {
         tokio::select! {

@@ -64,6 +64,9 @@ pub enum Reply {
 #[derive(Default)]
 struct State {
     received: Vec<Received>,
+    /// Count requests without keeping them (load tests).
+    count_only: bool,
+    counted: usize,
     script: VecDeque<Reply>,
     by_path: std::collections::HashMap<String, VecDeque<Reply>>,
     default: Option<Reply>,
@@ -151,7 +154,17 @@ impl Receiver {
     }
 
     pub fn count(&self) -> usize {
-        self.state.lock().expect("receiver state").received.len()
+        let state = self.state.lock().expect("receiver state");
+        if state.count_only {
+            state.counted
+        } else {
+            state.received.len()
+        }
+    }
+
+    /// Keeps only a count of requests, not the requests (for load tests).
+    pub fn keep_nothing(&self) {
+        self.state.lock().expect("receiver state").count_only = true;
     }
 
     /// Waits until at least `n` requests arrived, or the deadline passes (then returns what came).
@@ -215,13 +228,17 @@ impl Receiver {
         let reply = {
             let mut state = self.state.lock().expect("receiver state");
             let scripted = state.by_path.get_mut(&path).and_then(VecDeque::pop_front);
-            state.received.push(Received {
-                at: SystemTime::now(),
-                method,
-                path,
-                headers,
-                body,
-            });
+            if state.count_only {
+                state.counted += 1;
+            } else {
+                state.received.push(Received {
+                    at: SystemTime::now(),
+                    method,
+                    path,
+                    headers,
+                    body,
+                });
+            }
             scripted
                 .or_else(|| state.script.pop_front())
                 .or_else(|| state.default.clone())

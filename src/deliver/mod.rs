@@ -100,7 +100,7 @@ impl Dispatcher {
                 }
             }
 
-            let db = match &client {
+            let db = match &mut client {
                 Some(c) => c,
                 None => match self.database.connect().await {
                     Ok(c) => {
@@ -110,7 +110,7 @@ impl Dispatcher {
                         }
                         failures = 0;
                         client = Some(c);
-                        client.as_ref().expect("just set")
+                        client.as_mut().expect("just set")
                     }
                     Err(error) => {
                         failures += 1;
@@ -151,10 +151,16 @@ impl Dispatcher {
                     Some(until) if until > now => 0,
                     // the pause is over: one delivery probes the receiver
                     Some(_) => usize::from(busy == 0),
-                    None => self.config.per_webhook_concurrency.saturating_sub(busy),
+                    None => self.config.per_webhook_concurrency,
                 };
-                let quota = cap.min(free).min(self.config.claim_batch);
-                if quota > 0 {
+                let quota = cap
+                    .saturating_sub(busy)
+                    .min(free)
+                    .min(self.config.claim_batch);
+                // A claim is one transaction whatever its size: while a webhook still has a
+                // good share of its slots busy, wait for more to free up rather than claim one
+                // delivery at a time (measured: claiming per freed slot halved throughput).
+                if quota > 0 && (busy == 0 || quota >= refill_at(cap)) {
                     quotas.push((webhook, quota as i64));
                     free -= quota;
                 }
@@ -173,10 +179,15 @@ impl Dispatcher {
                     continue;
                 }
             };
+            let got = claimed.len();
             if !quotas.is_empty() {
                 histogram!(m::CLAIM_SECONDS).record(started.elapsed().as_secs_f64());
+                tracing::trace!(
+                    claimed = got,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "claimed"
+                );
             }
-            let got = claimed.len();
             for claimed in claimed {
                 let webhook = claimed.webhook_id;
                 let delivery = claimed.outgoing.id;
@@ -251,6 +262,11 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// How many of a webhook's `cap` slots must be free before claiming more for it.
+fn refill_at(cap: usize) -> usize {
+    (cap / 4).max(1)
 }
 
 fn release_slot(in_flight: &mut HashMap<i64, usize>, webhook: i64) {

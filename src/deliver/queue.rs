@@ -19,11 +19,17 @@ pub struct Claimed {
     pub attempt: i32,
 }
 
+/// Queue queries must walk the partial indexes whatever the statistics say: right after a large
+/// batch of deliveries is inserted, before autovacuum analyzes the table, the planner would
+/// otherwise hash-join the whole backlog on every claim (measured: 40-500 ms instead of 1 ms).
+const INDEX_PLANS: &str = "set local enable_seqscan = off; set local enable_hashjoin = off; \
+                           set local enable_mergejoin = off";
+
 /// Claims up to `limit` due deliveries of one webhook per entry of `webhooks`
 /// (`(webhook_id, limit)`), each the head of its (webhook, object) queue, and leases them for
 /// their timeout plus `lease_margin`. One short transaction; no HTTP inside it.
 pub async fn claim(
-    client: &Client,
+    client: &mut Client,
     webhooks: &[(i64, i64)],
     lease_margin: Duration,
     sidecar: Uuid,
@@ -34,7 +40,9 @@ pub async fn claim(
     let ids: Vec<i64> = webhooks.iter().map(|w| w.0).collect();
     let limits: Vec<i64> = webhooks.iter().map(|w| w.1).collect();
     let margin_ms = lease_margin.as_millis() as i64;
-    let rows = client
+    let tx = client.transaction().await?;
+    tx.batch_execute(INDEX_PLANS).await?;
+    let rows = tx
         .query(
             "with due as (
                  select c.id
@@ -64,6 +72,7 @@ pub async fn claim(
             &[&ids, &limits, &margin_ms, &sidecar],
         )
         .await?;
+    tx.commit().await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -147,6 +156,7 @@ pub async fn record(
         retry_at.push(o.retry_at);
     }
     let tx = client.transaction().await?;
+    tx.batch_execute(INDEX_PLANS).await?;
     tx.execute(
         "insert into netbox_outbox.attempt
              (delivery_id, attempt, started_at, duration_ms, status, error, response_excerpt, sidecar)

@@ -11,7 +11,10 @@ every depth), and the signature's validity.
 | `transport-headers` | `Host`, `User-Agent`, `Accept`, `Accept-Encoding`, `Connection`, `Content-Length` and netbox-outbox's `X-Netbox-Outbox-Delivery` are dropped | the HTTP clients add them (NetBox's urllib3 vs reqwest); the body's length is covered by the body |
 | `signature` | `X-Hook-Signature` is replaced by whether it verifies (HMAC-SHA512 of that side's own body with the webhook's secret) | the bodies differ in their timestamps, so the signatures do |
 | `request-fallback` | without the plugin only: `request.path`, `request.path_info`, `request.method` and `request.GET` are forgiven when netbox-outbox's values are exactly the documented fallback (`POST` to the list path for `created`, `PATCH`/`DELETE` on the object's path otherwise, `GET` `{}`) | the database does not know the request's path, method or query; the plugin tells it |
-| `request-path-counts` | `data.<key>` present in NetBox's body and absent from ours, where the catalogue says the key is a `RelatedObjectCountField` (`count`) or a queryset annotation that is omitted when missing (`annotation`, `when_missing: omit`) | NetBox includes them only when the REST viewset's annotated queryset produced the instance (PATCH, PUT, DELETE); they are counted before the change and depend on how the change was made |
+| `request-path-counts` | `data.<key>` present in NetBox's body and absent from ours, where the catalogue says the key is a `RelatedObjectCountField` (`count`) or a queryset annotation omitted when missing (`annotation`, `when_missing: omit`); and, for `updated` and `deleted`, NetBox's value of an annotation whose value is a default when missing (`annotation`, `when_missing: default`, e.g. region `site_count`) where ours is that default | NetBox fills them only when the REST viewset's annotated queryset produced the instance (PATCH, PUT, DELETE), counted before the change: they depend on how the change was made, not on the data |
+| `client-json-order` | for `created`: the key order inside JSON values of `snapshots.postchange` (`custom_fields` and JSON fields such as `local_context_data`), when both sides have the same keys | NetBox's snapshot of a new object keeps the order the client sent; PostgreSQL's jsonb keeps its own order, and the client's is stored nowhere |
+| `unlogged-request` | without the plugin only: `request.id` and `request.user` of a change NetBox did not write to its change log (a save that changes nothing), when ours are the documented stand-ins: the transaction's id (`6e626f75-7462-...`) and the database role | NetBox writes no change log row for such a save, so nothing in the database holds its request id or user; the plugin provides them |
+| `in-memory-counters` | `*_count` integers inside nested objects of `data` (for example `data.device_type.device_count`) | NetBox renders a nested object from the copy it loaded during the request, and updates counter caches in the database only (`QuerySet.update(F() + 1)`), so the value depends on when in the request NetBox loaded that copy (seen: 4, 2 and 3 for three devices of one bulk create); the database holds the committed count |
 | `mirror-url` | for the plugin's `netbox_outbox.webhook` rule compared with NetBox's `webhook` rule: the webhook's own URL path (`/hook/outbox` vs `/hook/main`) | two webhooks, so that NetBox's and ours can be told apart |
 
 Each rule is counted in the report every time it applies, so the table above can be checked
@@ -29,6 +32,10 @@ TRANSPORT_HEADERS = frozenset(h.lower() for h in (
 ))
 TIMESTAMP_RE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00$')
 TIMESTAMP_TOLERANCE_S = 600
+OMITTED = object()
+# netbox-outbox's stand-in request id for a change it cannot attribute: a UUID made from
+# b'nboutbox' and the transaction id
+TRANSACTION_ID_PREFIX = '6e626f75-7462-'
 
 RULES = {
     'timestamp': 'top-level timestamp: format checked, value not compared',
@@ -36,6 +43,9 @@ RULES = {
     'signature': 'X-Hook-Signature compared by verifying each side against its own body',
     'request-fallback': 'without the plugin: request.path/path_info/method/GET are the documented fallback',
     'request-path-counts': 'data.*_count and annotations NetBox adds only for REST PATCH/PUT/DELETE',
+    'client-json-order': 'created: key order inside JSON values of the postchange snapshot (client order)',
+    'unlogged-request': 'without the plugin: request id and user of a save NetBox did not log',
+    'in-memory-counters': '*_count integers inside nested objects of data (NetBox in-memory copies)',
     'mirror-url': 'netbox_outbox.webhook rule compared with the equivalent webhook rule: URL path',
 }
 
@@ -43,12 +53,17 @@ RULES = {
 class Context:
     """What the normalisation needs to know about a configuration."""
 
-    def __init__(self, plugin, secrets, path_dependent_fields, mirror_paths=None):
+    def __init__(self, plugin, secrets, path_dependent_fields, json_snapshot_fields, db_user, mirror_paths=None):
         self.plugin = plugin
         # webhook name -> secret ('' when none)
         self.secrets = secrets
-        # object type -> set of data keys that only REST updates and deletes include
+        # object type -> {data key: OMITTED, or the default value} for the keys whose presence or
+        # value depends on the REST request (catalogue kinds `count` and `annotation`)
         self.path_dependent_fields = path_dependent_fields
+        # object type -> snapshot keys holding JSON (custom_fields, JSON fields)
+        self.json_snapshot_fields = json_snapshot_fields
+        # the database role netbox-outbox names as the user of changes it cannot attribute
+        self.db_user = db_user
         # our path prefix -> NetBox's path prefix, for mirrored webhooks
         self.mirror_paths = mirror_paths or {}
 
@@ -123,15 +138,112 @@ def normalise(netbox, ours, ctx):
             applied.append('request-fallback')
 
     # request-path-counts
-    fields = ctx.path_dependent_fields.get(nb.get('object_type'), ())
+    fields = ctx.path_dependent_fields.get(nb.get('object_type'), {})
     nb_data, our_data = nb.get('data'), us.get('data')
     if isinstance(nb_data, dict) and isinstance(our_data, dict):
-        dropped = [k for k in nb_data if k in fields and k not in our_data]
-        for k in dropped:
-            del nb_data[k]
-        if dropped:
+        forgiven = False
+        for k in [k for k in nb_data if k in fields]:
+            default = fields[k]
+            if default is OMITTED and k not in our_data:
+                del nb_data[k]
+                forgiven = True
+            elif (default is not OMITTED and nb.get('event') in ('updated', 'deleted') and k in our_data
+                  and our_data[k] == default and nb_data[k] != default):
+                nb_data[k] = default
+                forgiven = True
+        if forgiven:
             applied.append('request-path-counts')
+
+    # in-memory-counters
+    if isinstance(nb_data, dict) and isinstance(our_data, dict):
+        if _forgive_nested_counters(nb_data, our_data, depth=0):
+            applied.append('in-memory-counters')
+
+    # client-json-order
+    if nb.get('event') == 'created':
+        post_nb = (nb.get('snapshots') or {}).get('postchange')
+        post_us = (us.get('snapshots') or {}).get('postchange')
+        if isinstance(post_nb, dict) and isinstance(post_us, dict):
+            for k in ctx.json_snapshot_fields.get(nb.get('object_type'), ()):
+                if k in post_nb and k in post_us:
+                    reordered = _reorder_like(post_nb[k], post_us[k])
+                    if reordered is not None:
+                        post_nb[k] = reordered
+                        applied.append('client-json-order')
     return applied, problems
+
+
+def _forgive_nested_counters(nb, us, depth):
+    forgiven = False
+    if isinstance(nb, dict) and isinstance(us, dict):
+        for k in nb:
+            if k not in us:
+                continue
+            a, b = nb[k], us[k]
+            if (depth > 0 and k.endswith('_count') and type(a) is int and type(b) is int and a != b):
+                nb[k] = b
+                forgiven = True
+            elif isinstance(a, (dict, list)):
+                forgiven |= _forgive_nested_counters(a, b, depth + 1)
+    elif isinstance(nb, list) and isinstance(us, list):
+        for a, b in zip(nb, us):
+            forgiven |= _forgive_nested_counters(a, b, depth)
+    return forgiven
+
+
+def normalise_unlogged(netbox, ours, ctx):
+    """unlogged-request: for a pair made without the request id (see compare.py), replaces our
+    stand-in request id and user with NetBox's when they are the documented stand-ins. Returns
+    whether it applied."""
+    if ctx.plugin:
+        return False
+    ids = _request_ids(netbox), _request_ids(ours)
+    (nb_id, nb_user), (our_id, our_user) = ids
+    if not (our_id and our_id.startswith(TRANSACTION_ID_PREFIX) and our_user == ctx.db_user and nb_id):
+        return False
+    if ours['json'] is not None:
+        ours['json']['request']['id'] = nb_id
+        ours['json']['request']['user'] = nb_user
+    ours['raw'] = ours['raw'].replace(our_id.encode(), nb_id.encode()).replace(
+        f'"{our_user}"'.encode(), f'"{nb_user}"'.encode())
+    ours['headers'] = [[n, v.replace(our_id, nb_id) if n.lower() == 'x-request'
+                        else (nb_user if n.lower() == 'x-user' and v == our_user else v)]
+                       for n, v in ours['headers']]
+    return True
+
+
+def _request_ids(side):
+    if side['json'] is not None:
+        request = side['json'].get('request') or {}
+        return request.get('id'), request.get('user')
+    headers = {n.lower(): v for n, v in side['headers']}
+    return headers.get('x-request'), headers.get('x-user')
+
+
+def _reorder_like(value, model):
+    """value with every dict's keys in model's order, if both have the same keys at every
+    depth; None if they differ in anything but order, or nothing needed reordering."""
+    def walk(v, m):
+        if isinstance(v, dict) and isinstance(m, dict):
+            if set(v) != set(m):
+                raise ValueError
+            return {k: walk(v[k], m[k]) for k in m}
+        if isinstance(v, list) and isinstance(m, list) and len(v) == len(m):
+            return [walk(a, b) for a, b in zip(v, m)]
+        return v
+    try:
+        result = walk(value, model)
+    except ValueError:
+        return None
+    return result if json_order(result) != json_order(value) else None
+
+
+def json_order(v):
+    if isinstance(v, dict):
+        return [(k, json_order(x)) for k, x in v.items()]
+    if isinstance(v, list):
+        return [json_order(x) for x in v]
+    return v
 
 
 def expected_fallback(body):

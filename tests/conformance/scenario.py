@@ -35,6 +35,7 @@ TEMPLATED_HEADERS = '\n'.join([
     'X-Event: {{ event }}',
     'X-Object: {{ object_type }}/{{ data.id }}',
     'X-Request: {{ request.id }}',
+    'X-User: {{ request.user }}',
     'X-Display: {{ data.display | header_safe }}',
     'this line has no colon and is dropped',
     'X-Empty:   ',
@@ -76,6 +77,10 @@ class Expectations:
     silent: list = field(default_factory=list)
     # webhooks NetBox may not send to (the sidecar delivers them)
     outbox_only: list = field(default_factory=list)
+
+
+class ScenarioError(Exception):
+    pass
 
 
 class Scenario:
@@ -175,6 +180,10 @@ class Scenario:
             # delivers it, and its requests must equal NetBox's for the same rule as `webhook`
             hook('outbox')
             self.rule('r-outbox', 'outbox', MAIN_TYPES, action_type='netbox_outbox.webhook')
+            rule = self.api.get(f'{API}/extras/event-rules/?name=r-outbox')['results'][0]
+            want = {'value': 'netbox_outbox.webhook', 'label': 'Webhook (netbox-outbox)'}
+            if {k: rule['action_type'].get(k) for k in want} != want:
+                raise ScenarioError(f'the plugin action type reads {rule["action_type"]}, expected {want}')
             self.expect.mirrors['outbox'] = 'main'
             self.expect.outbox_only.append('outbox')
 
@@ -430,7 +439,7 @@ class Scenario:
             if mode != self.control.mode:
                 self.control.capture_mode(mode)
             object_type, key = targets[mode]
-            model = {'dcim.device': 'Device', 'dcim.site': 'Site'}[object_type]
+            model = {'dcim.device': 'dcim.Device', 'dcim.site': 'dcim.Site'}[object_type]
             self.control.nbshell(
                 f"{model}.objects.filter(pk={self.ids[key]}).update(description='queryset.update() in {mode} mode')")
             (self.expect.queryset_update_all if mode == 'all' else self.expect.queryset_update_netbox).append(

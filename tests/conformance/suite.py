@@ -10,6 +10,8 @@ unpaired outside the documented by-design cases.
 """
 
 import argparse
+import base64
+import dataclasses
 import json
 import os
 import shutil
@@ -23,9 +25,9 @@ import environment as env
 import report
 from environment import log
 from netbox_api import Api, ApiError
-from normalise import Context
+from normalise import OMITTED, Context
 from receiver import Receiver
-from scenario import SIGNED_SECRET, TEMPLATED_SECRET, Scenario
+from scenario import SIGNED_SECRET, TEMPLATED_SECRET, Expectations, Scenario, ScenarioError
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -50,16 +52,24 @@ CONFIGURATIONS = [
 ]
 
 
-def path_dependent_fields():
-    """object type -> data keys NetBox adds only for REST updates and deletes (see normalise.py)."""
+def catalogue_facts():
+    """From netbox-outbox's model catalogue (generated from NetBox itself), what normalise.py
+    needs: per object type, the data keys whose presence or value depends on the REST request
+    (`count` and `annotation` fields), and the snapshot keys that hold JSON."""
     catalogue = json.loads(CATALOGUE.read_text())
-    fields = {}
+    path_dependent, json_fields = {}, {}
     for name, model in catalogue['models'].items():
-        keys = {f['name'] for f in model['serializer']
-                if f['kind'] == 'count' or (f['kind'] == 'annotation' and f.get('when_missing') == 'omit')}
+        keys = {}
+        for f in model['serializer']:
+            if f['kind'] == 'count' or (f['kind'] == 'annotation' and f.get('when_missing') == 'omit'):
+                keys[f['name']] = OMITTED
+            elif f['kind'] == 'annotation' and f.get('when_missing') == 'default':
+                keys[f['name']] = f.get('default')
         if keys:
-            fields[name] = keys
-    return fields
+            path_dependent[name] = keys
+        json_fields[name] = {s['name'] for s in model.get('snapshot', [])
+                             if s.get('format') == 'json' or s.get('kind') == 'custom_fields'}
+    return path_dependent, json_fields
 
 
 class Control:
@@ -71,6 +81,7 @@ class Control:
         self.dbname = dbname
         self.mode = mode
         self.workdir = workdir
+        self.processes = []
 
     def query(self, sql, params=()):
         with env.pg_connect(self.dbname) as conn:
@@ -86,6 +97,8 @@ class Control:
         """Until the sidecar has read every committed change."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            for p in self.processes:
+                p.check()
             if self.query('select count(*) from netbox_outbox.unread_change')[0][0] == 0:
                 return
             time.sleep(0.2)
@@ -201,12 +214,19 @@ def run_configuration(cfg, netbox, binary, out, keep):
         processes.append(env.Process('sidecar', [str(binary), 'run', '--config', str(sidecar_config)],
                                      workdir / 'sidecar.log', env=sidecar_env, cwd=workdir))
 
+        control.processes = processes
         api = Api(f'http://127.0.0.1:{port}', env.API_TOKEN, workdir / 'steps.jsonl')
         status = api.wait_ready([p.check for p in processes])
         log(f"NetBox {status.get('netbox-version')} up on port {port}; plugins: {status.get('plugins')}")
         if cfg.plugin and PLUGIN not in (status.get('plugins') or {}):
             raise env.SetupError(f'the plugin is not loaded: /api/status/ says plugins = {status.get("plugins")}')
 
+        if cfg.plugin:
+            # the plugin's request context, checked inside NetBox (plugin_check.py)
+            output = netbox.shell(root, f"exec(open({str(HERE / 'plugin_check.py')!r}).read())")
+            if 'plugin check: ok' not in (output or ''):
+                raise env.SetupError(f'plugin_check.py did not pass: {output}')
+            log('plugin check: ok')
         scenario = Scenario(api, receiver, cfg.plugin, control)
         scenario_started = time.monotonic()
         scenario.run(lambda job: wait_job(api, job))
@@ -221,29 +241,54 @@ def run_configuration(cfg, netbox, binary, out, keep):
         if api:
             api.close()
 
-    received = receiver.snapshot()
-    log(f'received {sum(r.side == "netbox" for r in received)} requests from NetBox and '
+    (workdir / 'run.json').write_text(json.dumps({'expect': dataclasses.asdict(scenario.expect), 'stats': stats},
+                                                  indent=1, default=str))
+    analysis = analyse(cfg, receiver.snapshot(), api.steps, scenario.expect, stats)
+    analysis.duration_s = round(time.monotonic() - started, 1)
+    if not keep:
+        env.drop_database(dbname)
+    else:
+        log(f'kept database {dbname} and {workdir}')
+    return analysis
+
+
+def analyse(cfg, received, steps, expect, stats):
+    log(f'{cfg.name}: received {sum(r.side == "netbox" for r in received)} requests from NetBox and '
         f'{sum(r.side == "outbox" for r in received)} from netbox-outbox')
     secrets = {'signed': SIGNED_SECRET, 'templated': TEMPLATED_SECRET}
-    ctx = Context(cfg.plugin, secrets, path_dependent_fields(),
-                  mirror_paths={f'/hook/{ours}': f'/hook/{theirs}' for ours, theirs in scenario.expect.mirrors.items()})
-    step_of = api.step_of
-    analysis = compare.analyse(cfg.name, received, ctx, scenario.expect, step_of)
+    path_dependent, json_fields = catalogue_facts()
+    ctx = Context(cfg.plugin, secrets, path_dependent, json_fields, env.PG_USER,
+                  mirror_paths={f'/hook/{ours}': f'/hook/{theirs}' for ours, theirs in expect.mirrors.items()})
+    by_id = {s['request_id']: s for s in steps if s.get('request_id')}
+    analysis = compare.analyse(cfg.name, received, ctx, expect, by_id.get)
+    analysis.rest_calls = len(steps)
     for state, n in stats['deliveries'].items():
         analysis.counts[f'outbox_deliveries_{state}'] = n
     if stats['rejected']:
         analysis.failures += [f'netbox-outbox rejected a delivery: {r}' for r in stats['rejected']]
     failed = stats['netbox_failed_jobs']
     if failed:
-        analysis.failures.append(f'{failed} NetBox RQ job(s) failed (see {workdir}/rqworker.log)')
+        analysis.failures.append(f'{failed} NetBox RQ job(s) failed (see out/{cfg.name}/rqworker.log)')
     if analysis.counts.get('differing'):
         analysis.failures.append(f"{analysis.counts['differing']} paired webhook(s) differ")
-    analysis.duration_s = round(time.monotonic() - started, 1)
-    analysis.rest_calls = len(api.steps)
-    if not keep:
-        env.drop_database(dbname)
-    else:
-        log(f'kept database {dbname} and {workdir}')
+    return analysis
+
+
+def reanalyse(cfg, workdir):
+    """The analysis of a finished run, from its recordings (--reanalyse)."""
+    from receiver import Received
+    received = []
+    for line in (workdir / 'received.jsonl').read_text().splitlines():
+        r = json.loads(line)
+        received.append(Received(r['seq'], r['at'], r['method'], r['target'], [tuple(h) for h in r['headers']],
+                                 base64.b64decode(r['body_b64'])))
+    steps = [json.loads(line) for line in (workdir / 'steps.jsonl').read_text().splitlines()]
+    run = json.loads((workdir / 'run.json').read_text())
+    expect = Expectations(**run['expect'])
+    expect.queryset_update_all = [tuple(x) for x in expect.queryset_update_all]
+    expect.queryset_update_netbox = [tuple(x) for x in expect.queryset_update_netbox]
+    analysis = analyse(cfg, received, steps, expect, run['stats'])
+    analysis.duration_s = None
     return analysis
 
 
@@ -268,13 +313,23 @@ def main():
                         help='also write the summary table to docs/fidelity.md')
     parser.add_argument('--cache', required=True, help='the cache directory (set by run)')
     parser.add_argument('--started', type=float, default=time.time(), help='when run started (set by run)')
+    parser.add_argument('--reanalyse', action='store_true',
+                        help='only pair, compare and report the recordings of the last run in --out')
     args = parser.parse_args()
 
     out = Path(args.out)
+    configurations = [c for c in CONFIGURATIONS if not args.config or c.name in args.config]
+    if args.reanalyse:
+        analyses = []
+        for cfg in configurations:
+            if (out / cfg.name / 'run.json').exists():
+                analysis = reanalyse(cfg, out / cfg.name)
+                analysis.configuration = cfg
+                analyses.append(analysis)
+        return finish(args, out, analyses, {'total': 0})
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    configurations = [c for c in CONFIGURATIONS if not args.config or c.name in args.config]
 
     timings = {}
     t = time.monotonic()
@@ -294,8 +349,12 @@ def main():
         analyses.append(analysis)
         timings[cfg.name] = analysis.duration_s
 
-    duration = time.time() - args.started
-    timings['total'] = round(duration, 1)
+    timings['total'] = round(time.time() - args.started, 1)
+    return finish(args, out, analyses, timings)
+
+
+def finish(args, out, analyses, timings):
+    duration = timings['total']
     md = report.write(out, analyses, timings)
     if args.update_docs:
         (REPO / 'docs').mkdir(exist_ok=True)
@@ -318,6 +377,6 @@ def main():
 if __name__ == '__main__':
     try:
         sys.exit(main())
-    except (env.SetupError, ApiError) as e:
+    except (env.SetupError, ApiError, ScenarioError) as e:
         print(f'conformance: setup failed: {e}', file=sys.stderr)
         sys.exit(2)
