@@ -240,14 +240,14 @@ async fn throughput() {
         let assembly = assembling.elapsed();
         let body_size: i64 = count(
             &client,
-            "select avg(length(body))::bigint from netbox_outbox.delivery",
+            "select avg(length(body))::bigint from netbox_outbox.request",
         )
         .await;
         drop(side);
 
         // Ceiling 1: the receiver driven by a plain HTTP client, same bodies, same concurrency.
         let body: Vec<u8> = client
-            .query_one("select body from netbox_outbox.delivery limit 1", &[])
+            .query_one("select body from netbox_outbox.request limit 1", &[])
             .await
             .unwrap()
             .get(0);

@@ -55,11 +55,7 @@ create table netbox_outbox.delivery (
     -- rejected: a template or condition error prevented building it (nothing was sent)
     state            text        not null default 'pending'
                      check (state in ('pending', 'delivered', 'dead', 'rejected')),
-    -- the frozen request (null when rejected)
-    method           text,
-    url              text,
-    headers          jsonb,      -- [[name, value], ...] in the order they are sent
-    body             bytea       compression lz4,
+    -- how the frozen request (netbox_outbox.request) is sent
     timeout_ms       integer     not null,
     ssl_verification boolean     not null,
     ca_file_path     text,
@@ -88,6 +84,22 @@ create index delivery_object_order on netbox_outbox.delivery (webhook_id, conten
 create index delivery_event on netbox_outbox.delivery (event_id);
 create index delivery_object on netbox_outbox.delivery (content_type_id, object_id, id);
 create index delivery_finished on netbox_outbox.delivery (finished_at) where state <> 'pending';
+
+-- The request of each delivery, frozen when the event was processed: URL, headers and body
+-- exactly as they are sent, every attempt alike. Kept apart from the delivery's state, which
+-- every claim and outcome rewrites: PostgreSQL writes a new version of the whole row on each
+-- update, and with the body inline that was a kilobyte or more per update (measured: claims
+-- twice as slow, and the table three times the size).
+create table netbox_outbox.request (
+    delivery_id bigint primary key,
+    method      text  not null,
+    url         text  not null,
+    headers     jsonb not null,   -- [[name, value], ...] in the order they are sent
+    body        bytea compression lz4 not null
+);
+
+comment on table netbox_outbox.request is
+    'The request each delivery sends, exactly: method, URL, headers, body. None for a rejected delivery.';
 
 -- ---------------------------------------------------------------------------------------------
 -- The delivery log: every attempt.
@@ -143,6 +155,96 @@ create table netbox_outbox.sidecar (
     last_seen_at timestamptz not null default now(),
     stopped_at   timestamptz
 );
+
+-- ---------------------------------------------------------------------------------------------
+-- The sidecar's side of the queue: claim due deliveries, record outcomes. Each is one call (one
+-- round trip, one short transaction); their plans are cached per connection and forced onto the
+-- partial indexes: right after a large batch of deliveries is inserted, before autovacuum has
+-- analyzed the table, the planner would otherwise hash-join the whole backlog on every claim
+-- (measured: 40-500 ms a claim instead of about 1 ms).
+-- ---------------------------------------------------------------------------------------------
+create function netbox_outbox.claim(webhooks bigint[], quotas bigint[], lease_margin_ms bigint, sidecar uuid)
+returns table (id bigint, webhook_id bigint, webhook_name text, event_id bigint, attempts integer,
+               method text, url text, headers text, body bytea, timeout_ms integer,
+               ssl_verification boolean, ca_file_path text)
+language plpgsql volatile
+set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off
+as $$
+begin
+    -- Up to quotas[i] due deliveries of webhooks[i], each the head of its (webhook, object)
+    -- queue, so one object's webhooks go out in commit order; leased for their timeout plus
+    -- the margin, after which another sidecar may send them again.
+    return query
+    with due as (
+        select c.id
+        from unnest(webhooks, quotas) as w(webhook_id, quota)
+        cross join lateral (
+            select d.id from netbox_outbox.delivery d
+            where d.webhook_id = w.webhook_id and d.state = 'pending'
+              and d.next_attempt_at <= now() and d.leased_until < now()
+              -- the head of its object's queue; a correlated subquery rather than "not
+              -- exists", which the planner may turn into a join that scans every pending
+              -- delivery of the webhook per candidate when statistics are stale (measured:
+              -- 1.5 s for a claim of 500 right after a large batch was inserted)
+              and (d.seq, d.id) = (
+                  select e.seq, e.id from netbox_outbox.delivery e
+                  where e.webhook_id = d.webhook_id and e.content_type_id = d.content_type_id
+                    and e.object_id = d.object_id and e.state = 'pending'
+                  order by e.seq, e.id
+                  limit 1)
+            order by d.next_attempt_at, d.id
+            limit w.quota
+            for update of d skip locked
+        ) c
+    )
+    , leased as (
+        update netbox_outbox.delivery d
+           set leased_until = now() + make_interval(secs => (d.timeout_ms + lease_margin_ms) / 1000.0),
+               leased_by = sidecar,
+               attempts = d.attempts + 1
+          from due where d.id = due.id
+        returning d.id, d.webhook_id, d.webhook_name, d.event_id, d.attempts, d.timeout_ms,
+                  d.ssl_verification, d.ca_file_path
+    )
+    select l.id, l.webhook_id, l.webhook_name, l.event_id, l.attempts, r.method, r.url,
+           r.headers::text, r.body, l.timeout_ms, l.ssl_verification, l.ca_file_path
+    from leased l join netbox_outbox.request r on r.delivery_id = l.id;
+end
+$$;
+
+comment on function netbox_outbox.claim(bigint[], bigint[], bigint, uuid) is
+    'Used by the sidecar: leases due deliveries, each the head of its object''s queue.';
+
+create function netbox_outbox.record(
+    ids bigint[], attempt_numbers integer[], started timestamptz[], durations_ms integer[],
+    statuses integer[], errors text[], excerpts text[], states text[], retry_at timestamptz[],
+    sidecar uuid)
+returns void
+language plpgsql volatile
+set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off
+as $$
+begin
+    -- Every attempt is logged, even one whose lease another sidecar took over meanwhile.
+    insert into netbox_outbox.attempt
+        (delivery_id, attempt, started_at, duration_ms, status, error, response_excerpt, sidecar)
+    select o.*, record.sidecar
+    from unnest(ids, attempt_numbers, started, durations_ms, statuses, errors, excerpts) o;
+    -- The delivery moves on only where this sidecar still holds it.
+    update netbox_outbox.delivery d
+       set state = o.state,
+           next_attempt_at = coalesce(o.retry_at, d.next_attempt_at),
+           leased_until = '-infinity',
+           leased_by = null,
+           last_status = o.status,
+           last_error = o.error,
+           finished_at = case when o.state = 'pending' then null else now() end
+      from unnest(ids, states, retry_at, statuses, errors) as o(id, state, retry_at, status, error)
+     where d.id = o.id and d.leased_by = record.sidecar and d.state = 'pending';
+end
+$$;
+
+comment on function netbox_outbox.record(bigint[], integer[], timestamptz[], integer[], integer[], text[], text[], text[], timestamptz[], uuid) is
+    'Used by the sidecar: logs attempts and moves their deliveries on (delivered, retry, dead).';
 
 -- ---------------------------------------------------------------------------------------------
 -- Operator functions.
@@ -252,14 +354,20 @@ begin
         return n;
     end if;
 
-    insert into netbox_outbox.delivery
-        (event_id, event_rule_id, event_rule_name, webhook_id, webhook_name, content_type_id, object_id,
-         seq, method, url, headers, body, timeout_ms, ssl_verification, ca_file_path, replay_of)
-    select d.event_id, d.event_rule_id, d.event_rule_name, d.webhook_id, d.webhook_name,
-           d.content_type_id, d.object_id, nextval('netbox_outbox.change_id_seq'),
-           d.method, d.url, d.headers, d.body, d.timeout_ms, d.ssl_verification, d.ca_file_path, d.id
-    from netbox_outbox.delivery d join replay_selection s on s.id = d.id
-    order by d.seq, d.id;
+    with copies as (
+        insert into netbox_outbox.delivery
+            (event_id, event_rule_id, event_rule_name, webhook_id, webhook_name, content_type_id, object_id,
+             seq, timeout_ms, ssl_verification, ca_file_path, replay_of)
+        select d.event_id, d.event_rule_id, d.event_rule_name, d.webhook_id, d.webhook_name,
+               d.content_type_id, d.object_id, nextval('netbox_outbox.change_id_seq'),
+               d.timeout_ms, d.ssl_verification, d.ca_file_path, d.id
+        from (select d.* from netbox_outbox.delivery d join replay_selection s on s.id = d.id
+              order by d.seq, d.id) d
+        returning id, replay_of
+    )
+    insert into netbox_outbox.request (delivery_id, method, url, headers, body)
+    select c.id, r.method, r.url, r.headers, r.body
+    from copies c join netbox_outbox.request r on r.delivery_id = c.replay_of;
     perform pg_notify('netbox_outbox', 'deliveries');
     return n;
 end
@@ -308,6 +416,8 @@ begin
             delete from netbox_outbox.delivery d using old where d.id = old.id returning d.id
         ), their_attempts as (
             delete from netbox_outbox.attempt a using gone where a.delivery_id = gone.id
+        ), their_requests as (
+            delete from netbox_outbox.request r using gone where r.delivery_id = gone.id
         )
         select count(*) into n from gone;
         exit when n = 0;

@@ -27,10 +27,11 @@ comment on view netbox_outbox.failed is 'Dead and rejected deliveries, with the 
 create view netbox_outbox.delivery_log as
 select a.started_at, d.webhook_name, e.object_type, d.object_id, e.event, a.delivery_id,
        a.attempt, a.status, a.duration_ms, a.error, a.response_excerpt, d.state as delivery_state,
-       d.url, e.request_id, e.user_name, a.sidecar
+       r.url, e.request_id, e.user_name, a.sidecar
 from netbox_outbox.attempt a
 join netbox_outbox.delivery d on d.id = a.delivery_id
-join netbox_outbox.event e on e.id = d.event_id;
+join netbox_outbox.event e on e.id = d.event_id
+left join netbox_outbox.request r on r.delivery_id = d.id;
 
 comment on view netbox_outbox.delivery_log is 'Every delivery attempt: when, to which webhook, about what, and what came back.';
 

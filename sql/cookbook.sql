@@ -55,8 +55,8 @@ order by attempt;
 -- The request a delivery sends, exactly (URL, headers, body); the body is what X-Hook-Signature
 -- signs. Never share it: it may hold sensitive data.
 select method, url, headers, convert_from(body, 'UTF8') as body
-from netbox_outbox.delivery
-where id = 1;
+from netbox_outbox.request
+where delivery_id = 1;
 
 -- Everything about one object: each change (event) and each of its deliveries.
 select * from netbox_outbox.object_history('dcim.device', 1);

@@ -34,6 +34,14 @@ use crate::template::Templates;
 /// The advisory lock that makes one sidecar at a time read changes.
 pub const ASSEMBLY_LOCK: i64 = 7418734260116239618;
 
+/// NetBox's models whose changes alter which events are sent, or how.
+const CONFIGURATION_MODELS: [&str; 4] = [
+    "extras.eventrule",
+    "extras.webhook",
+    "extras.customfield",
+    "extras.customfieldchoiceset",
+];
+
 /// Which changes become events: the `capture_mode` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -142,21 +150,44 @@ impl Assembler {
             return Ok(BatchReport::default());
         }
 
-        self.refresh_configuration(&tx).await?;
+        self.refresh_configuration(&tx, false).await?;
         let netbox_txs = source::netbox_transactions(&tx, &from, &to).await?;
         let mut report = BatchReport::default();
-        let mut reader = BatchReader::open(&tx, &from, &to).await?;
+        // NetBox matches a request's events against the rules as they are when the request
+        // ends, so a rule or webhook created just before a change must apply to it: the batch
+        // reads changes of NetBox's configuration first and, if there are any, re-reads the
+        // configuration before assembling anything.
+        let configuration: Vec<i32> = CONFIGURATION_MODELS
+            .iter()
+            .filter_map(|model| self.netbox.content_type_id(model))
+            .collect();
+        let mut reader = BatchReader::open(&tx, &from, &to, configuration.clone()).await?;
+        let mut reading_configuration = true;
+        let mut configuration_changed = false;
         let mut chunk: Vec<ObjectHistory> = Vec::new();
         let mut events: Vec<NewEvent> = Vec::new();
         let mut deliveries: Vec<NewDelivery> = Vec::new();
         loop {
             let next = reader.next_object().await?;
             let end = next.is_none();
+            if reading_configuration
+                && next
+                    .as_ref()
+                    .is_none_or(|h| !configuration.contains(&h.content_type_id))
+            {
+                reading_configuration = false;
+                if configuration_changed {
+                    self.refresh_configuration(&tx, true).await?;
+                }
+            }
             if let Some(history) = next {
+                configuration_changed |= reading_configuration;
                 report.changes += (history.changes.len() + history.changelog.len()) as u64;
                 chunk.push(history);
             }
-            if chunk.len() >= self.config.assembly.chunk_size || (end && !chunk.is_empty()) {
+            if (chunk.len() >= self.config.assembly.chunk_size && !reading_configuration)
+                || (end && !chunk.is_empty())
+            {
                 self.process_chunk(
                     &tx,
                     std::mem::take(&mut chunk),
@@ -203,14 +234,17 @@ impl Assembler {
         Ok(report)
     }
 
-    /// Re-reads rules, webhooks, custom fields and content types when they may have changed.
+    /// Re-reads rules, webhooks, custom fields and content types when they may have changed:
+    /// every `rules.refresh_interval` (changes made with plain SQL), or at once when `changed`.
     async fn refresh_configuration(
         &mut self,
         tx: &tokio_postgres::Transaction<'_>,
+        changed: bool,
     ) -> Result<(), tokio_postgres::Error> {
-        let due = self
-            .rules_read
-            .is_none_or(|t| t.elapsed() >= self.config.rules.refresh_interval);
+        let due = changed
+            || self
+                .rules_read
+                .is_none_or(|t| t.elapsed() >= self.config.rules.refresh_interval);
         if !due {
             return Ok(());
         }

@@ -43,15 +43,18 @@ impl Snapshot {
 const CHANGE_COLUMNS: &str = "id, txid, captured_at, content_type_id, object_id, kind::text, db_user, \
                               application_name, request, before::text, tag_id";
 
-/// The rows of a batch: committed in `to`, not yet committed in `from`.
+/// The rows of a batch: committed in `to`, not yet committed in `from`; those of the content
+/// types in `$5` (NetBox's own configuration: rules, webhooks, custom fields) first.
 fn batch_query(table: &str, columns: &str) -> String {
     format!(
-        "select {columns} from netbox_outbox.{table}
+        "select * from (
+         select {columns} from netbox_outbox.{table}
          where txid >= $1 and txid < $2 and pg_visible_in_snapshot(txid::text::xid8, $3::text::pg_snapshot)
          union all
          select {columns} from netbox_outbox.{table}
          where txid = any($4) and pg_visible_in_snapshot(txid::text::xid8, $3::text::pg_snapshot)
-         order by content_type_id, object_id, id"
+         ) batch
+         order by content_type_id <> all($5::int[]), content_type_id, object_id, id"
     )
 }
 
@@ -61,6 +64,7 @@ pub struct BatchReader<'t> {
     tx: &'t Transaction<'t>,
     changes: Portal,
     changelog: Portal,
+    first: Vec<i32>,
 }
 
 struct Portal {
@@ -90,15 +94,24 @@ impl Portal {
     }
 }
 
-fn key(row: &Row) -> (i32, i64) {
-    (row.get("content_type_id"), row.get("object_id"))
+/// A row's place in the batch's order (see [`batch_query`]).
+fn key(first: &[i32], row: &Row) -> (bool, i32, i64) {
+    let content_type: i32 = row.get("content_type_id");
+    (
+        !first.contains(&content_type),
+        content_type,
+        row.get("object_id"),
+    )
 }
 
 impl<'t> BatchReader<'t> {
+    /// Opens the batch between `from` and `to`; the objects of the content types in `first`
+    /// come before all others.
     pub async fn open(
         tx: &'t Transaction<'t>,
         from: &Snapshot,
         to: &Snapshot,
+        first: Vec<i32>,
     ) -> Result<BatchReader<'t>, tokio_postgres::Error> {
         let changes: Statement = tx.prepare(&batch_query("change", CHANGE_COLUMNS)).await?;
         let changelog: Statement = tx
@@ -107,8 +120,8 @@ impl<'t> BatchReader<'t> {
                 "id, txid, captured_at, content_type_id, object_id, objectchange_id, request, entry::text",
             ))
             .await?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&from.xmax, &to.xmax, &to.text, &from.xip];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&from.xmax, &to.xmax, &to.text, &from.xip, &first];
         Ok(BatchReader {
             changes: Portal {
                 portal: tx.bind(&changes, &params).await?,
@@ -121,22 +134,45 @@ impl<'t> BatchReader<'t> {
                 done: false,
             },
             tx,
+            first,
         })
     }
 
     /// The next object's history in the batch, or `None` at the end.
     pub async fn next_object(&mut self) -> Result<Option<ObjectHistory>, tokio_postgres::Error> {
+        let first = std::mem::take(&mut self.first);
+        let key = |row: &Row| key(&first, row);
+        let object = self.next_key(&key).await?;
+        let result = match object {
+            None => None,
+            Some(object) => Some(self.read_object(object, &key).await?),
+        };
+        self.first = first;
+        Ok(result)
+    }
+
+    async fn next_key(
+        &mut self,
+        key: &impl Fn(&Row) -> (bool, i32, i64),
+    ) -> Result<Option<(bool, i32, i64)>, tokio_postgres::Error> {
         let next_change = self.changes.peek(self.tx).await?.map(key);
         let next_entry = self.changelog.peek(self.tx).await?.map(key);
-        let object = match (next_change, next_entry) {
-            (None, None) => return Ok(None),
-            (Some(a), None) => a,
-            (None, Some(b)) => b,
-            (Some(a), Some(b)) => a.min(b),
-        };
+        Ok(match (next_change, next_entry) {
+            (None, None) => None,
+            (Some(a), None) => Some(a),
+            (None, Some(b)) => Some(b),
+            (Some(a), Some(b)) => Some(a.min(b)),
+        })
+    }
+
+    async fn read_object(
+        &mut self,
+        object: (bool, i32, i64),
+        key: &impl Fn(&Row) -> (bool, i32, i64),
+    ) -> Result<ObjectHistory, tokio_postgres::Error> {
         let mut history = ObjectHistory {
-            content_type_id: object.0,
-            object_id: object.1,
+            content_type_id: object.1,
+            object_id: object.2,
             ..Default::default()
         };
         while self.changes.peek(self.tx).await?.map(key) == Some(object) {
@@ -156,7 +192,7 @@ impl<'t> BatchReader<'t> {
                 entry: parse_row(row.get::<_, Option<String>>(7).as_deref()).unwrap_or_default(),
             });
         }
-        Ok(Some(history))
+        Ok(history)
     }
 }
 

@@ -139,23 +139,38 @@ pub async fn insert(
         .iter()
         .map(|d| d.request.as_ref().err().map(String::as_str))
         .collect();
-    let n = tx
-        .execute(
-            "insert into netbox_outbox.delivery
-                 (event_id, event_rule_id, event_rule_name, webhook_id, webhook_name, content_type_id,
-                  object_id, seq, state, method, url, headers, body, timeout_ms, ssl_verification,
-                  ca_file_path, last_error, finished_at)
-             select ev, rid, rname, wid, wname, ct, oid, seq, st, m, u, h::jsonb, b, t, v, ca, err,
-                    case when st = 'rejected' then now() end
-             from unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::int[],
-                         $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[],
-                         $13::bytea[], $14::int[], $15::bool[], $16::text[], $17::text[])
-                  as d(ev, rid, rname, wid, wname, ct, oid, seq, st, m, u, h, b, t, v, ca, err)",
+    // One statement: the deliveries, and the requests of those that are not rejected (one
+    // delivery per event and rule, so (event, rule) finds each one's request).
+    let n: i64 = tx
+        .query_one(
+            "with d as (
+                 select * from unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[],
+                                      $6::int[], $7::bigint[], $8::bigint[], $9::text[], $10::text[],
+                                      $11::text[], $12::text[], $13::bytea[], $14::int[], $15::bool[],
+                                      $16::text[], $17::text[])
+                     as d(ev, rid, rname, wid, wname, ct, oid, seq, st, m, u, h, b, t, v, ca, err)
+             ), deliveries as (
+                 insert into netbox_outbox.delivery
+                     (event_id, event_rule_id, event_rule_name, webhook_id, webhook_name, content_type_id,
+                      object_id, seq, state, timeout_ms, ssl_verification, ca_file_path, last_error,
+                      finished_at)
+                 select ev, rid, rname, wid, wname, ct, oid, seq, st, t, v, ca, err,
+                        case when st = 'rejected' then now() end
+                 from d
+                 returning id, event_id, event_rule_id
+             ), requests as (
+                 insert into netbox_outbox.request (delivery_id, method, url, headers, body)
+                 select deliveries.id, d.m, d.u, d.h::jsonb, d.b
+                 from deliveries join d on d.ev = deliveries.event_id and d.rid = deliveries.event_rule_id
+                 where d.st = 'pending'
+             )
+             select count(*) from deliveries",
             &[
                 &event_ids, &rule_ids, &rule_names, &webhook_ids, &webhook_names, &cts, &oids, &seqs, &states,
                 &methods, &urls, &headers, &bodies, &timeouts, &verify, &ca_files, &errors,
             ],
         )
-        .await?;
-    Ok(n)
+        .await?
+        .get(0);
+    Ok(n as u64)
 }

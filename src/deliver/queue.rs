@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::http::{AttemptResult, Outgoing};
@@ -19,17 +20,12 @@ pub struct Claimed {
     pub attempt: i32,
 }
 
-/// Queue queries must walk the partial indexes whatever the statistics say: right after a large
-/// batch of deliveries is inserted, before autovacuum analyzes the table, the planner would
-/// otherwise hash-join the whole backlog on every claim (measured: 40-500 ms instead of 1 ms).
-const INDEX_PLANS: &str = "set local enable_seqscan = off; set local enable_hashjoin = off; \
-                           set local enable_mergejoin = off";
-
 /// Claims up to `limit` due deliveries of one webhook per entry of `webhooks`
 /// (`(webhook_id, limit)`), each the head of its (webhook, object) queue, and leases them for
-/// their timeout plus `lease_margin`. One short transaction; no HTTP inside it.
+/// their timeout plus `lease_margin` (SQL function netbox_outbox.claim). One short transaction;
+/// no HTTP inside it.
 pub async fn claim(
-    client: &mut Client,
+    client: &Client,
     webhooks: &[(i64, i64)],
     lease_margin: Duration,
     sidecar: Uuid,
@@ -40,39 +36,18 @@ pub async fn claim(
     let ids: Vec<i64> = webhooks.iter().map(|w| w.0).collect();
     let limits: Vec<i64> = webhooks.iter().map(|w| w.1).collect();
     let margin_ms = lease_margin.as_millis() as i64;
-    let tx = client.transaction().await?;
-    tx.batch_execute(INDEX_PLANS).await?;
-    let rows = tx
-        .query(
-            "with due as (
-                 select c.id
-                 from unnest($1::bigint[], $2::bigint[]) as w(webhook_id, quota)
-                 cross join lateral (
-                     select d.id from netbox_outbox.delivery d
-                     where d.webhook_id = w.webhook_id and d.state = 'pending'
-                       and d.next_attempt_at <= now() and d.leased_until < now()
-                       -- in commit order per object: wait for any earlier delivery of it
-                       and not exists (
-                           select 1 from netbox_outbox.delivery e
-                           where e.state = 'pending' and e.webhook_id = d.webhook_id
-                             and e.content_type_id = d.content_type_id and e.object_id = d.object_id
-                             and (e.seq, e.id) < (d.seq, d.id))
-                     order by d.next_attempt_at, d.id
-                     limit w.quota
-                     for update of d skip locked
-                 ) c
-             )
-             update netbox_outbox.delivery d
-                set leased_until = now() + make_interval(secs => (d.timeout_ms + $3::bigint) / 1000.0),
-                    leased_by = $4,
-                    attempts = d.attempts + 1
-               from due where d.id = due.id
-             returning d.id, d.webhook_id, d.webhook_name, d.event_id, d.attempts, d.method, d.url,
-                       d.headers::text, d.body, d.timeout_ms, d.ssl_verification, d.ca_file_path",
-            &[&ids, &limits, &margin_ms, &sidecar],
+    // Typed parameters: parse, bind and execute in one round trip.
+    let rows = client
+        .query_typed(
+            "select * from netbox_outbox.claim($1, $2, $3, $4)",
+            &[
+                (&ids, Type::INT8_ARRAY),
+                (&limits, Type::INT8_ARRAY),
+                (&margin_ms, Type::INT8),
+                (&sidecar, Type::UUID),
+            ],
         )
         .await?;
-    tx.commit().await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -125,10 +100,10 @@ impl Outcome {
     }
 }
 
-/// Records a batch of outcomes in one transaction: the attempts, the deliveries' new state
-/// (only where this sidecar still holds the lease), and each webhook's failure streak.
+/// Records a batch of outcomes in one call (SQL function netbox_outbox.record): the attempts,
+/// and the deliveries' new state where this sidecar still holds the lease.
 pub async fn record(
-    client: &mut Client,
+    client: &Client,
     outcomes: &[Outcome],
     sidecar: Uuid,
 ) -> Result<(), tokio_postgres::Error> {
@@ -155,32 +130,23 @@ pub async fn record(
         states.push(o.state());
         retry_at.push(o.retry_at);
     }
-    let tx = client.transaction().await?;
-    tx.batch_execute(INDEX_PLANS).await?;
-    tx.execute(
-        "insert into netbox_outbox.attempt
-             (delivery_id, attempt, started_at, duration_ms, status, error, response_excerpt, sidecar)
-         select * , $8::uuid from unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[],
-                                        $5::int[], $6::text[], $7::text[])",
-        &[&ids, &attempts, &started, &durations, &statuses, &errors, &excerpts, &sidecar],
-    )
-    .await?;
-    tx.execute(
-        "update netbox_outbox.delivery d
-            set state = o.state,
-                next_attempt_at = coalesce(o.retry_at, d.next_attempt_at),
-                leased_until = '-infinity',
-                leased_by = null,
-                last_status = o.status,
-                last_error = o.error,
-                finished_at = case when o.state = 'pending' then null else now() end
-           from unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::int[], $5::text[])
-                as o(id, state, retry_at, status, error)
-          where d.id = o.id and d.leased_by = $6 and d.state = 'pending'",
-        &[&ids, &states, &retry_at, &statuses, &errors, &sidecar],
-    )
-    .await?;
-    tx.commit().await?;
+    client
+        .execute_typed(
+            "select netbox_outbox.record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                (&ids, Type::INT8_ARRAY),
+                (&attempts, Type::INT4_ARRAY),
+                (&started, Type::TIMESTAMPTZ_ARRAY),
+                (&durations, Type::INT4_ARRAY),
+                (&statuses, Type::INT4_ARRAY),
+                (&errors, Type::TEXT_ARRAY),
+                (&excerpts, Type::TEXT_ARRAY),
+                (&states, Type::TEXT_ARRAY),
+                (&retry_at, Type::TIMESTAMPTZ_ARRAY),
+                (&sidecar, Type::UUID),
+            ],
+        )
+        .await?;
     Ok(())
 }
 

@@ -71,6 +71,39 @@ async fn caught_up(client: &tokio_postgres::Client) {
     .await;
 }
 
+/// NetBox reads the rules when a request ends, so a rule created while the sidecar runs applies
+/// to the very next change, however long `rules.refresh_interval` is.
+#[tokio::test]
+async fn a_new_rule_applies_to_the_next_change() {
+    let s = setup().await;
+    let sidecar = Sidecar::start(&s.db, test_config("[rules]\nrefresh_interval = \"1h\"\n"));
+    insert_site(&s.client, "before").await;
+    caught_up(&s.client).await;
+    // As NetBox's API does it: the rule and its object types in one transaction.
+    s.client.batch_execute("begin").await.unwrap();
+    rule(
+        &s.client,
+        "new",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        s.hook,
+        "null",
+        "null",
+    )
+    .await;
+    s.client.batch_execute("commit").await.unwrap();
+    let after = insert_site(&s.client, "after").await;
+    let got = s.receiver.wait_for(1, WAIT).await;
+    assert_eq!(got[0].json()["data"]["id"], json!(after));
+    caught_up(&s.client).await;
+    assert_eq!(
+        s.receiver.count(),
+        1,
+        "the site created before the rule sends nothing"
+    );
+    sidecar.stop().await;
+}
+
 /// NetBox's merge rules within one transaction: create+update is one create with the final
 /// state; update+delete is a delete with the first prechange; a tag added after a save merges
 /// into it; a tag alone is an update.
