@@ -10,7 +10,7 @@ pub mod backoff;
 pub mod http;
 pub mod queue;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -85,6 +85,8 @@ impl Dispatcher {
         let mut in_flight: HashMap<i64, usize> = HashMap::new();
         // Deliveries leased and not yet sent, by id: what to release if the grace period ends.
         let mut leased: HashSet<i64> = HashSet::new();
+        // Deliveries claimed and not yet sent, per webhook, in claim order (heads first).
+        let mut ready: HashMap<i64, VecDeque<(Instant, Claimed)>> = HashMap::new();
         let mut client = None;
         let mut failures = 0u32;
         let mut webhooks: Vec<i64> = Vec::new();
@@ -138,29 +140,60 @@ impl Dispatcher {
                 }
             }
 
-            let total: usize = in_flight.values().sum();
-            let mut free = self.config.concurrency.saturating_sub(total);
-            let mut quotas = Vec::new();
+            // Send what was claimed ahead, as far as slots allow; let go of what waited too long.
             let now = SystemTime::now();
-            for &webhook in &webhooks {
-                if free == 0 {
-                    break;
-                }
-                let busy = in_flight.get(&webhook).copied().unwrap_or(0);
-                let cap = match pauses.get(&webhook).and_then(|p| p.until) {
+            let cap_of =
+                |webhook: i64, busy: usize| match pauses.get(&webhook).and_then(|p| p.until) {
                     Some(until) if until > now => 0,
                     // the pause is over: one delivery probes the receiver
                     Some(_) => usize::from(busy == 0),
                     None => self.config.per_webhook_concurrency,
                 };
-                let quota = cap
-                    .saturating_sub(busy)
+            let stale = self.launch(
+                &mut ready,
+                &mut in_flight,
+                &mut sends,
+                &outcomes_tx,
+                &cap_of,
+            );
+            if !stale.is_empty() {
+                for id in &stale {
+                    leased.remove(id);
+                }
+                if let Err(error) = queue::release(db, &stale, self.sidecar).await {
+                    warn!(error = %crate::error_chain(&error), "releasing deliveries failed; their leases will expire");
+                }
+            }
+
+            // Claim ahead: up to one webhook's worth of slots beyond those in flight, so a
+            // claim's round trip overlaps the requests in flight instead of leaving slots idle.
+            let busy_total: usize = in_flight.values().sum();
+            let ready_total: usize = ready.values().map(VecDeque::len).sum();
+            let mut free = (2 * self.config.concurrency).saturating_sub(busy_total + ready_total);
+            let mut quotas = Vec::new();
+            for &webhook in &webhooks {
+                if free == 0 {
+                    break;
+                }
+                let busy = in_flight.get(&webhook).copied().unwrap_or(0);
+                let queued = ready.get(&webhook).map_or(0, VecDeque::len);
+                let cap = cap_of(webhook, busy);
+                // only a webhook that is not paused or probed gets deliveries claimed ahead
+                let ahead = if cap == self.config.per_webhook_concurrency {
+                    cap
+                } else {
+                    0
+                };
+                let quota = (cap + ahead)
+                    .saturating_sub(busy + queued)
                     .min(free)
                     .min(self.config.claim_batch);
-                // A claim is one transaction whatever its size: while a webhook still has a
-                // good share of its slots busy, wait for more to free up rather than claim one
-                // delivery at a time (measured: claiming per freed slot halved throughput).
-                if quota > 0 && (busy == 0 || quota >= refill_at(cap)) {
+                // A claim is one transaction whatever its size: wait until a good share of the
+                // slots is free rather than claim one delivery at a time (measured: claiming per
+                // freed slot halved throughput).
+                if quota > 0
+                    && (busy + queued == 0 || (queued <= cap / 2 && quota >= refill_at(cap)))
+                {
                     quotas.push((webhook, quota as i64));
                     free -= quota;
                 }
@@ -188,20 +221,21 @@ impl Dispatcher {
                     "claimed"
                 );
             }
+            let claimed_at = Instant::now();
             for claimed in claimed {
-                let webhook = claimed.webhook_id;
-                let delivery = claimed.outgoing.id;
-                *in_flight.entry(webhook).or_default() += 1;
-                leased.insert(delivery);
-                let sender = self.sender.clone();
-                let header = self.config.delivery_id_header.clone();
-                let outcomes = outcomes_tx.clone();
-                sends.spawn(async move {
-                    let result = sender.send(&claimed.outgoing, &header).await;
-                    let _ = outcomes.send(Done { claimed, result });
-                    (webhook, delivery)
-                });
+                leased.insert(claimed.outgoing.id);
+                ready
+                    .entry(claimed.webhook_id)
+                    .or_default()
+                    .push_back((claimed_at, claimed));
             }
+            self.launch(
+                &mut ready,
+                &mut in_flight,
+                &mut sends,
+                &outcomes_tx,
+                &cap_of,
+            );
             gauge!(m::IN_FLIGHT).set(in_flight.values().sum::<usize>() as f64);
 
             // Something was claimed: look again at once (more may be due). Otherwise wait for
@@ -261,6 +295,49 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+impl Dispatcher {
+    /// Starts sends from `ready` while each webhook has free slots (`cap_of(webhook, busy)`).
+    /// Returns the deliveries that waited in `ready` longer than half the lease margin: their
+    /// lease may no longer cover a whole request, so they are released, not sent.
+    fn launch(
+        &self,
+        ready: &mut HashMap<i64, VecDeque<(Instant, Claimed)>>,
+        in_flight: &mut HashMap<i64, usize>,
+        sends: &mut JoinSet<(i64, i64)>,
+        outcomes: &mpsc::UnboundedSender<Done>,
+        cap_of: &impl Fn(i64, usize) -> usize,
+    ) -> Vec<i64> {
+        let mut stale = Vec::new();
+        let too_old = self.config.lease_margin / 2;
+        ready.retain(|&webhook, queue| {
+            while let Some((claimed_at, _)) = queue.front() {
+                if claimed_at.elapsed() > too_old {
+                    let (_, claimed) = queue.pop_front().expect("front exists");
+                    stale.push(claimed.outgoing.id);
+                    continue;
+                }
+                let busy = in_flight.get(&webhook).copied().unwrap_or(0);
+                if busy >= cap_of(webhook, busy) {
+                    break;
+                }
+                let (_, claimed) = queue.pop_front().expect("front exists");
+                *in_flight.entry(webhook).or_default() += 1;
+                let delivery = claimed.outgoing.id;
+                let sender = self.sender.clone();
+                let header = self.config.delivery_id_header.clone();
+                let outcomes = outcomes.clone();
+                sends.spawn(async move {
+                    let result = sender.send(&claimed.outgoing, &header).await;
+                    let _ = outcomes.send(Done { claimed, result });
+                    (webhook, delivery)
+                });
+            }
+            !queue.is_empty()
+        });
+        stale
     }
 }
 
