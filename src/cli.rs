@@ -29,7 +29,16 @@ pub mod exit {
 /// NetBox webhooks from a transactional outbox: every committed change, delivered with
 /// NetBox's own payloads, retried, and logged in SQL.
 #[derive(Debug, Parser)]
-#[command(name = "netbox-outbox", version, about, long_about = None, max_term_width = 100)]
+#[command(
+    name = "netbox-outbox",
+    version,
+    about,
+    long_about = None,
+    max_term_width = 100,
+    after_help = "Exit codes: 0 success, 1 failure, 2 bad arguments, 3 invalid configuration, \
+                  4 database unreachable, 5 problems found (check, migrate --check, pending \
+                  migrations at run)."
+)]
 pub struct Cli {
     /// NetBox's PostgreSQL database, as a URL (postgres://user:password@host:5432/netbox) or
     /// key=value pairs. Overrides DATABASE_URL and the config file's database_url.
@@ -209,8 +218,12 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colour codes only for a person at a terminal: in journald, files and pipes they are
+    // noise that breaks grep.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
