@@ -92,7 +92,19 @@ fn describe(error: &JError, source: &str) -> String {
         message.push_str(": ");
         message.push_str(detail);
     }
-    if let Some(range) = error.range()
+    // minijinja points at the failing attribute (`.field`); widen the span back over the
+    // dotted path it hangs from, so the message shows `data.site.field`.
+    let widened = error.range().map(|range| {
+        let before = &source[..range.start.min(source.len())];
+        let start = before
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_alphanumeric() || *c == '_' || *c == '.')
+            .last()
+            .map_or(range.start, |(i, _)| i);
+        start..range.end
+    });
+    if let Some(range) = widened
         && let Some(expression) = source.get(range)
         && !expression.trim().is_empty()
         && expression.len() <= 200
