@@ -84,13 +84,19 @@ pub enum Command {
         json: bool,
     },
     /// Send deliveries again, by delivery, event, object, webhook or time range (dead ones by
-    /// default). Each is copied into a new delivery with the same request.
+    /// default). Each is copied into a new delivery with the same request; with --rerender,
+    /// rejected ones are rendered again after a fix.
     Replay {
         #[command(flatten)]
         selection: crate::commands::replay::Selection,
         /// Count what would be replayed, replay nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Render rejected deliveries again with their webhook and rule as they are now (after
+        /// fixing a template, URL, header or condition). They have no request to copy, so the
+        /// payload shows the object as it stands now (a deleted one as last captured).
+        #[arg(long)]
+        rerender: bool,
     },
     /// Check the configuration, the database, the migrations, the capture triggers, NetBox's
     /// schema, and every rule and webhook (templates, URL, TLS); exits 5 on any problem.
@@ -254,7 +260,43 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(exit::OK)
         }
-        Command::Replay { selection, dry_run } => {
+        Command::Replay {
+            selection,
+            dry_run,
+            rerender: true,
+        } => {
+            let config = config(&cli)?;
+            let mut client = database(&config)?.connect().await?;
+            let report =
+                crate::commands::replay::rerender(&mut client, &config, selection, *dry_run)
+                    .await
+                    .map_err(|e| match e {
+                        crate::commands::replay::ReplayError::Invalid(_) => {
+                            Failure::new(exit::USAGE, e)
+                        }
+                        other => Failure::new(exit::FAILURE, other),
+                    })?;
+            for (id, reason) in &report.still_failing {
+                eprintln!("delivery {id} still fails: {reason}");
+            }
+            println!(
+                "{} deliveries {}",
+                report.created,
+                if *dry_run {
+                    "would be re-rendered"
+                } else {
+                    "re-rendered"
+                }
+            );
+            Ok(if report.still_failing.is_empty() {
+                exit::OK
+            } else {
+                exit::FAILURE
+            })
+        }
+        Command::Replay {
+            selection, dry_run, ..
+        } => {
             use std::io::IsTerminal;
             let config = config(&cli)?;
             let client = database(&config)?.connect().await?;
