@@ -1456,3 +1456,49 @@ async fn rejected_delivery_is_sent_after_the_fix() {
     assert_eq!(replayed, ("delivered".to_string(), Some(d.id)));
     scene.stop().await;
 }
+
+/// A batch that fails every time (here: the read position's table is missing) backs off further
+/// each time, up to the cap, instead of retrying at full speed; once the cause is fixed, delivery
+/// resumes.
+#[tokio::test]
+async fn a_batch_that_keeps_failing_backs_off_further() {
+    let scene = scene().await;
+    scene
+        .client
+        .batch_execute("alter table netbox_outbox.cursor rename to cursor_away")
+        .await
+        .unwrap();
+    let running = Running::start(&scene.db, FAST);
+    let delays = eventually("four failed batches", WAIT, || async {
+        let delays: Vec<u64> = running
+            .log()
+            .lines()
+            .filter(|l| l.contains("processing a batch of changes failed"))
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("retry_in_ms=")?;
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        (delays.len() >= 4).then_some(delays)
+    })
+    .await;
+    assert!(
+        delays.windows(2).all(|w| w[1] > w[0] || w[1] == 5000),
+        "the backoff grows: {delays:?}"
+    );
+    assert!(
+        running.log().contains("cursor"),
+        "the log line holds the cause: {}",
+        running.log()
+    );
+    scene
+        .client
+        .batch_execute("alter table netbox_outbox.cursor_away rename to cursor")
+        .await
+        .unwrap();
+    scene.site_delivers("after").await;
+    drop(running);
+}

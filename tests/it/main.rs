@@ -28,6 +28,7 @@ mod support;
 /// | row vanished without a trace (TRUNCATE) | no payload of nulls; log line | `row_vanished_without_a_trace` |
 /// | database unreachable at start | exit 4, stderr hint | `database_unreachable_at_start` |
 /// | database lost mid-run | log lines; reconnects forever, delivers after | `database_lost_mid_run` |
+/// | a batch that fails every time | log line with the cause; the backoff grows to its cap | `a_batch_that_keeps_failing_backs_off_further` |
 /// | wrong password (a refused role) | exit 4, stderr names the role | `wrong_password_or_role` |
 /// | config file with an unknown key | exit 3, stderr names the key and the valid ones | `config_with_an_unknown_key` |
 /// | bad duration | exit 3, stderr names the key and the format | `config_with_a_bad_duration` |
