@@ -334,7 +334,8 @@ async fn webhooks(
         }
         let Some(webhook) = &rule.webhook else {
             findings.push(Finding::Problem(format!(
-                "event rule {:?} points at webhook {}, which does not exist",
+                "event rule {:?} points at webhook {}, which does not exist; point it at a \
+                 webhook or disable it in NetBox",
                 rule.name, rule.webhook_id
             )));
             continue;

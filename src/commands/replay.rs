@@ -298,15 +298,27 @@ pub async fn rerender(
             .await?;
         let (rule_id, webhook_id, ct, object_id, event): (i64, i64, i32, i64, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-        let Some(webhook) = row.get::<_, Option<String>>(5) else {
-            report.still_failing.push((
-                id,
-                format!("webhook {webhook_id} no longer exists; nothing to send it to"),
-            ));
-            continue;
-        };
-        let webhook = parse_webhook(&webhook).map_err(|e| ReplayError::Invalid(e.to_string()))?;
         let rule = rules.rules.iter().find(|r| r.id == rule_id);
+        // The rule's webhook as it is now (the fix may have pointed the rule at another one),
+        // else the delivery's own.
+        let webhook = match rule.and_then(|r| r.webhook.as_deref()) {
+            Some(webhook) => webhook.clone(),
+            None => match row.get::<_, Option<String>>(5) {
+                Some(json) => {
+                    parse_webhook(&json).map_err(|e| ReplayError::Invalid(e.to_string()))?
+                }
+                None => {
+                    report.still_failing.push((
+                        id,
+                        format!(
+                            "webhook {webhook_id} no longer exists; point the rule at a webhook \
+                             in NetBox first"
+                        ),
+                    ));
+                    continue;
+                }
+            },
+        };
         let action = match event.as_str() {
             "created" => Action::Created,
             "deleted" => Action::Deleted,
@@ -417,7 +429,7 @@ pub async fn rerender(
                      (event_id, event_rule_id, event_rule_name, webhook_id, webhook_name,
                       content_type_id, object_id, seq, timeout_ms, ssl_verification, ca_file_path,
                       replay_of)
-                 select d.event_id, d.event_rule_id, d.event_rule_name, d.webhook_id, $2,
+                 select d.event_id, d.event_rule_id, d.event_rule_name, $10, $2,
                         d.content_type_id, d.object_id, nextval('netbox_outbox.change_id_seq'),
                         $3, $4, $5, d.id
                  from netbox_outbox.delivery d where d.id = $1
@@ -435,6 +447,7 @@ pub async fn rerender(
                 &built.url,
                 &headers,
                 &built.body,
+                &webhook.id,
             ],
         )
         .await?;
