@@ -1502,3 +1502,47 @@ async fn a_batch_that_keeps_failing_backs_off_further() {
     scene.site_delivers("after").await;
     drop(running);
 }
+
+/// Deliveries rejected because the rule's webhook was deleted are sent once the rule points at a
+/// webhook again: `replay --rerender` follows the rule to its current webhook.
+#[tokio::test]
+async fn rejected_for_a_deleted_webhook_is_sent_after_the_rule_is_repointed() {
+    let mut scene = scene().await;
+    let hook = scene.receiver.url("/old");
+    let old = scene.bad(&hook, &[], "null").await;
+    scene
+        .client
+        .execute("delete from extras_webhook where id = $1", &[&old])
+        .await
+        .unwrap();
+    scene.start();
+    scene.site_delivers("alpha").await;
+    let d = scene.finished("bad").await;
+    assert_eq!(d.state, "rejected");
+    let new = webhook(&scene.client, "new", &scene.receiver.url("/new"), &[]).await;
+    scene
+        .client
+        .execute(
+            "update extras_eventrule set action_object_id = $1 where name = 'bad'",
+            &[&new],
+        )
+        .await
+        .unwrap();
+    let o = cli(
+        &scene.db,
+        &["replay", "--rerender", "--webhook", &old.to_string()],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
+    let got = eventually("the re-rendered request", WAIT, || async {
+        scene
+            .receiver
+            .received()
+            .into_iter()
+            .find(|r| r.path == "/new")
+    })
+    .await;
+    assert_eq!(got.json()["data"]["name"], "alpha");
+    assert_eq!(got.json()["event"], "created");
+    scene.stop().await;
+}

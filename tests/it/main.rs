@@ -38,7 +38,7 @@ mod support;
 /// | a rejection's URL holding a token | the log line names the field only; the row keeps the detail | `rejection_logs_hold_no_url_tokens` |
 /// | colour codes in logs off a terminal | none | `bad_event_rule_rows_are_skipped` |
 /// | every misconfiguration `check` can find | `check` PROBLEM lines, exit 5; config errors exit 3 | `check_catches_each_misconfiguration` |
-/// | re-sending a rejected delivery after the fix | `replay --rerender` | `rejected_delivery_is_sent_after_the_fix` |
+/// | re-sending a rejected delivery after the fix | `replay --rerender` | `rejected_delivery_is_sent_after_the_fix`, `rejected_for_a_deleted_webhook_is_sent_after_the_rule_is_repointed` |
 mod bad_input;
 /// The SQL capture: triggers, watch management, self-healing, least privilege.
 mod capture;
