@@ -400,7 +400,8 @@ impl Assembler {
                     let bad_conditions = |error: &dyn std::fmt::Display| Rejection {
                         field: "conditions",
                         detail: format!(
-                            "event rule {:?}: conditions: {error}; fix the rule's conditions in NetBox",
+                            "event rule {:?}: conditions: {error}; fix the rule's conditions in \
+                             NetBox, then send what was rejected again: netbox-outbox replay --rerender",
                             rule.name
                         ),
                     };
@@ -426,7 +427,8 @@ impl Assembler {
                             field: "webhook",
                             detail: format!(
                                 "webhook {} of event rule {:?} does not exist; point the rule at a \
-                                 webhook or disable it in NetBox",
+                                 webhook or disable it in NetBox (then netbox-outbox replay \
+                                 --rerender sends what was rejected)",
                                 rule.webhook_id, rule.name
                             ),
                         }),
