@@ -108,6 +108,10 @@ select netbox_outbox.replay(object_type => 'dcim.device', object_id => 1, states
 -- Replay a time range of dead deliveries to one webhook (after fixing its receiver).
 select netbox_outbox.replay(webhook => 'crm', since => now() - interval '6 hours', until => now());
 
+-- Rejected deliveries (a template, URL, header or condition error) have no request to copy, so
+-- replay() skips them: fix the webhook or rule in NetBox, then render them again with
+--   netbox-outbox replay --rerender --webhook crm --since 1d
+
 -- ---------------------------------------------------------------------------------------------
 -- Pause and resume a webhook (deliveries wait; nothing is lost)
 -- ---------------------------------------------------------------------------------------------

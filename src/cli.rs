@@ -29,7 +29,16 @@ pub mod exit {
 /// NetBox webhooks from a transactional outbox: every committed change, delivered with
 /// NetBox's own payloads, retried, and logged in SQL.
 #[derive(Debug, Parser)]
-#[command(name = "netbox-outbox", version, about, long_about = None, max_term_width = 100)]
+#[command(
+    name = "netbox-outbox",
+    version,
+    about,
+    long_about = None,
+    max_term_width = 100,
+    after_help = "Exit codes: 0 success, 1 failure, 2 bad arguments, 3 invalid configuration, \
+                  4 database unreachable, 5 problems found (check, migrate --check, pending \
+                  migrations at run)."
+)]
 pub struct Cli {
     /// NetBox's PostgreSQL database, as a URL (postgres://user:password@host:5432/netbox) or
     /// key=value pairs. Overrides DATABASE_URL and the config file's database_url.
@@ -75,13 +84,19 @@ pub enum Command {
         json: bool,
     },
     /// Send deliveries again, by delivery, event, object, webhook or time range (dead ones by
-    /// default). Each is copied into a new delivery with the same request.
+    /// default). Each is copied into a new delivery with the same request; with --rerender,
+    /// rejected ones are rendered again after a fix.
     Replay {
         #[command(flatten)]
         selection: crate::commands::replay::Selection,
         /// Count what would be replayed, replay nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Render rejected deliveries again with their webhook and rule as they are now (after
+        /// fixing a template, URL, header or condition). They have no request to copy, so the
+        /// payload shows the object as it stands now (a deleted one as last captured).
+        #[arg(long)]
+        rerender: bool,
     },
     /// Check the configuration, the database, the migrations, the capture triggers, NetBox's
     /// schema, and every rule and webhook (templates, URL, TLS); exits 5 on any problem.
@@ -209,8 +224,12 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colour codes only for a person at a terminal: in journald, files and pipes they are
+    // noise that breaks grep.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -241,7 +260,43 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(exit::OK)
         }
-        Command::Replay { selection, dry_run } => {
+        Command::Replay {
+            selection,
+            dry_run,
+            rerender: true,
+        } => {
+            let config = config(&cli)?;
+            let mut client = database(&config)?.connect().await?;
+            let report =
+                crate::commands::replay::rerender(&mut client, &config, selection, *dry_run)
+                    .await
+                    .map_err(|e| match e {
+                        crate::commands::replay::ReplayError::Invalid(_) => {
+                            Failure::new(exit::USAGE, e)
+                        }
+                        other => Failure::new(exit::FAILURE, other),
+                    })?;
+            for (id, reason) in &report.still_failing {
+                eprintln!("delivery {id} still fails: {reason}");
+            }
+            println!(
+                "{} deliveries {}",
+                report.created,
+                if *dry_run {
+                    "would be re-rendered"
+                } else {
+                    "re-rendered"
+                }
+            );
+            Ok(if report.still_failing.is_empty() {
+                exit::OK
+            } else {
+                exit::FAILURE
+            })
+        }
+        Command::Replay {
+            selection, dry_run, ..
+        } => {
             use std::io::IsTerminal;
             let config = config(&cli)?;
             let client = database(&config)?.connect().await?;

@@ -252,6 +252,7 @@ impl Config {
                     message: e.to_string(),
                 })?;
         apply_environment(&mut table, vars)?;
+        check_keys(&table, origin)?;
         let raw: RawConfig =
             toml::Value::Table(table)
                 .try_into()
@@ -352,7 +353,10 @@ impl Config {
                 concurrency,
                 per_webhook_concurrency,
                 claim_batch: positive("delivery.claim_batch", d.claim_batch.unwrap_or(500))?,
-                poll_interval: duration_or("delivery.poll_interval", d.poll_interval, "1s")?,
+                poll_interval: nonzero(
+                    "delivery.poll_interval",
+                    duration_or("delivery.poll_interval", d.poll_interval, "1s")?,
+                )?,
                 default_timeout,
                 lease_margin: duration_or("delivery.lease_margin", d.lease_margin, "30s")?,
                 retry_schedule,
@@ -372,10 +376,9 @@ impl Config {
                 proxy: d.proxy.filter(|p| !p.is_empty()),
             },
             assembly: AssemblyConfig {
-                poll_interval: duration_or(
+                poll_interval: nonzero(
                     "assembly.poll_interval",
-                    raw.assembly.poll_interval,
-                    "1s",
+                    duration_or("assembly.poll_interval", raw.assembly.poll_interval, "1s")?,
                 )?,
                 chunk_size: positive(
                     "assembly.chunk_size",
@@ -407,6 +410,18 @@ impl Config {
 fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
     if value == 0 {
         Err(invalid(key, "must be at least 1"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A poll interval of zero would spin a core on the database; say so instead.
+fn nonzero(key: &str, value: Duration) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        Err(invalid(
+            key,
+            "must be more than zero (for example 100ms, or 1s, the default)",
+        ))
     } else {
         Ok(value)
     }
@@ -458,11 +473,146 @@ pub fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     Ok(total)
 }
 
+/// Every key, by section ("" for the top level): what an unknown key is compared with. The
+/// `Raw*` structs reject unknown keys too; this list only makes the message name the valid ones
+/// (a unit test keeps the two in step).
+const KEYS: [(&str, &[&str]); 9] = [
+    (
+        "",
+        &[
+            "database_url",
+            "rules",
+            "delivery",
+            "assembly",
+            "netbox",
+            "metrics",
+            "log",
+            "shutdown",
+        ],
+    ),
+    (
+        "rules",
+        &["deliver_netbox_webhook_rules", "refresh_interval"],
+    ),
+    (
+        "delivery",
+        &[
+            "concurrency",
+            "per_webhook_concurrency",
+            "claim_batch",
+            "poll_interval",
+            "default_timeout",
+            "lease_margin",
+            "retry_schedule",
+            "retry_jitter",
+            "max_retry_after",
+            "pause_after_failures",
+            "pause_initial",
+            "pause_max",
+            "response_excerpt_bytes",
+            "user_agent",
+            "follow_redirects",
+            "delivery_id_header",
+            "payload_format",
+            "payload_format_by_webhook",
+            "proxy",
+        ],
+    ),
+    ("assembly", &["poll_interval", "chunk_size", "listen"]),
+    ("netbox", &["base_path", "template_environment"]),
+    ("metrics", &["listen"]),
+    ("log", &["format", "level"]),
+    ("shutdown", &["grace_period"]),
+    // a table of webhook names: any key is valid
+    ("delivery.payload_format_by_webhook", &[]),
+];
+
+/// Rejects a key that is not a setting, naming the closest valid one and all of them.
+fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
+    fn valid(section: &str) -> Option<&'static [&'static str]> {
+        KEYS.iter().find(|(s, _)| *s == section).map(|(_, k)| *k)
+    }
+    fn walk(section: &str, table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
+        let Some(keys) = valid(section) else {
+            return Ok(());
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        for (key, value) in table {
+            if !keys.contains(&key.as_str()) {
+                let place = if section.is_empty() {
+                    "at the top level".to_string()
+                } else {
+                    format!("in [{section}]")
+                };
+                let closest = keys
+                    .iter()
+                    .map(|k| (edit_distance(k, key), *k))
+                    .min()
+                    .filter(|(d, _)| *d <= 3)
+                    .map(|(_, k)| format!("did you mean `{k}`? "))
+                    .unwrap_or_default();
+                return Err(ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message: format!(
+                        "unknown key `{key}` {place}; {closest}valid keys: {}; `netbox-outbox config` \
+                         prints every key with its default",
+                        keys.join(", ")
+                    ),
+                });
+            }
+            if let toml::Value::Table(inner) = value {
+                let path = if section.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{section}.{key}")
+                };
+                walk(&path, inner, origin)?;
+            }
+        }
+        Ok(())
+    }
+    walk("", table, origin)
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = (previous + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(current + 1);
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
 /// Applies `NETBOX_OUTBOX_<SECTION>__<KEY>` and `DATABASE_URL` overrides to the parsed file.
 fn apply_environment(
     table: &mut toml::Table,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
+    // DATABASE_URL and NETBOX_OUTBOX_DATABASE_URL both name the database; when both are set
+    // and differ, which one wins would depend on the environment's order: refuse instead.
+    let vars: Vec<(String, String)> = vars.into_iter().collect();
+    let plain = vars.iter().find(|(n, _)| n == "DATABASE_URL");
+    let prefixed = vars.iter().find(|(n, _)| n == "NETBOX_OUTBOX_DATABASE_URL");
+    if let (Some((_, a)), Some((_, b))) = (plain, prefixed)
+        && a != b
+    {
+        return Err(invalid(
+            "database_url",
+            "DATABASE_URL and NETBOX_OUTBOX_DATABASE_URL are both set, to different databases; \
+             set only one",
+        ));
+    }
     for (name, value) in vars {
         if name == "DATABASE_URL" {
             table.insert("database_url".into(), toml::Value::String(value));
@@ -554,7 +704,10 @@ mod tests {
         let unknown = load("[delivery]\nconcurency = 3\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(unknown.contains("unknown field `concurency`"), "{unknown}");
+        assert!(
+            unknown.contains("unknown key `concurency` in [delivery]; did you mean `concurrency`?"),
+            "{unknown}"
+        );
         assert!(unknown.contains("netbox-outbox config"), "{unknown}");
 
         let bad = load("[delivery]\npoll_interval = \"soon\"\n", &[])
@@ -587,7 +740,50 @@ mod tests {
         let section = load("", &[("NETBOX_OUTBOX_NOPE__X", "1")])
             .unwrap_err()
             .to_string();
-        assert!(section.contains("unknown field `nope`"), "{section}");
+        assert!(
+            section.contains("unknown key `nope` at the top level"),
+            "{section}"
+        );
+    }
+
+    #[test]
+    fn the_key_list_matches_the_file_shape() {
+        // the shipped example documents every listed key, and uses none that is not listed
+        for (section, keys) in KEYS.iter().skip(1) {
+            if section.contains('.') {
+                continue;
+            }
+            assert!(DEFAULT_TOML.contains(&format!("[{section}]")), "{section}");
+            for key in *keys {
+                assert!(
+                    DEFAULT_TOML.contains(&format!("{key} =")),
+                    "{section}.{key}"
+                );
+            }
+        }
+        let example: toml::Table = DEFAULT_TOML.parse().unwrap();
+        check_keys(&example, "example").unwrap();
+        // and every listed key is one the file's shape accepts
+        load(
+            "[delivery]\nproxy = \"\"\npayload_format_by_webhook = { \"old\" = \"legacy\" }\n",
+            &[],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_the_valid_ones() {
+        let e = load("[assembly]\npol_interval = \"1s\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown key `pol_interval` in [assembly]; did you mean `poll_interval`?"),
+            "{e}"
+        );
+        assert!(
+            e.contains("valid keys: poll_interval, chunk_size, listen"),
+            "{e}"
+        );
     }
 
     #[test]

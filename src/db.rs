@@ -25,12 +25,43 @@ pub enum ConnectError {
          or key=value pairs such as 'host=... dbname=...'"
     )]
     InvalidUrl { reason: String },
-    #[error("could not connect to PostgreSQL at {target}")]
+    #[error("could not connect to PostgreSQL at {target}; {hint}")]
     Connect {
         target: String,
+        /// What to check, from the kind of failure.
+        hint: String,
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// What an operator should check after a failed connection: the role and password when the
+/// server refused them, the database name when it does not exist, else the address.
+fn connect_hint(error: &tokio_postgres::Error, user: &str, dbname: &str) -> String {
+    use tokio_postgres::error::SqlState;
+    match error.code() {
+        Some(code)
+            if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            format!(
+                "the server refused role {user:?}: check the user name and password in \
+                 DATABASE_URL (or --database-url, or database_url in the config file), and \
+                 pg_hba.conf"
+            )
+        }
+        Some(code) if *code == SqlState::INVALID_CATALOG_NAME => {
+            format!("there is no database {dbname:?}: check the database name in DATABASE_URL")
+        }
+        Some(code) if *code == SqlState::TOO_MANY_CONNECTIONS => {
+            "the server has no free connection slot: raise max_connections or lower the \
+             sidecars' use"
+                .to_string()
+        }
+        _ => "is PostgreSQL running there, and reachable from this host? check DATABASE_URL \
+              (or --database-url, or database_url in the config file) for the host and port"
+            .to_string(),
+    }
 }
 
 impl Database {
@@ -124,7 +155,7 @@ impl Database {
         let (client, connection) = self.connect_raw().await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                warn!(error = %error, "database connection closed");
+                warn!(error = %crate::error_chain(&error), "database connection closed");
             }
         });
         Ok(client)
@@ -148,6 +179,11 @@ impl Database {
             .await
             .map_err(|source| ConnectError::Connect {
                 target: self.target(),
+                hint: connect_hint(
+                    &source,
+                    self.config.get_user().unwrap_or("(default user)"),
+                    self.config.get_dbname().unwrap_or("(default database)"),
+                ),
                 source,
             })
     }

@@ -66,10 +66,21 @@ pub struct Rule {
     pub webhook_id: i64,
 }
 
+/// An event rule row that cannot be used, and why (with what to do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRule {
+    pub id: i64,
+    pub name: String,
+    pub reason: String,
+}
+
 /// The rules in force, in NetBox's order (by name).
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// Rows that look meant for netbox-outbox but cannot be used: one bad row never stops the
+    /// others from loading.
+    pub skipped: Vec<SkippedRule>,
     /// The rows as read, to tell whether anything changed since.
     fingerprint: String,
 }
@@ -113,21 +124,22 @@ impl RuleSet {
             vec![OUTBOX_ACTION]
         };
         // One round trip: the rules with their object types and webhooks, as JSON text, which
-        // doubles as the fingerprint.
+        // doubles as the fingerprint. Rules of any netbox_outbox.* action type are read too, so
+        // that a misspelt one is reported rather than silently ignored.
         let row = client
             .query_one(
                 "select coalesce(json_agg(json_build_object(
                      'id', r.id, 'name', r.name, 'action_type', r.action_type,
                      'event_types', r.event_types, 'conditions', r.conditions,
                      'action_data', r.action_data, 'webhook_id', r.action_object_id,
+                     'points_at_webhook', r.action_object_type_id is not distinct from
+                         (select id from django_content_type where app_label = 'extras' and model = 'webhook'),
                      'object_types', (select coalesce(json_agg(ot.contenttype_id order by ot.contenttype_id), '[]')
                                       from extras_eventrule_object_types ot where ot.eventrule_id = r.id),
                      'webhook', (select row_to_json(w) from extras_webhook w where w.id = r.action_object_id)
                  ) order by r.name), '[]')::text
                  from extras_eventrule r
-                 where r.enabled and r.action_type = any($1)
-                   and r.action_object_type_id = (select id from django_content_type
-                                                  where app_label = 'extras' and model = 'webhook')",
+                 where r.enabled and (r.action_type = any($1) or r.action_type like 'netbox\\_outbox.%')",
                 &[&action_types],
             )
             .await?;
@@ -135,12 +147,18 @@ impl RuleSet {
         if previous.is_some_and(|p| p.fingerprint == text) {
             return Ok(None);
         }
-        let raw: Vec<RawRule> = serde_json::from_str(&text).unwrap_or_default();
-        let rules = raw.into_iter().map(RawRule::into_rule).collect();
-        Ok(Some(RuleSet {
-            rules,
+        let mut set = RuleSet {
             fingerprint: text,
-        }))
+            ..RuleSet::default()
+        };
+        let rows: Vec<Value> = serde_json::from_str(&set.fingerprint).unwrap_or_default();
+        for row in rows {
+            match RawRule::read(row, &action_types) {
+                Ok(raw) => set.rules.push(raw.into_rule()),
+                Err(skipped) => set.skipped.push(skipped),
+            }
+        }
+        Ok(Some(set))
     }
 }
 
@@ -173,6 +191,53 @@ struct RawWebhook {
 }
 
 impl RawRule {
+    /// One rule row, checked: the reason it cannot be used names the column and what to do.
+    fn read(row: Value, action_types: &[&str]) -> Result<RawRule, SkippedRule> {
+        let id = row.get("id").and_then(Value::as_i64).unwrap_or_default();
+        let name = row
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let skip = |reason: String| SkippedRule {
+            id,
+            name: name.clone(),
+            reason,
+        };
+        let action_type = row
+            .get("action_type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !action_types.contains(&action_type) {
+            return Err(skip(format!(
+                "action type {action_type:?} is not one netbox-outbox delivers ({}); set the rule's \
+                 action type to {OUTBOX_ACTION} in NetBox",
+                action_types.join(", ")
+            )));
+        }
+        match row.get("event_types") {
+            Some(Value::Array(types)) if types.iter().all(Value::is_string) => {}
+            Some(Value::Array(_)) => {
+                return Err(skip(
+                    "event_types holds a NULL; choose the rule's event types in NetBox".into(),
+                ));
+            }
+            _ => {
+                return Err(skip(
+                    "event_types is NULL; choose the rule's event types in NetBox (for example \
+                     object_created)"
+                        .into(),
+                ));
+            }
+        }
+        if row.get("points_at_webhook") != Some(&Value::Bool(true)) {
+            return Err(skip(
+                "its action object is not a webhook; point the rule at a webhook in NetBox".into(),
+            ));
+        }
+        serde_json::from_value(row).map_err(|e| skip(format!("the row cannot be read ({e})")))
+    }
+
     fn into_rule(self) -> Rule {
         Rule {
             id: self.id,

@@ -84,7 +84,7 @@ pub async fn run(
             }
         }
         Err(error) => {
-            warn!(error = %error, "could not check the capture triggers (netbox_outbox.sync)")
+            warn!(error = %crate::error_chain(&error), "could not check the capture triggers (netbox_outbox.sync)")
         }
     }
     drop(client);
@@ -114,7 +114,7 @@ pub async fn run(
         let (database, cancel) = (database.clone(), cancel.clone());
         tracker.spawn(async move {
             if let Err(error) = crate::health::serve(addr, database, cancel).await {
-                error!(%addr, error = %error, "cannot serve metrics; set [metrics] listen to a free address or \"\" to disable");
+                error!(%addr, error = %crate::error_chain(&error), "cannot serve metrics; set [metrics] listen to a free address or \"\" to disable");
             }
         });
     }
@@ -166,19 +166,25 @@ async fn assemble_loop(
                         counter!(m::DB_RECONNECTS, "role" => "assembler").increment(1);
                         info!("assembler reconnected to the database");
                     }
-                    failures = 0;
+                    // `failures` is reset by a batch that succeeds, not by the connection: a
+                    // batch that fails every time must back off further each time.
                     client = Some(c);
                 }
                 Err(e) => {
                     failures += 1;
-                    warn!(error = %e, "assembler cannot reach the database; retrying");
+                    warn!(error = %crate::error_chain(&e), retry_in_ms = reconnect_delay(failures).as_millis() as u64,
+                          "assembler cannot reach the database; retrying");
                     pause(&cancel, reconnect_delay(failures)).await;
                     continue;
                 }
             }
         }
         let db = client.as_mut().expect("connected");
-        match assembler.run_batch(db).await {
+        let batch = assembler.run_batch(db).await;
+        if batch.is_ok() {
+            failures = 0;
+        }
+        match batch {
             Ok(Batch::Done(report)) if report.changes > 0 => {
                 if report.deliveries > 0 {
                     deliveries_due.notify_one();
@@ -192,10 +198,11 @@ async fn assemble_loop(
                 continue;
             }
             Err(e) => {
-                error!(error = %crate::error_chain(&e), "processing a batch of changes failed; it will be retried");
+                failures += 1;
+                error!(error = %crate::error_chain(&e), retry_in_ms = reconnect_delay(failures).as_millis() as u64,
+                       "processing a batch of changes failed; it will be retried");
                 client = None;
                 wakeup = None;
-                failures += 1;
                 pause(&cancel, reconnect_delay(failures)).await;
                 continue;
             }
@@ -210,7 +217,7 @@ async fn assemble_loop(
             match WakeUp::connect(&database).await {
                 Ok(w) => wakeup = Some(w),
                 Err(e) => {
-                    warn!(error = %e, "cannot listen for notifications; polling");
+                    warn!(error = %crate::error_chain(&e), "cannot listen for notifications; polling");
                     pause(&cancel, config.assembly.poll_interval).await;
                     continue;
                 }
@@ -225,7 +232,7 @@ async fn assemble_loop(
                 continue;
             }
             Err(e) => {
-                warn!(error = %e, "wake-up connection failed; reconnecting");
+                warn!(error = %crate::error_chain(&e), "wake-up connection failed; reconnecting");
                 wakeup = None;
                 continue;
             }
@@ -238,15 +245,18 @@ async fn assemble_loop(
                     deliveries_due.notify_one();
                 }
                 if let Err(e) = w.wake().await {
-                    warn!(error = %e, "wake-up connection failed");
+                    warn!(error = %crate::error_chain(&e), "wake-up connection failed");
                     wakeup = None;
                 }
                 continue;
             }
             Ok(_) => {}
             Err(e) => {
+                failures += 1;
                 error!(error = %crate::error_chain(&e), "processing a batch of changes failed; it will be retried");
                 client = None;
+                pause(&cancel, reconnect_delay(failures)).await;
+                continue;
             }
         }
         tokio::select! {
@@ -257,7 +267,7 @@ async fn assemble_loop(
                     deliveries_due.notify_one();
                 }
                 Err(e) => {
-                    warn!(error = %e, "wake-up connection failed; reconnecting");
+                    warn!(error = %crate::error_chain(&e), "wake-up connection failed; reconnecting");
                     wakeup = None;
                 }
             },
@@ -309,7 +319,7 @@ async fn housekeeping(database: Database, identity: Identity, cancel: Cancellati
             }
             .await;
             if let Err(e) = result {
-                warn!(error = %e, "housekeeping failed; retrying");
+                warn!(error = %crate::error_chain(&e), "housekeeping failed; retrying");
                 client = None;
             }
         }

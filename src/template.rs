@@ -56,10 +56,10 @@ impl Templates {
         let template = self
             .env
             .template_from_str(source)
-            .map_err(|e| TemplateError(describe(&e)))?;
+            .map_err(|e| TemplateError(describe(&e, source)))?;
         template
             .render(JValue::from_serialize(context))
-            .map_err(|e| TemplateError(describe(&e)))
+            .map_err(|e| TemplateError(describe(&e, source)))
     }
 
     /// Checks that `source` parses, without rendering it.
@@ -67,11 +67,23 @@ impl Templates {
         self.env
             .template_from_str(source)
             .map(|_| ())
-            .map_err(|e| TemplateError(describe(&e)))
+            .map_err(|e| TemplateError(describe(&e, source)))
+    }
+
+    /// The variables `source` reads without setting them, as dotted paths (`data.name`), for
+    /// `check` to tell a misspelt root (`dta.name`, which always fails) from a field a sample
+    /// event happens to lack.
+    pub fn variables(&self, source: &str) -> Vec<String> {
+        self.env
+            .template_from_str(source)
+            .map(|t| t.undeclared_variables(true).into_iter().collect())
+            .unwrap_or_default()
     }
 }
 
-fn describe(error: &JError) -> String {
+/// A template error in words: the line, what went wrong, and the expression at fault, so
+/// `{{ data.site.name }}` failing says which of many expressions it was.
+fn describe(error: &JError, source: &str) -> String {
     let mut message = match error.line() {
         Some(line) => format!("line {line}: {}", error.kind()),
         None => error.kind().to_string(),
@@ -79,6 +91,25 @@ fn describe(error: &JError) -> String {
     if let Some(detail) = error.detail() {
         message.push_str(": ");
         message.push_str(detail);
+    }
+    // minijinja points at the failing attribute (`.field`); widen the span back over the
+    // dotted path it hangs from, so the message shows `data.site.field`.
+    let widened = error.range().map(|range| {
+        let before = &source[..range.start.min(source.len())];
+        let start = before
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_alphanumeric() || *c == '_' || *c == '.')
+            .last()
+            .map_or(range.start, |(i, _)| i);
+        start..range.end
+    });
+    if let Some(range) = widened
+        && let Some(expression) = source.get(range)
+        && !expression.trim().is_empty()
+        && expression.len() <= 200
+    {
+        message.push_str(&format!(" (in `{}`)", expression.trim()));
     }
     message
 }

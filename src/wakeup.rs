@@ -73,7 +73,7 @@ impl WakeUp {
                     }
                     Some(Ok(_)) => {}
                     Some(Err(error)) => {
-                        warn!(error = %error, "wake-up connection failed");
+                        warn!(error = %crate::error_chain(&error), "wake-up connection failed");
                         break;
                     }
                     None => break,

@@ -171,6 +171,12 @@ impl TxChange {
         }
     }
 
+    /// Whether the object left no image of itself after this change: created or updated, then
+    /// gone without a captured delete (TRUNCATE, a dropped table) before the batch read it.
+    pub fn vanished(&self) -> bool {
+        self.action != Action::Deleted && self.post_row.is_none()
+    }
+
     /// Whether NetBox wrote a change log entry for this object in this transaction.
     pub fn logged_by_netbox(&self) -> bool {
         !self.changelog.is_empty()

@@ -256,6 +256,11 @@ impl Assembler {
         .await?
         {
             debug!(rules = rules.rules.len(), "event rules loaded");
+            // Logged when the rules change, so once per bad row rather than once per batch.
+            for skipped in &rules.skipped {
+                warn!(rule = %skipped.name, rule_id = skipped.id, reason = %skipped.reason,
+                      "event rule skipped; the other rules are in force");
+            }
             self.rules = rules;
         }
         self.netbox.refresh(tx).await?;
@@ -285,8 +290,20 @@ impl Assembler {
         }
         let mut live_rows: HashMap<(i32, i64), history::Row> = HashMap::new();
         let mut live_tags: HashMap<(i32, i64), BTreeSet<i64>> = HashMap::new();
+        let tables: Vec<String> = by_type
+            .keys()
+            .filter_map(|ct| self.netbox.table(*ct))
+            .collect();
+        let existing = source::existing_tables(tx, &tables).await?;
         for (ct, ids) in &by_type {
             if let Some(table) = self.netbox.table(*ct) {
+                // A table dropped since its changes were captured: its rows are gone, and the
+                // captured images are all there is (reading it would fail the whole batch).
+                if !existing.contains(&table) {
+                    warn!(table = %table, objects = ids.len(),
+                          "a watched table no longer exists; its changes are rendered from what was captured");
+                    continue;
+                }
                 for (id, row) in source::live_rows(tx, &table, ids).await? {
                     live_rows.insert((*ct, id), row);
                 }
@@ -313,6 +330,17 @@ impl Assembler {
                     .unwrap_or_default();
                 if change.is_noise(|column| self.netbox.is_ignored(&table, column)) {
                     counter!(m::EVENTS, "outcome" => "noise").increment(1);
+                    continue;
+                }
+                if change.vanished() {
+                    // Nothing captured says what the object looked like after this change, so
+                    // any payload would be made up (NetBox would not have sent one either:
+                    // TRUNCATE and dropped tables bypass its signals).
+                    warn!(object_type = %self.netbox.object_type(change.content_type_id).unwrap_or_default(),
+                          object_id = change.object_id, action = change.action.word(),
+                          "change skipped: the row was gone (TRUNCATE or a dropped table) before it \
+                           could be read, and no captured image shows it");
+                    counter!(m::EVENTS, "outcome" => "vanished").increment(1);
                     continue;
                 }
                 let netbox_tx = netbox_txs.contains_key(&change.txid) || change.request.is_some();
@@ -369,12 +397,20 @@ impl Assembler {
                     .rules
                     .candidates(action.event_type(), change.content_type_id)
                 {
+                    let bad_conditions = |error: &dyn std::fmt::Display| Rejection {
+                        field: "conditions",
+                        detail: format!(
+                            "event rule {:?}: conditions: {error}; fix the rule's conditions in \
+                             NetBox, then send what was rejected again: netbox-outbox replay --rerender",
+                            rule.name
+                        ),
+                    };
                     let verdict = match &rule.conditions {
-                        Err(malformed) => Err(format!("conditions: {malformed}")),
+                        Err(malformed) => Err(bad_conditions(malformed)),
                         Ok(conditions) => match conditions.eval(&condition_data) {
                             Ok(true) => Ok(()),
                             Ok(false) => continue,
-                            Err(invalid) => Err(format!("conditions: {invalid}")),
+                            Err(invalid) => Err(bad_conditions(&invalid)),
                         },
                     };
                     let webhook = rule.webhook.clone();
@@ -387,10 +423,15 @@ impl Assembler {
                         });
                     let built = match (verdict, &webhook) {
                         (Err(reason), _) => Err(reason),
-                        (Ok(()), None) => Err(format!(
-                            "webhook {} of event rule {:?} does not exist",
-                            rule.webhook_id, rule.name
-                        )),
+                        (Ok(()), None) => Err(Rejection {
+                            field: "webhook",
+                            detail: format!(
+                                "webhook {} of event rule {:?} does not exist; point the rule at a \
+                                 webhook or disable it in NetBox (then netbox-outbox replay \
+                                 --rerender sends what was rejected)",
+                                rule.webhook_id, rule.name
+                            ),
+                        }),
                         (Ok(()), Some(webhook)) => {
                             let format = self
                                 .config
@@ -413,13 +454,26 @@ impl Assembler {
                                 &self.templates,
                                 self.config.delivery.default_timeout,
                             )
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| Rejection {
+                                field: e.field,
+                                detail: format!(
+                                    "webhook {:?}: {e}; fix the webhook in NetBox, then send what \
+                                     was rejected again: netbox-outbox replay --rerender",
+                                    webhook.name
+                                ),
+                            })
                         }
                     };
-                    if let Err(reason) = &built {
-                        warn!(rule = %rule.name, object_type = %object_type, object_id = change.object_id,
-                              reason = %reason, "delivery rejected");
+                    // The detail may quote a rendered URL or header holding a token: it goes to
+                    // the delivery row (netbox_outbox.failed), the log gets only the field.
+                    if let Err(rejection) = &built {
+                        warn!(rule = %rule.name,
+                              webhook = %webhook.as_ref().map(|w| w.name.as_str()).unwrap_or("(missing)"),
+                              object_type = %object_type, object_id = change.object_id,
+                              field = rejection.field,
+                              "delivery rejected: the reason is in netbox_outbox.failed");
                     }
+                    let built = built.map_err(|r| r.detail);
                     counter!(m::DELIVERIES_CREATED,
                              "webhook" => webhook.as_ref().map(|w| w.name.clone()).unwrap_or_default())
                         .increment(1);
@@ -463,6 +517,13 @@ impl Assembler {
         }
         Ok(())
     }
+}
+
+/// Why a delivery could not be built: the field at fault (all a log line may show) and the
+/// full reason for the delivery row.
+struct Rejection {
+    field: &'static str,
+    detail: String,
 }
 
 /// `{**action_data, **data}`: the rule's keys first (in their stored order), the object's

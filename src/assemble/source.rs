@@ -248,6 +248,20 @@ pub async fn netbox_transactions(
         .collect())
 }
 
+/// Which of `tables` (in schema public) exist in the transaction's snapshot.
+pub async fn existing_tables(
+    tx: &Transaction<'_>,
+    tables: &[String],
+) -> Result<std::collections::HashSet<String>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "select t from unnest($1::text[]) t where to_regclass(format('public.%I', t)) is not null",
+            &[&tables],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// The rows of some objects of one table as they stand in the transaction's snapshot.
 pub async fn live_rows(
     tx: &Transaction<'_>,

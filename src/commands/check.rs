@@ -249,6 +249,19 @@ async fn schema(client: &Client, findings: &mut Vec<Finding>) -> Result<(), toki
     Ok(())
 }
 
+/// The variables a webhook's templates can read (both payload formats).
+const CONTEXT_KEYS: [&str; 9] = [
+    "event",
+    "timestamp",
+    "object_type",
+    "data",
+    "request",
+    "snapshots",
+    "model",
+    "username",
+    "request_id",
+];
+
 /// A made-up event to render templates with.
 fn sample_context() -> Value {
     let mut data = Map::new();
@@ -284,7 +297,7 @@ async fn webhooks(
     let rules = RuleSet::load(client, config.rules.deliver_netbox_webhook_rules, None)
         .await?
         .unwrap_or_default();
-    if rules.is_empty() {
+    if rules.is_empty() && rules.skipped.is_empty() {
         findings.push(Finding::Warning(format!(
             "no enabled event rule of type {} delivers to a webhook: nothing will be sent{}",
             crate::rules::OUTBOX_ACTION,
@@ -295,6 +308,12 @@ async fn webhooks(
             }
         )));
         return Ok(());
+    }
+    for skipped in &rules.skipped {
+        findings.push(Finding::Problem(format!(
+            "event rule {:?} (id {}) is skipped: {}",
+            skipped.name, skipped.id, skipped.reason
+        )));
     }
     let templates = Templates::new(config.netbox.template_environment.clone());
     let sender = Sender::new(config.delivery.clone());
@@ -315,7 +334,8 @@ async fn webhooks(
         }
         let Some(webhook) = &rule.webhook else {
             findings.push(Finding::Problem(format!(
-                "event rule {:?} points at webhook {}, which does not exist",
+                "event rule {:?} points at webhook {}, which does not exist; point it at a \
+                 webhook or disable it in NetBox",
                 rule.name, rule.webhook_id
             )));
             continue;
@@ -331,8 +351,22 @@ async fn webhooks(
         ] {
             if let Err(e) = templates.check(source) {
                 findings.push(Finding::Problem(format!(
-                    "{label}: {field} does not parse: {e}"
+                    "{label}: {field} does not parse: {e}; fix the webhook in NetBox"
                 )));
+            }
+            // Reading a field of a variable the context does not have fails for every event
+            // (a field missing from the sample event may exist in real ones: that is a warning
+            // below, from rendering).
+            for path in templates.variables(source) {
+                if let Some((root, _)) = path.split_once('.')
+                    && !CONTEXT_KEYS.contains(&root)
+                {
+                    findings.push(Finding::Problem(format!(
+                        "{label}: {field} reads `{path}`, but a webhook's context has no `{root}` \
+                         (it has {}), so rendering always fails; fix the webhook in NetBox",
+                        CONTEXT_KEYS.join(", ")
+                    )));
+                }
             }
         }
         if !webhook.ssl_verification && webhook.ca_file_path.is_some() {
@@ -347,14 +381,18 @@ async fn webhooks(
                 "{label}: timeout {timeout} is outside 1..3600 seconds"
             )));
         }
-        if webhook
-            .additional_headers
-            .lines()
-            .any(|l| !l.trim().is_empty() && !l.contains(':'))
-        {
-            findings.push(Finding::Warning(format!(
-                "{label}: additional_headers has lines without a colon, which are skipped"
-            )));
+        // NetBox skips such a line silently, and so does delivery (same request); it is
+        // almost always a typo that drops a header the receiver needs. The line's text may
+        // hold a token, so only its number is shown.
+        for (number, line) in webhook.additional_headers.lines().enumerate() {
+            let template_only = line.contains("{%") || line.contains("{#");
+            if !line.trim().is_empty() && !line.contains(':') && !template_only {
+                findings.push(Finding::Problem(format!(
+                    "{label}: additional_headers line {} has no colon, so it is not sent; \
+                     write it as Name: value",
+                    number + 1
+                )));
+            }
         }
         match request::build(
             webhook,
@@ -389,12 +427,12 @@ async fn webhooks(
                 if let Some(path) = &built.ca_file_path {
                     match std::fs::read(path) {
                         Err(e) => findings.push(Finding::Problem(format!(
-                            "{label}: ca_file_path {path}: cannot read it ({e})"
+                            "{label}: ca_file_path {path}: cannot read it ({e}); fix the path in the webhook"
                         ))),
                         Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
                             Ok(certs) if !certs.is_empty() => {}
                             _ => findings.push(Finding::Problem(format!(
-                                "{label}: ca_file_path {path}: not a PEM certificate bundle"
+                                "{label}: ca_file_path {path}: not a PEM certificate bundle (holds no PEM certificate); point it at the CA certificates that sign the receiver's"
                             ))),
                         },
                     }

@@ -178,3 +178,283 @@ pub async fn replay(
         },
     }
 }
+
+/// What `replay --rerender` did.
+#[derive(Debug, Default)]
+pub struct Rerendered {
+    /// New deliveries, one per rejected delivery that renders now.
+    pub created: i64,
+    /// Rejected deliveries that still cannot be built, with the reason.
+    pub still_failing: Vec<(i64, String)>,
+}
+
+impl Selection {
+    /// The ids of the rejected deliveries this selection names (the states filter does not
+    /// apply: only rejected deliveries lack a request to copy).
+    async fn rejected(&self, client: &Client) -> Result<Vec<i64>, ReplayError> {
+        if self.is_empty() {
+            return Err(ReplayError::Invalid(
+                "say what to re-render: --delivery, --event, --object, --webhook, --since or --until"
+                    .into(),
+            ));
+        }
+        let mut conditions = vec!["d.state = 'rejected'".to_string()];
+        let mut texts = Vec::new();
+        if let Some(id) = self.delivery {
+            conditions.push(format!("d.id = {id}"));
+        }
+        if let Some(id) = self.event {
+            conditions.push(format!("d.event_id = {id}"));
+        }
+        if let Some(object) = &self.object {
+            let (model, id) = match object.split_once(':') {
+                Some((m, id)) => (
+                    m,
+                    Some(id.parse::<i64>().map_err(|_| {
+                        ReplayError::Invalid(format!(
+                            "--object {object:?}: the id after ':' must be a number"
+                        ))
+                    })?),
+                ),
+                None => (object.as_str(), None),
+            };
+            texts.push(model.to_lowercase());
+            conditions.push(format!(
+                "d.content_type_id = (select id from django_content_type
+                                      where app_label || '.' || model = ${})",
+                texts.len()
+            ));
+            if let Some(id) = id {
+                conditions.push(format!("d.object_id = {id}"));
+            }
+        }
+        if let Some(webhook) = &self.webhook {
+            texts.push(webhook.clone());
+            conditions.push(format!(
+                "(d.webhook_name = ${n} or d.webhook_id::text = ${n})",
+                n = texts.len()
+            ));
+        }
+        if let Some(since) = &self.since {
+            let expr = time_sql(since, &mut texts);
+            conditions.push(format!("d.created_at >= {expr}"));
+        }
+        if let Some(until) = &self.until {
+            let expr = time_sql(until, &mut texts);
+            conditions.push(format!("d.created_at < {expr}"));
+        }
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = texts
+            .iter()
+            .map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let sql = format!(
+            "select d.id from netbox_outbox.delivery d where {} order by d.seq, d.id",
+            conditions.join(" and ")
+        );
+        Ok(client
+            .query(&sql, &params)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+}
+
+/// Renders rejected deliveries again with their webhook and rule as they are now (after a
+/// fix), and queues each as a new delivery (`replay_of` the rejected one).
+///
+/// A rejected delivery has no frozen request, and the object's state at the original commit is
+/// not kept, so `data` shows the object as it stands now; for a delete, as the capture saw it
+/// last. The rejected delivery stays in the log.
+pub async fn rerender(
+    client: &mut Client,
+    config: &crate::config::Config,
+    selection: &Selection,
+    dry_run: bool,
+) -> Result<Rerendered, ReplayError> {
+    use crate::assemble::history::Action;
+    use crate::commands::test_webhook::{context_for, current_row, parse_webhook};
+
+    let ids = selection.rejected(client).await?;
+    let mut report = Rerendered::default();
+    if ids.is_empty() {
+        return Ok(report);
+    }
+    let mut netbox = crate::netbox::Netbox::new(config.netbox.clone());
+    netbox.refresh(&*client).await?;
+    let rules = crate::rules::RuleSet::load(&*client, true, None)
+        .await?
+        .unwrap_or_default();
+    let templates = crate::template::Templates::new(config.netbox.template_environment.clone());
+    for id in ids {
+        let row = client
+            .query_one(
+                "select d.event_rule_id, d.webhook_id, d.content_type_id, d.object_id, e.event,
+                        (select row_to_json(w)::text from extras_webhook w where w.id = d.webhook_id)
+                 from netbox_outbox.delivery d join netbox_outbox.event e on e.id = d.event_id
+                 where d.id = $1",
+                &[&id],
+            )
+            .await?;
+        let (rule_id, webhook_id, ct, object_id, event): (i64, i64, i32, i64, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let rule = rules.rules.iter().find(|r| r.id == rule_id);
+        // The rule's webhook as it is now (the fix may have pointed the rule at another one),
+        // else the delivery's own.
+        let webhook = match rule.and_then(|r| r.webhook.as_deref()) {
+            Some(webhook) => webhook.clone(),
+            None => match row.get::<_, Option<String>>(5) {
+                Some(json) => {
+                    parse_webhook(&json).map_err(|e| ReplayError::Invalid(e.to_string()))?
+                }
+                None => {
+                    report.still_failing.push((
+                        id,
+                        format!(
+                            "webhook {webhook_id} no longer exists; point the rule at a webhook \
+                             in NetBox first"
+                        ),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let action = match event.as_str() {
+            "created" => Action::Created,
+            "deleted" => Action::Deleted,
+            _ => Action::Updated,
+        };
+        let object = if action == Action::Deleted {
+            // the object is gone: its last captured image, while the capture keeps it
+            client
+                .query_opt(
+                    "select before::text from netbox_outbox.change
+                     where content_type_id = $1 and object_id = $2 and kind = 'D'
+                     order by id desc limit 1",
+                    &[&ct, &object_id],
+                )
+                .await?
+                .and_then(|r| {
+                    crate::assemble::source::parse_row(r.get::<_, Option<String>>(0).as_deref())
+                })
+        } else {
+            current_row(client, &netbox, ct, object_id).await?
+        };
+        let Some(object) = object else {
+            report.still_failing.push((
+                id,
+                format!(
+                    "{}:{object_id} no longer exists (and no captured image of it is left)",
+                    netbox.object_type(ct).unwrap_or_default()
+                ),
+            ));
+            continue;
+        };
+        let action_data = rule.map(|r| r.action_data.clone()).unwrap_or_default();
+        let context = context_for(
+            client,
+            config,
+            &netbox,
+            &webhook,
+            &action_data,
+            (ct, object_id, object),
+            action,
+            "netbox-outbox replay",
+        )
+        .await?;
+        if let Some(rule) = rule {
+            let mut data = context
+                .get("data")
+                .and_then(serde_json::Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            if let Some(snapshots) = context.get("snapshots") {
+                data.insert("snapshots".into(), snapshots.clone());
+            }
+            let verdict = match &rule.conditions {
+                Err(e) => Err(e.to_string()),
+                Ok(conditions) => conditions.eval(&data).map_err(|e| e.to_string()),
+            };
+            match verdict {
+                Ok(true) => {}
+                Ok(false) => {
+                    report.still_failing.push((
+                        id,
+                        format!(
+                            "event rule {:?}'s conditions are now false for this object",
+                            rule.name
+                        ),
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    report
+                        .still_failing
+                        .push((id, format!("event rule {:?}: conditions: {e}", rule.name)));
+                    continue;
+                }
+            }
+        }
+        let built = match crate::request::build(
+            &webhook,
+            &context,
+            &templates,
+            config.delivery.default_timeout,
+        ) {
+            Ok(built) => built,
+            Err(e) => {
+                report
+                    .still_failing
+                    .push((id, format!("webhook {:?}: {e}", webhook.name)));
+                continue;
+            }
+        };
+        if dry_run {
+            report.created += 1;
+            continue;
+        }
+        let headers = serde_json::to_string(
+            &built
+                .headers
+                .iter()
+                .map(|(n, v)| [n, v])
+                .collect::<Vec<_>>(),
+        )
+        .expect("headers serialize");
+        let timeout_ms = built.timeout.as_millis().min(i32::MAX as u128) as i32;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "with copy as (
+                 insert into netbox_outbox.delivery
+                     (event_id, event_rule_id, event_rule_name, webhook_id, webhook_name,
+                      content_type_id, object_id, seq, timeout_ms, ssl_verification, ca_file_path,
+                      replay_of)
+                 select d.event_id, d.event_rule_id, d.event_rule_name, $10, $2,
+                        d.content_type_id, d.object_id, nextval('netbox_outbox.change_id_seq'),
+                        $3, $4, $5, d.id
+                 from netbox_outbox.delivery d where d.id = $1
+                 returning id
+             )
+             insert into netbox_outbox.request (delivery_id, method, url, headers, body)
+             select copy.id, $6, $7, $8::text::jsonb, $9 from copy",
+            &[
+                &id,
+                &webhook.name,
+                &timeout_ms,
+                &built.ssl_verification,
+                &built.ca_file_path,
+                &built.method,
+                &built.url,
+                &headers,
+                &built.body,
+                &webhook.id,
+            ],
+        )
+        .await?;
+        tx.execute("select pg_notify('netbox_outbox', 'deliveries')", &[])
+            .await?;
+        tx.commit().await?;
+        report.created += 1;
+    }
+    Ok(report)
+}

@@ -109,31 +109,6 @@ pub async fn run(
             (ct, id)
         }
     };
-    let object_type = netbox.object_type(ct).unwrap_or_default();
-    let table = netbox.table(ct).unwrap_or_default();
-    let row = crate::assemble::source::parse_row(
-        client
-            .query_opt(
-                &format!(
-                    "select row_to_json(t)::text from public.{} t where t.id = $1",
-                    crate::assemble::source::quote_ident(&table)
-                ),
-                &[&id],
-            )
-            .await?
-            .map(|r| r.get::<_, String>(0))
-            .as_deref(),
-    )
-    .ok_or_else(|| TestError::Invalid(format!("{object_type}:{id} does not exist")))?;
-    let tags: BTreeSet<i64> = client
-        .query(
-            "select tag_id from extras_taggeditem where content_type_id = $1 and object_id = $2::bigint::int",
-            &[&ct, &id],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     let action = match args.event.as_str() {
         "created" => Action::Created,
         "updated" => Action::Updated,
@@ -144,60 +119,22 @@ pub async fn run(
             )));
         }
     };
-    let change = TxChange {
-        txid: 0,
-        content_type_id: ct,
-        object_id: id,
-        seq: 0,
-        committed_at: SystemTime::now(),
-        action,
-        pre_row: (action != Action::Created).then(|| row.clone()),
-        post_row: (action != Action::Deleted).then(|| row.clone()),
-        deleted_row: (action == Action::Deleted).then(|| row.clone()),
-        pre_tags: tags.clone(),
-        post_tags: tags,
-        changelog: Vec::new(),
-        row_changes: 1,
-        tag_changes: 0,
-        request: None,
-        db_user: "netbox-outbox".into(),
-        application_name: String::new(),
-    };
-    let rendered = netbox::render(client, &netbox, 0, std::iter::once(&change))
+    let object_type = netbox.object_type(ct).unwrap_or_default();
+    let row = current_row(client, &netbox, ct, id)
         .await?
-        .into_iter()
-        .next()
-        .expect("one rendered change");
-    let (path, method) = netbox.fallback_request(&change, &rendered);
-    let mut request_block = Map::new();
-    request_block.insert(
-        "id".into(),
-        Value::from("00000000-0000-0000-0000-000000000000"),
-    );
-    request_block.insert("path".into(), Value::from(path.clone()));
-    request_block.insert("path_info".into(), Value::from(path));
-    request_block.insert("method".into(), Value::from(method));
-    request_block.insert("GET".into(), Value::Object(Map::new()));
-    request_block.insert("user".into(), Value::from("netbox-outbox test-webhook"));
-    let mut data = rule.map(|r| r.action_data.clone()).unwrap_or_default();
-    for (k, v) in rendered.data {
-        data.insert(k, v);
-    }
-    let format = config
-        .delivery
-        .payload_format_by_webhook
-        .get(&webhook.name)
-        .copied()
-        .unwrap_or(config.delivery.payload_format);
-    let context = EventContext {
-        event: action.word().into(),
-        timestamp: netbox::format::timestamp_now(),
-        object_type: object_type.clone(),
-        data,
-        request: request_block,
-        snapshots: rendered.snapshots,
-    }
-    .to_value(format);
+        .ok_or_else(|| TestError::Invalid(format!("{object_type}:{id} does not exist")))?;
+    let action_data = rule.map(|r| r.action_data.clone()).unwrap_or_default();
+    let context = context_for(
+        client,
+        config,
+        &netbox,
+        &webhook,
+        &action_data,
+        (ct, id, row),
+        action,
+        "netbox-outbox test-webhook",
+    )
+    .await?;
     let templates = Templates::new(config.netbox.template_environment.clone());
     let built = request::build(
         &webhook,
@@ -229,7 +166,120 @@ pub async fn run(
     })
 }
 
-fn parse_webhook(json: &str) -> Result<Webhook, TestError> {
+/// An object's row as it stands now, or None if it is gone.
+pub async fn current_row(
+    client: &Client,
+    netbox: &Netbox,
+    ct: i32,
+    id: i64,
+) -> Result<Option<Map<String, Value>>, tokio_postgres::Error> {
+    let table = netbox.table(ct).unwrap_or_default();
+    let exists: bool = client
+        .query_one(
+            "select to_regclass(format('public.%I', $1::text)) is not null",
+            &[&table],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(crate::assemble::source::parse_row(
+        client
+            .query_opt(
+                &format!(
+                    "select row_to_json(t)::text from public.{} t where t.id = $1",
+                    crate::assemble::source::quote_ident(&table)
+                ),
+                &[&id],
+            )
+            .await?
+            .map(|r| r.get::<_, String>(0))
+            .as_deref(),
+    ))
+}
+
+/// The template context a webhook gets for `action` on an object (content type, id, row),
+/// rendered exactly as the sidecar renders it, with the rule's `action_data` in front and a
+/// request block naming `user`.
+#[allow(clippy::too_many_arguments)]
+pub async fn context_for(
+    client: &Client,
+    config: &Config,
+    netbox: &Netbox,
+    webhook: &Webhook,
+    action_data: &Map<String, Value>,
+    (ct, id, row): (i32, i64, Map<String, Value>),
+    action: Action,
+    user: &str,
+) -> Result<Value, tokio_postgres::Error> {
+    let object_type = netbox.object_type(ct).unwrap_or_default();
+    let tags: BTreeSet<i64> = client
+        .query(
+            "select tag_id from extras_taggeditem where content_type_id = $1 and object_id = $2::bigint::int",
+            &[&ct, &id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let change = TxChange {
+        txid: 0,
+        content_type_id: ct,
+        object_id: id,
+        seq: 0,
+        committed_at: SystemTime::now(),
+        action,
+        pre_row: (action != Action::Created).then(|| row.clone()),
+        post_row: (action != Action::Deleted).then(|| row.clone()),
+        deleted_row: (action == Action::Deleted).then(|| row.clone()),
+        pre_tags: tags.clone(),
+        post_tags: tags,
+        changelog: Vec::new(),
+        row_changes: 1,
+        tag_changes: 0,
+        request: None,
+        db_user: "netbox-outbox".into(),
+        application_name: String::new(),
+    };
+    let rendered = netbox::render(client, netbox, 0, std::iter::once(&change))
+        .await?
+        .into_iter()
+        .next()
+        .expect("one rendered change");
+    let (path, method) = netbox.fallback_request(&change, &rendered);
+    let mut request_block = Map::new();
+    request_block.insert(
+        "id".into(),
+        Value::from("00000000-0000-0000-0000-000000000000"),
+    );
+    request_block.insert("path".into(), Value::from(path.clone()));
+    request_block.insert("path_info".into(), Value::from(path));
+    request_block.insert("method".into(), Value::from(method));
+    request_block.insert("GET".into(), Value::Object(Map::new()));
+    request_block.insert("user".into(), Value::from(user));
+    let mut data = action_data.clone();
+    for (k, v) in rendered.data {
+        data.insert(k, v);
+    }
+    let format = config
+        .delivery
+        .payload_format_by_webhook
+        .get(&webhook.name)
+        .copied()
+        .unwrap_or(config.delivery.payload_format);
+    Ok(EventContext {
+        event: action.word().into(),
+        timestamp: netbox::format::timestamp_now(),
+        object_type,
+        data,
+        request: request_block,
+        snapshots: rendered.snapshots,
+    }
+    .to_value(format))
+}
+
+pub fn parse_webhook(json: &str) -> Result<Webhook, TestError> {
     let v: Value = serde_json::from_str(json).map_err(|e| TestError::Invalid(e.to_string()))?;
     let s = |k: &str| {
         v.get(k)

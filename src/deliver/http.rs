@@ -99,19 +99,22 @@ impl Sender {
         if let Some((path, _)) = &key.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 format!(
-                    "ca_file_path {}: cannot read it ({e}); fix the path in the webhook",
+                    "ca_file_path {}: cannot read it ({e}); fix the path in the webhook, or make \
+                     the file readable by netbox-outbox",
                     path.display()
                 )
             })?;
+            let what_to_do = "point ca_file_path at a PEM file of the CA certificates that sign \
+                              the receiver's certificate, in the webhook";
             let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
                 format!(
-                    "ca_file_path {}: not a PEM certificate bundle ({e})",
+                    "ca_file_path {}: not a PEM certificate bundle ({e}); {what_to_do}",
                     path.display()
                 )
             })?;
             if certs.is_empty() {
                 return Err(format!(
-                    "ca_file_path {}: holds no PEM certificate",
+                    "ca_file_path {}: holds no PEM certificate; {what_to_do}",
                     path.display()
                 ));
             }
@@ -174,7 +177,7 @@ impl Sender {
             .timeout(out.timeout);
         let mut response = match request.send().await {
             Ok(response) => response,
-            Err(error) => return failed(describe(&error, out.timeout)),
+            Err(error) => return failed(describe(&error, out.timeout, &out.url)),
         };
         let status = response.status();
         let retry_after = match status {
@@ -222,11 +225,26 @@ impl Sender {
     }
 }
 
-/// A reqwest error without the URL (which may carry credentials), in words an operator acts on.
-fn describe(error: &reqwest::Error, timeout: Duration) -> String {
+/// A reqwest error without the URL (whose path and query may carry tokens), in words an
+/// operator acts on: what failed, where (host and port only), and what to check.
+fn describe(error: &reqwest::Error, timeout: Duration, url: &str) -> String {
     use std::error::Error as _;
+    let parsed = reqwest::Url::parse(url).ok();
+    let host = parsed
+        .as_ref()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    let port = parsed
+        .as_ref()
+        .and_then(reqwest::Url::port_or_known_default)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
     if error.is_timeout() {
-        return format!("timed out after {}s", timeout.as_secs_f64());
+        return format!(
+            "timed out after {}s waiting for {host}{port}; the receiver is slow or unreachable \
+             (raise the webhook's timeout if it needs longer)",
+            timeout.as_secs_f64()
+        );
     }
     let mut chain = Vec::new();
     let mut source = error.source();
@@ -235,25 +253,40 @@ fn describe(error: &reqwest::Error, timeout: Duration) -> String {
         source = cause.source();
     }
     let detail = chain.join(": ");
-    let kind = if error.is_connect() {
+    let (kind, what_to_do) = if error.is_connect() {
         if detail.contains("dns error") || detail.contains("failed to lookup") {
-            "DNS lookup failed"
+            (
+                format!("DNS lookup failed for {host}"),
+                "check the host name in the webhook's payload_url, and this host's DNS",
+            )
         } else if detail.contains("certificate") || detail.contains("tls") || detail.contains("TLS")
         {
-            "TLS handshake failed"
+            (
+                format!("TLS handshake failed with {host}{port}"),
+                "the receiver's certificate must carry the name in payload_url and be signed \
+                 by a CA this host trusts, or by one in the webhook's ca_file_path",
+            )
         } else {
-            "connection failed"
+            (
+                format!("connection failed to {host}{port}"),
+                "is the receiver running, and reachable from this host (firewall, proxy)?",
+            )
         }
     } else if error.is_request() || error.is_body() {
-        "sending the request failed"
+        ("sending the request failed".to_string(), "")
     } else {
-        "request failed"
+        ("request failed".to_string(), "")
     };
-    if detail.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}: {detail}")
+    let mut message = kind;
+    if !detail.is_empty() {
+        message.push_str(": ");
+        message.push_str(&detail);
     }
+    if !what_to_do.is_empty() {
+        message.push_str("; ");
+        message.push_str(what_to_do);
+    }
+    message
 }
 
 /// Retry-After as seconds or an HTTP date.

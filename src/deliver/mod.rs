@@ -116,7 +116,7 @@ impl Dispatcher {
                     }
                     Err(error) => {
                         failures += 1;
-                        warn!(error = %error, "dispatcher cannot reach the database; retrying");
+                        warn!(error = %crate::error_chain(&error), "dispatcher cannot reach the database; retrying");
                         pause(&cancel, reconnect_delay(failures)).await;
                         continue;
                     }
@@ -291,7 +291,7 @@ impl Dispatcher {
             match queue::release(&db, &unsent, self.sidecar).await {
                 Ok(n) => info!(released = n, "released deliveries that were not sent"),
                 Err(error) => {
-                    warn!(error = %error, "could not release leased deliveries; their leases will expire")
+                    warn!(error = %crate::error_chain(&error), "could not release leased deliveries; their leases will expire")
                 }
             }
         }
@@ -413,7 +413,7 @@ async fn record_loop(
                 }
                 Err(error) => {
                     failures += 1;
-                    warn!(error = %error, waiting = pending.len(), "cannot record outcomes; retrying");
+                    warn!(error = %crate::error_chain(&error), waiting = pending.len(), "cannot record outcomes; retrying");
                     tokio::time::sleep(reconnect_delay(failures)).await;
                     continue;
                 }

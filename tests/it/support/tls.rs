@@ -10,8 +10,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// A receiver on https://127.0.0.1:<port>/ whose certificate (for 127.0.0.1 and `localhost`)
-/// is signed by a private CA, written to `ca_file`.
+/// A receiver on https://127.0.0.1:<port>/ whose certificate (for 127.0.0.1 and `localhost`,
+/// unless told otherwise) is signed by a private CA, written to `ca_file`.
 pub struct TlsReceiver {
     pub receiver: Receiver,
     pub ca_file: PathBuf,
@@ -19,6 +19,12 @@ pub struct TlsReceiver {
 
 impl TlsReceiver {
     pub async fn start(name: &str) -> TlsReceiver {
+        Self::start_for(name, &["127.0.0.1", "localhost"]).await
+    }
+
+    /// A receiver whose certificate names only `names` (a name mismatch when they leave out
+    /// 127.0.0.1).
+    pub async fn start_for(name: &str, names: &[&str]) -> TlsReceiver {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -29,7 +35,8 @@ impl TlsReceiver {
 
         let key = KeyPair::generate().unwrap();
         let params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let cert = params.signed_by(&key, &ca).unwrap();
 
         let ca_file = std::env::temp_dir().join(format!("{name}-{}-ca.pem", std::process::id()));
