@@ -146,7 +146,7 @@ impl Profile {
              [metrics]\n\
              listen = \"\"\n\
              [log]\n\
-             level = \"warn\"\n\
+             level = \"warn,netbox_outbox::sidecar=info\"\n\
              [shutdown]\n\
              grace_period = \"2s\"\n",
             schedule.join(", ")
@@ -216,6 +216,7 @@ pub async fn restart_database(
     profile: &Profile,
     cluster: Arc<Cluster>,
     calm: Arc<tokio::sync::Mutex<()>>,
+    fleet: Arc<Mutex<Fleet>>,
     mut probe: Writer,
     probe_object: i64,
     receiver: Receiver,
@@ -230,6 +231,12 @@ pub async fn restart_database(
             () = tokio::time::sleep_until(until) => {}
         }
         let _calm = calm.lock().await;
+        // A sidecar still starting exits when the database goes away (a service manager starts
+        // it again); the ones to prove are those already running.
+        let starting = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !fleet.lock().unwrap().all_started() && tokio::time::Instant::now() < starting {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let down = clock.elapsed();
         let c = cluster.clone();
         tokio::task::spawn_blocking(move || c.stop_immediately())

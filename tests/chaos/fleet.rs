@@ -89,6 +89,15 @@ impl Fleet {
         }
     }
 
+    /// Whether every running sidecar has finished starting (it logs so once it is connected,
+    /// registered and working; a database restart before that makes it exit, by design).
+    pub fn all_started(&self) -> bool {
+        self.running.iter().all(|r| {
+            std::fs::read_to_string(self.log_path(r.number))
+                .is_ok_and(|log| log.contains("netbox-outbox running"))
+        })
+    }
+
     /// Kills every sidecar (the end of the run).
     pub fn kill_all(&mut self) {
         self.reap();

@@ -128,14 +128,15 @@ async fn run(profile: Profile) -> bool {
         stop.clone(),
     ));
     let restarts = tokio::spawn({
-        let (p, cl, c, r, s) = (
+        let (p, cl, c, f, r, s) = (
             profile.clone(),
             cluster.clone(),
             calm.clone(),
+            fleet.clone(),
             steady.clone(),
             stop.clone(),
         );
-        async move { faults::restart_database(&p, cl, c, probe, probe_object, r, clock, s).await }
+        async move { faults::restart_database(&p, cl, c, f, probe, probe_object, r, clock, s).await }
     });
     tokio::time::sleep(profile.stream).await;
     stop.cancel();
