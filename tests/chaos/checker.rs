@@ -26,6 +26,8 @@ pub struct Evidence {
     pub kills: Vec<Duration>,
     /// When PostgreSQL was down (from, to).
     pub outages: Vec<(Duration, Duration)>,
+    /// The delivery log: how many 2xx attempts each delivery (webhook, id) has recorded.
+    pub recorded: HashMap<(String, String), usize>,
 }
 
 /// What the checker found; each list names the offending changes.
@@ -131,9 +133,12 @@ pub fn check(evidence: &Evidence) -> Verdict {
         *latest = (*latest).max(c.seq);
     }
 
-    // Duplicates: a delivery accepted again, explained if a sidecar died or the database went
-    // away while the earlier acceptance was being recorded; one change accepted under two
-    // deliveries is never explained (the sidecar made two deliveries of one event).
+    // Duplicates: a delivery accepted again. Explained only if its sender cannot have known:
+    // the earlier acceptance is missing from the delivery log (its sidecar was killed before
+    // recording it: one unrecorded acceptance per duplicate) and a sidecar was killed just
+    // then, or the database was down just then (the sender could not record it before its
+    // lease ran out). One change accepted under two deliveries is never explained: the sidecar
+    // made two deliveries of one event.
     let mut by_delivery: HashMap<(&str, &str), Vec<&Arrival>> = HashMap::new();
     let mut deliveries_of: HashMap<(&str, &str, i64), HashSet<&str>> = HashMap::new();
     for a in evidence.arrivals.iter().filter(|a| a.outcome.reached()) {
@@ -148,16 +153,30 @@ pub fn check(evidence: &Evidence) -> Verdict {
     }
     verdict.delivered = by_delivery.len();
     for ((webhook, delivery), accepted) in &by_delivery {
+        let recorded = evidence
+            .recorded
+            .get(&(webhook.to_string(), delivery.to_string()))
+            .copied()
+            .unwrap_or(0);
+        let mut unrecorded = accepted.len().saturating_sub(recorded);
         for pair in accepted.windows(2) {
             verdict.duplicates += 1;
-            if fault_in_flight(evidence, pair[0].at) {
+            let at = pair[0].at;
+            let explained = if killed_near(evidence, at) && unrecorded > 0 {
+                unrecorded -= 1;
+                true
+            } else {
+                database_down_near(evidence, at)
+            };
+            if explained {
                 verdict.explained += 1;
             } else {
                 verdict.unexplained.push(format!(
-                    "{webhook}: delivery {delivery} accepted at {:.1}s and again at {:.1}s, with no \
-                     crash or outage in between",
-                    pair[0].at.as_secs_f64(),
-                    pair[1].at.as_secs_f64()
+                    "{webhook}: delivery {delivery} accepted at {:.1}s and again at {:.1}s ({} \
+                     acceptances, {recorded} recorded), with no crash or outage in flight",
+                    at.as_secs_f64(),
+                    pair[1].at.as_secs_f64(),
+                    accepted.len()
                 ));
             }
         }
@@ -178,16 +197,23 @@ pub fn check(evidence: &Evidence) -> Verdict {
     verdict
 }
 
-/// Whether a sidecar was killed, or the database was down, while a request accepted at `at`
-/// may still have been unrecorded.
-fn fault_in_flight(evidence: &Evidence, at: Duration) -> bool {
+/// Whether a sidecar was killed while a request accepted at `at` may still have been unrecorded.
+fn killed_near(evidence: &Evidence, at: Duration) -> bool {
     let from = at.saturating_sub(Duration::from_secs(1));
-    let to = at + IN_FLIGHT;
-    evidence.kills.iter().any(|k| (from..=to).contains(k))
-        || evidence
-            .outages
-            .iter()
-            .any(|(down, up)| *down <= to && *up + IN_FLIGHT >= from)
+    evidence
+        .kills
+        .iter()
+        .any(|k| (from..=at + IN_FLIGHT).contains(k))
+}
+
+/// Whether the database was down while a request accepted at `at` may still have been
+/// unrecorded.
+fn database_down_near(evidence: &Evidence, at: Duration) -> bool {
+    let from = at.saturating_sub(Duration::from_secs(1));
+    evidence
+        .outages
+        .iter()
+        .any(|(down, up)| *down <= at + IN_FLIGHT && *up + IN_FLIGHT >= from)
 }
 
 /// Proves the checker catches each kind of violation; panics if it misses one.
@@ -230,6 +256,10 @@ pub fn self_test() {
         ],
         kills: vec![secs(31)],
         outages: vec![],
+        // d3's first acceptance died with its sidecar
+        recorded: [("d1", 1), ("d2", 1), ("d3", 1), ("d4", 1)]
+            .map(|(d, n)| (("hook".to_string(), d.to_string()), n))
+            .into(),
     };
 
     let verdict = check(&clean());
@@ -292,6 +322,17 @@ pub fn self_test() {
         (verdict.duplicates, verdict.unexplained.len()),
         (1, 1),
         "self-test: a duplicate without a crash is caught: {verdict:?}"
+    );
+
+    let mut recorded_twice = clean();
+    recorded_twice
+        .recorded
+        .insert(("hook".to_string(), "d3".to_string()), 2);
+    let verdict = check(&recorded_twice);
+    assert_eq!(
+        verdict.unexplained.len(),
+        1,
+        "self-test: a duplicate its sender recorded both times is caught, crash or not: {verdict:?}"
     );
 
     let mut outage = clean();

@@ -14,6 +14,7 @@ mod receiver;
 mod report;
 mod workload;
 
+use std::collections::HashMap;
 use std::process::{Command, ExitCode};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -190,6 +191,7 @@ async fn run(profile: Profile) -> bool {
         arrivals,
         kills: kills.clone(),
         outages: restarts.iter().map(|r| (r.down, r.up)).collect(),
+        recorded: recorded_successes(&client).await,
     };
     let verdict = checker::check(&evidence);
     database.extend(database_findings(&client, replayed).await);
@@ -410,6 +412,23 @@ fn coverage(
         missing.push("no changes".to_string());
     }
     missing
+}
+
+/// The delivery log's 2xx attempts, per webhook and delivery id (as the receivers see it).
+async fn recorded_successes(client: &Client) -> HashMap<(String, String), usize> {
+    client
+        .query(
+            "select d.webhook_name, d.id::text, count(*)
+             from netbox_outbox.attempt a join netbox_outbox.delivery d on d.id = a.delivery_id
+             where a.status between 200 and 299
+             group by d.webhook_name, d.id",
+            &[],
+        )
+        .await
+        .expect("read the delivery log")
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get::<_, i64>(2) as usize))
+        .collect()
 }
 
 async fn connect(url: &str) -> Client {
