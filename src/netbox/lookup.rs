@@ -6,6 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use tokio_postgres::GenericClient;
 
+use serde_json::Value;
+
+use super::config_context::{self, Scope};
 use crate::assemble::history::Row;
 use crate::assemble::source::{parse_row, quote_ident};
 
@@ -27,11 +30,16 @@ pub struct Needs {
     pub related: BTreeSet<(RelatedKey, i64)>,
     /// Rows deleted within the batch, for nested objects that are gone by its end.
     pub deleted: BTreeSet<(i32, i64)>,
+    /// Config contexts matching a device's or virtual machine's scope.
+    pub config_contexts: BTreeSet<Scope>,
 }
 
 impl Needs {
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.related.is_empty() && self.deleted.is_empty()
+        self.rows.is_empty()
+            && self.related.is_empty()
+            && self.deleted.is_empty()
+            && self.config_contexts.is_empty()
     }
 }
 
@@ -41,6 +49,7 @@ pub struct Lookups {
     rows: HashMap<(String, i64), Option<Row>>,
     related: HashMap<(RelatedKey, i64), Vec<Row>>,
     deleted_checked: BTreeSet<(i32, i64)>,
+    config_contexts: HashMap<Scope, Vec<Value>>,
     /// The lowest transaction id of the batch, to find its deleted rows cheaply.
     pub batch_txid_floor: i64,
 }
@@ -70,6 +79,14 @@ impl Lookups {
     pub fn related(&self, key: &RelatedKey, value: i64) -> Found<&[Row]> {
         match self.related.get(&(key.clone(), value)) {
             Some(rows) => Found::Yes(rows.as_slice()),
+            None => Found::Missing,
+        }
+    }
+
+    /// The data of the config contexts matching a scope, in merge order.
+    pub fn config_contexts(&self, scope: &Scope) -> Found<&[Value]> {
+        match self.config_contexts.get(scope) {
+            Some(data) => Found::Yes(data.as_slice()),
             None => Found::Missing,
         }
     }
@@ -131,6 +148,20 @@ impl Lookups {
             }
         }
 
+        if !needs.config_contexts.is_empty() {
+            // A database without NetBox's config context tables (or its ltree paths) has no
+            // context to apply; a failing query would abort the batch's transaction instead.
+            let present = tables_exist(client, config_context::TABLES).await?;
+            for scope in needs.config_contexts {
+                let data = if present {
+                    config_context::matching(client, &scope).await?
+                } else {
+                    Vec::new()
+                };
+                self.config_contexts.insert(scope, data);
+            }
+        }
+
         // Objects deleted within the batch: their last image, from the capture.
         let mut by_type: HashMap<i32, Vec<i64>> = HashMap::new();
         for (ct, id) in needs.deleted {
@@ -156,6 +187,24 @@ impl Lookups {
         }
         Ok(())
     }
+}
+
+/// Whether every one of `tables` exists in the public schema.
+async fn tables_exist(
+    client: &impl GenericClient,
+    tables: &[&str],
+) -> Result<bool, tokio_postgres::Error> {
+    let names: Vec<String> = tables
+        .iter()
+        .map(|t| format!("public.{}", quote_ident(t)))
+        .collect();
+    client
+        .query_one(
+            "select coalesce(bool_and(to_regclass(t) is not null), true) from unnest($1::text[]) t",
+            &[&names],
+        )
+        .await
+        .map(|r| r.get(0))
 }
 
 /// `select row_to_json(t) from <table> t where <column> = any($ids) [and <ct column> = $ct]`,

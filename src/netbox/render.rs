@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use tokio_postgres::GenericClient;
 
 use super::catalogue::{Catalogue, Field, Model, OrderBy, SnapshotField, catalogue};
+use super::config_context::{self, Scope};
 use super::format::{self, Timestamp};
 use super::lookup::{Found, Lookups, Needs, RelatedKey};
 use super::{Netbox, display};
@@ -185,7 +186,7 @@ impl Renderer<'_> {
                 _ => return None,
             },
             "related" => self.related(name, field, id?, depth),
-            "method" => self.method(name, model, field, row, depth),
+            "method" => self.method(name, model, field, row, tags, depth),
             _ => Value::Null,
         })
     }
@@ -230,7 +231,13 @@ impl Renderer<'_> {
     }
 
     /// A nested (brief, restricted or variant) representation of another object.
-    fn nested(&mut self, model_name: &str, id: i64, spec: &Field, depth: usize) -> Value {
+    pub(super) fn nested(
+        &mut self,
+        model_name: &str,
+        id: i64,
+        spec: &Field,
+        depth: usize,
+    ) -> Value {
         if depth >= MAX_DEPTH {
             return Value::Null;
         }
@@ -585,6 +592,7 @@ impl Renderer<'_> {
         model: &Model,
         field: &Field,
         row: &Row,
+        tags: &BTreeSet<i64>,
         depth: usize,
     ) -> Value {
         let get = |c: &str| row.get(c).cloned().unwrap_or(Value::Null);
@@ -702,10 +710,15 @@ impl Renderer<'_> {
             Some("cable_end_terminations") => self.cable_terminations(field, row, model, depth),
             Some("cached_column") => {
                 let value = get(&s("column").unwrap_or_default());
-                if value.is_null() {
-                    Value::Object(Map::new())
+                if !value.is_null() {
+                    return value;
+                }
+                // The cache is empty (NetBox empties it whenever the object's scope changes):
+                // NetBox renders the context, and so do we.
+                if field.name == "config_context" {
+                    self.config_context(row, tags)
                 } else {
-                    value
+                    Value::Object(Map::new())
                 }
             }
             Some("column") => format_value(
@@ -804,7 +817,30 @@ impl Renderer<'_> {
                     None => Value::Null,
                 }
             }
+            // Methods the catalogue has no recipe for, reproduced here (see cabling.rs).
+            None => match field.name.as_str() {
+                "link_peers"
+                | "link_peers_type"
+                | "connected_endpoints"
+                | "connected_endpoints_type"
+                | "connected_endpoints_reachable" => {
+                    self.cabling(name, model, &field.name, row, depth)
+                }
+                _ => Value::Null,
+            },
             _ => Value::Null,
+        }
+    }
+
+    /// `render_config_context()` of a device or virtual machine row.
+    fn config_context(&mut self, row: &Row, tags: &BTreeSet<i64>) -> Value {
+        let scope = Scope::of(row, tags.iter().copied());
+        match self.lookups.config_contexts(&scope) {
+            Found::Yes(contexts) => config_context::render(contexts, row.get("local_context_data")),
+            Found::Missing => {
+                self.needs.config_contexts.insert(scope);
+                Value::Object(Map::new())
+            }
         }
     }
 
@@ -1336,7 +1372,7 @@ fn dumps_unicode(value: &Value) -> String {
 }
 
 /// Sorts rows by a model ordering (ascending or descending per column; nulls last).
-fn sort_rows(rows: &mut [Row], order: &[OrderBy]) {
+pub(super) fn sort_rows(rows: &mut [Row], order: &[OrderBy]) {
     rows.sort_by(|a, b| {
         for o in order {
             let (x, y) = (
