@@ -376,6 +376,34 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 -- Retention, extended to events, deliveries and attempts (finished ones only).
 -- ---------------------------------------------------------------------------------------------
+-- One batch of retention: deletes up to `batch` finished deliveries older than retention_days,
+-- with their attempts and requests, and returns how many. The sidecar calls it once per
+-- transaction until it returns 0, so no long transaction holds back vacuum (dead rows left by
+-- claims would pile up behind it and slow every claim).
+create function netbox_outbox.prune_deliveries(batch integer default 10000) returns bigint
+language plpgsql security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    keep interval := make_interval(days => least(greatest(coalesce(
+        (select value::int from netbox_outbox.setting where name = 'retention_days'), 7), 1), 14));
+    n bigint;
+begin
+    with old as (
+        select id from netbox_outbox.delivery
+        where state <> 'pending' and finished_at < now() - keep
+        order by finished_at limit batch
+    ), gone as (
+        delete from netbox_outbox.delivery d using old where d.id = old.id returning d.id
+    ), their_attempts as (
+        delete from netbox_outbox.attempt a using gone where a.delivery_id = gone.id
+    ), their_requests as (
+        delete from netbox_outbox.request r using gone where r.delivery_id = gone.id
+    )
+    select count(*) into n from gone;
+    return n;
+end
+$$;
+
 create or replace function netbox_outbox.prune(out table_name text, out slot smallint, out truncated boolean)
 returns setof record
 language plpgsql security definer set search_path = pg_catalog, pg_temp
@@ -404,23 +432,11 @@ begin
         end loop;
     end loop;
 
-    -- finished deliveries and their attempts, events: delete in bounded batches
+    -- finished deliveries and their attempts and requests, in bounded batches
     slot := null;
     truncated := true;
     loop
-        with old as (
-            select id from netbox_outbox.delivery
-            where state <> 'pending' and finished_at < now() - keep
-            order by finished_at limit 10000
-        ), gone as (
-            delete from netbox_outbox.delivery d using old where d.id = old.id returning d.id
-        ), their_attempts as (
-            delete from netbox_outbox.attempt a using gone where a.delivery_id = gone.id
-        ), their_requests as (
-            delete from netbox_outbox.request r using gone where r.delivery_id = gone.id
-        )
-        select count(*) into n from gone;
-        exit when n = 0;
+        exit when netbox_outbox.prune_deliveries(10000) = 0;
     end loop;
     table_name := 'delivery'; return next;
     delete from netbox_outbox.attempt a

@@ -301,6 +301,23 @@ async fn housekeeping(database: Database, identity: Identity, cancel: Cancellati
                     }
                 }
                 if ticks.is_multiple_of(30) {
+                    // Finished deliveries first, one bounded batch per transaction (see
+                    // netbox_outbox.prune_deliveries), then the day slots and the rest.
+                    let mut pruned = 0i64;
+                    loop {
+                        let n: i64 = db
+                            .query_one("select netbox_outbox.prune_deliveries(10000)", &[])
+                            .await?
+                            .get(0);
+                        pruned += n;
+                        if n == 0 {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    if pruned > 0 {
+                        info!(deliveries = pruned, "retention: finished deliveries pruned");
+                    }
                     for row in db
                         .query(
                             "select table_name, slot, truncated from netbox_outbox.prune()",

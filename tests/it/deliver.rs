@@ -59,7 +59,14 @@ async fn create_update_delete_reach_the_receiver() {
         ["created", "updated", "deleted"]
     );
     for (r, b) in got.iter().zip(&bodies) {
-        assert!(r.signature_valid("s3cret"), "signature");
+        assert!(
+            r.signature_valid("s3cret"),
+            "signature of {} {} (delivery {:?}): {}",
+            r.method,
+            r.path,
+            r.header("x-netbox-outbox-delivery"),
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert_eq!(b["object_type"], "dcim.site");
         assert_eq!(b["data"]["id"], id);
