@@ -148,8 +148,12 @@ update netbox_outbox.setting set value = 'all' where name = 'capture_mode';
 -- Keep 7 days of history (1 to 14); the sidecar prunes every few minutes.
 update netbox_outbox.setting set value = '7' where name = 'retention_days';
 
--- Prune now.
+-- Prune now (one transaction; fine by hand).
 select * from netbox_outbox.prune();
+
+-- Prune a large backlog of finished deliveries gently: one bounded batch per call (and per
+-- transaction, so vacuum keeps up); repeat until it returns 0. The sidecar does this itself.
+select netbox_outbox.prune_deliveries(10000);
 
 -- How much space netbox-outbox uses.
 select relname, pg_size_pretty(pg_total_relation_size(c.oid)) as size
