@@ -473,3 +473,44 @@ async fn netbox_role_needs_no_grant_on_our_schema() {
         .await
         .unwrap();
 }
+
+/// The capture runs with its owner's rights, so a writer's search_path must not be able to put
+/// its own functions or operators in its place (CVE-2018-1058): every name in it is qualified.
+#[tokio::test]
+async fn a_hostile_search_path_cannot_hijack_the_capture() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "create schema evil;
+             create function evil.row_to_json(record) returns json language plpgsql
+                 as $$ begin return '{\"hijacked\": true}'::json; end $$;
+             create function evil.current_setting(text) returns text language sql
+                 as $$ select 'hijacked' $$;
+             create function evil.text_eq(text, text) returns boolean language sql
+                 as $$ select false $$;
+             create operator evil.= (leftarg = text, rightarg = text, function = evil.text_eq);
+             set search_path = evil, pg_catalog, public;",
+        )
+        .await
+        .unwrap();
+    let id = insert_site(&client, "alpha").await;
+    client
+        .execute(
+            "update dcim_site set description = 'edge' where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    client
+        .execute("delete from dcim_site where id = $1", &[&id])
+        .await
+        .unwrap();
+    client.batch_execute("reset search_path").await.unwrap();
+
+    let rows = captured(&client).await;
+    assert_eq!(kinds(&rows), ["I", "U", "D"]);
+    assert_eq!(rows[1].before.as_ref().unwrap()["name"], "alpha");
+    assert_eq!(rows[2].before.as_ref().unwrap()["description"], "edge");
+    assert!(rows.iter().all(|r| r.application_name == "netbox-outbox"));
+}
