@@ -139,9 +139,6 @@ pub struct TxChange {
     pub object_id: i64,
     /// The id of the first captured change: orders changes to one object by commit.
     pub seq: i64,
-    /// The id of the last captured change (row or tag) of the object in the transaction: NetBox
-    /// serializes an object at each save, so its `data` shows related rows as they were then.
-    pub last_seq: i64,
     pub committed_at: SystemTime,
     pub action: Action,
     /// The row before the transaction (None for a create).
@@ -373,7 +370,6 @@ impl Group {
             content_type_id,
             object_id,
             seq: self.seq,
-            last_seq: self.changes.last().map_or(self.seq, |c| c.id),
             committed_at,
             action,
             pre_row,

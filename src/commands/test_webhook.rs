@@ -149,7 +149,6 @@ pub async fn run(
         content_type_id: ct,
         object_id: id,
         seq: 0,
-        last_seq: 0,
         committed_at: SystemTime::now(),
         action,
         pre_row: (action != Action::Created).then(|| row.clone()),

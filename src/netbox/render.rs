@@ -76,9 +76,13 @@ pub struct ChangeContext<'a> {
     /// The transaction (0: none, nothing was captured).
     pub txid: i64,
     pub action: Action,
-    /// The captured change after which NetBox serialized the object: its last save for a create
-    /// or update; before the transaction (0) for a delete, which NetBox serializes before the
-    /// deletion cascades.
+    /// The captured change after which the related objects NetBox nests are shown as they
+    /// were. NetBox serializes the objects of a request when it ends, from its in-memory
+    /// copies, whose related objects are mostly those loaded when the request first saved the
+    /// object: a new cable's terminations before the cable was attached to them, the interface
+    /// of a new MAC address before the MAC became its primary. So: the object's first change
+    /// in the transaction; for a delete, the start of the transaction (NetBox serializes a
+    /// deleted object before the deletion cascades).
     pub serialized_after: i64,
     /// NetBox's own snapshot of the object before the change, from its change log.
     pub prechange: Option<&'a Value>,
@@ -91,7 +95,7 @@ impl<'a> ChangeContext<'a> {
             action: change.action,
             serialized_after: match change.action {
                 Action::Deleted => 0,
-                _ => change.last_seq,
+                _ => change.seq,
             },
             prechange: change.changelog.last().and_then(|e| e.prechange()),
         }

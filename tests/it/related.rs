@@ -151,8 +151,8 @@ struct Cabled {
 }
 
 /// Interfaces a and b on two devices, connected by a cable (created in one transaction, as
-/// NetBox's REST API does: the cable, then each termination and its interface), with the
-/// cable paths NetBox traces; and an interface without a cable.
+/// NetBox's REST API does: the cable, each termination and its interface, the cable again),
+/// with the cable paths NetBox traces; and an interface without a cable.
 async fn cabled(client: &tokio_postgres::Client) -> Cabled {
     device_in_a_tree(client).await;
     client
@@ -175,6 +175,7 @@ async fn cabled(client: &tokio_postgres::Client) -> Cabled {
              insert into dcim_cabletermination (cable_id, cable_end, termination_type_id, termination_id)
                  values (1, 'B', {ct}, 2);
              update dcim_interface set cable_id = 1, cable_end = 'B' where id = 2;
+             update dcim_cable set description = '' where id = 1;
              insert into dcim_cablepath (id, path, is_active, is_complete) values
                  (1, '[[\"{ct}:1\"], [\"999:1\"], [\"{ct}:2\"]]', true, true),
                  (2, '[[\"{ct}:2\"], [\"999:1\"], [\"{ct}:1\"]]', true, true);
