@@ -86,6 +86,8 @@ pub struct ChangeContext<'a> {
     pub serialized_after: i64,
     /// NetBox's own snapshot of the object before the change, from its change log.
     pub prechange: Option<&'a Value>,
+    /// The object's row before the transaction (None for a create).
+    pub pre_row: Option<&'a Row>,
 }
 
 impl<'a> ChangeContext<'a> {
@@ -98,6 +100,7 @@ impl<'a> ChangeContext<'a> {
                 _ => change.seq,
             },
             prechange: change.changelog.last().and_then(|e| e.prechange()),
+            pre_row: change.pre_row.as_ref(),
         }
     }
 }
@@ -814,7 +817,13 @@ impl Renderer<'_> {
             }
             Some("cable_end_terminations") => self.cable_terminations(field, row, model, depth),
             Some("cached_column") => {
-                let value = get(&s("column").unwrap_or_default());
+                let column = s("column").unwrap_or_default();
+                // NetBox reads the cache of the copy it loaded before the change: the request's
+                // own invalidation (an UPDATE in the same transaction) does not reach that copy.
+                let value = match (depth, self.context.pre_row) {
+                    (0, Some(pre)) => pre.get(&column).cloned().unwrap_or(Value::Null),
+                    _ => get(&column),
+                };
                 if !value.is_null() {
                     return value;
                 }

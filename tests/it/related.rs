@@ -126,10 +126,19 @@ async fn config_context_merges_matching_contexts_like_netbox() {
         r#""config_context": {"syslog": "10.0.0.1", "tagged": true, "ntp": {"prefer": true, "servers": ["192.0.2.123"]}, "b": 2, "role": "parent", "a": [1, 2]}"#
     );
 
-    // a filled cache is NetBox's answer as it stands
+    // A filled cache is what NetBox serves, from the copy it loaded before the change: also
+    // when the change empties the cache (NetBox invalidates it with an UPDATE that does not
+    // reach that copy).
     s.client
         .execute(
-            "update dcim_device set _config_context_data = '{\"cached\": 1}', description = 'x' where id = $1",
+            "update dcim_device set _config_context_data = '{\"cached\": 1}' where id = $1",
+            &[&device],
+        )
+        .await
+        .unwrap();
+    s.client
+        .execute(
+            "update dcim_device set _config_context_data = null, description = 'x' where id = $1",
             &[&device],
         )
         .await
