@@ -342,6 +342,23 @@ mod tests {
         );
     }
 
+    /// requests' CaseInsensitiveDict: a name given twice in different case keeps the first's
+    /// position and takes the last one's spelling and value (NetBox sends `x-dup: second`).
+    #[test]
+    fn a_header_given_twice_takes_the_last_spelling_in_the_first_place() {
+        let mut w = webhook();
+        w.additional_headers = "X-Dup: first\nX-Other: o\nx-dup: second".into();
+        let r = build_it(&w).unwrap();
+        assert_eq!(
+            r.headers,
+            [
+                ("Content-Type".into(), "application/json".into()),
+                ("x-dup".into(), "second".into()),
+                ("X-Other".into(), "o".into()),
+            ]
+        );
+    }
+
     #[test]
     fn the_signature_covers_the_exact_body() {
         let mut w = webhook();

@@ -32,6 +32,42 @@ pub struct Needs {
     pub deleted: BTreeSet<(i32, i64)>,
     /// Config contexts matching a device's or virtual machine's scope.
     pub config_contexts: BTreeSet<Scope>,
+    /// Objects as they were at a point of a transaction (see [`AsOfKey`]).
+    pub as_of: BTreeSet<AsOfKey>,
+    /// Rows deleted in a transaction (see [`DeletedKey`]).
+    pub deleted_in_tx: BTreeSet<DeletedKey>,
+}
+
+/// An object (content type, id) as it was in transaction `txid` right after its captured change
+/// `after` (0: before the transaction): NetBox serializes an object when it saves it, and the
+/// related objects it nests may change later in the same request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AsOfKey {
+    pub content_type_id: i32,
+    pub object_id: i64,
+    pub txid: i64,
+    pub after: i64,
+}
+
+/// What the capture says of an object at an [`AsOfKey`].
+#[derive(Debug, Clone)]
+pub enum AsOf {
+    /// Not changed later in the transaction: as it stands in the batch.
+    Unchanged,
+    /// Inserted later in the transaction: it did not exist yet.
+    Absent,
+    /// Changed later: its image before that change.
+    Row(Row),
+}
+
+/// Rows of a watched model deleted in transaction `txid` whose `column` held `value` (a cable's
+/// terminations, deleted with it): the capture's last image of each.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeletedKey {
+    pub content_type_id: i32,
+    pub column: String,
+    pub value: i64,
+    pub txid: i64,
 }
 
 impl Needs {
@@ -40,6 +76,8 @@ impl Needs {
             && self.related.is_empty()
             && self.deleted.is_empty()
             && self.config_contexts.is_empty()
+            && self.as_of.is_empty()
+            && self.deleted_in_tx.is_empty()
     }
 }
 
@@ -50,6 +88,8 @@ pub struct Lookups {
     related: HashMap<(RelatedKey, i64), Vec<Row>>,
     deleted_checked: BTreeSet<(i32, i64)>,
     config_contexts: HashMap<Scope, Vec<Value>>,
+    as_of: HashMap<AsOfKey, AsOf>,
+    deleted_in_tx: HashMap<DeletedKey, Vec<Row>>,
     /// The lowest transaction id of the batch, to find its deleted rows cheaply.
     pub batch_txid_floor: i64,
 }
@@ -87,6 +127,20 @@ impl Lookups {
     pub fn config_contexts(&self, scope: &Scope) -> Found<&[Value]> {
         match self.config_contexts.get(scope) {
             Some(data) => Found::Yes(data.as_slice()),
+            None => Found::Missing,
+        }
+    }
+
+    pub fn as_of(&self, key: &AsOfKey) -> Found<&AsOf> {
+        match self.as_of.get(key) {
+            Some(found) => Found::Yes(found),
+            None => Found::Missing,
+        }
+    }
+
+    pub fn deleted_in_tx(&self, key: &DeletedKey) -> Found<&[Row]> {
+        match self.deleted_in_tx.get(key) {
+            Some(rows) => Found::Yes(rows.as_slice()),
             None => Found::Missing,
         }
     }
@@ -160,6 +214,44 @@ impl Lookups {
                 };
                 self.config_contexts.insert(scope, data);
             }
+        }
+
+        for key in needs.as_of {
+            let row = client
+                .query_opt(
+                    "select kind::text, before::text from netbox_outbox.change
+                     where txid = $1 and content_type_id = $2 and object_id = $3 and id > $4
+                       and kind in ('I', 'U', 'D')
+                     order by id limit 1",
+                    &[&key.txid, &key.content_type_id, &key.object_id, &key.after],
+                )
+                .await?;
+            let found = match row {
+                None => AsOf::Unchanged,
+                Some(r) if r.get::<_, &str>(0) == "I" => AsOf::Absent,
+                Some(r) => match parse_row(r.get::<_, Option<String>>(1).as_deref()) {
+                    Some(before) => AsOf::Row(before),
+                    None => AsOf::Unchanged,
+                },
+            };
+            self.as_of.insert(key, found);
+        }
+
+        for key in needs.deleted_in_tx {
+            let rows = client
+                .query(
+                    "select before::text from netbox_outbox.change
+                     where txid = $1 and content_type_id = $2 and kind = 'D'
+                       and before ->> $3 = $4::bigint::text
+                     order by id",
+                    &[&key.txid, &key.content_type_id, &key.column, &key.value],
+                )
+                .await?;
+            let rows = rows
+                .iter()
+                .filter_map(|r| parse_row(r.get::<_, Option<String>>(0).as_deref()))
+                .collect();
+            self.deleted_in_tx.insert(key, rows);
         }
 
         // Objects deleted within the batch: their last image, from the capture.

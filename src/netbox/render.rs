@@ -13,9 +13,9 @@ use tokio_postgres::GenericClient;
 use super::catalogue::{Catalogue, Field, Model, OrderBy, SnapshotField, catalogue};
 use super::config_context::{self, Scope};
 use super::format::{self, Timestamp};
-use super::lookup::{Found, Lookups, Needs, RelatedKey};
+use super::lookup::{AsOf, AsOfKey, DeletedKey, Found, Lookups, Needs, RelatedKey};
 use super::{Netbox, display};
-use crate::assemble::history::{Row, TxChange};
+use crate::assemble::history::{Action, Row, TxChange};
 
 /// An event's `data` and `snapshots`.
 #[derive(Debug, Clone)]
@@ -47,6 +47,7 @@ pub async fn render<'c>(
                     catalogue: catalogue(),
                     lookups: &lookups,
                     needs: &mut needs,
+                    context: ChangeContext::of(change),
                 };
                 r.change(change)
             })
@@ -65,6 +66,43 @@ pub struct Renderer<'a> {
     pub catalogue: &'a Catalogue,
     pub lookups: &'a Lookups,
     pub needs: &'a mut Needs,
+    pub context: ChangeContext<'a>,
+}
+
+/// The change being rendered, for what NetBox serialized at a moment of its request rather than
+/// at its end.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeContext<'a> {
+    /// The transaction (0: none, nothing was captured).
+    pub txid: i64,
+    pub action: Action,
+    /// The captured change after which the related objects NetBox nests are shown as they
+    /// were. NetBox serializes the objects of a request when it ends, from its in-memory
+    /// copies, whose related objects are mostly those loaded when the request first saved the
+    /// object: a new cable's terminations before the cable was attached to them, the interface
+    /// of a new MAC address before the MAC became its primary. So: the object's first change
+    /// in the transaction; for a delete, the start of the transaction (NetBox serializes a
+    /// deleted object before the deletion cascades).
+    pub serialized_after: i64,
+    /// NetBox's own snapshot of the object before the change, from its change log.
+    pub prechange: Option<&'a Value>,
+    /// The object's row before the transaction (None for a create).
+    pub pre_row: Option<&'a Row>,
+}
+
+impl<'a> ChangeContext<'a> {
+    pub fn of(change: &'a TxChange) -> Self {
+        ChangeContext {
+            txid: change.txid,
+            action: change.action,
+            serialized_after: match change.action {
+                Action::Deleted => 0,
+                _ => change.seq,
+            },
+            prechange: change.changelog.last().and_then(|e| e.prechange()),
+            pre_row: change.pre_row.as_ref(),
+        }
+    }
 }
 
 /// How deep nested objects may go (NetBox's nested serializers nest twice at most).
@@ -247,15 +285,67 @@ impl Renderer<'_> {
         let Some(row) = self.row_of(model_name, id) else {
             return Value::Null;
         };
+        self.nested_row(model_name, model, &row, spec, depth)
+    }
+
+    /// Like [`Self::nested`], with the object as it was when NetBox serialized the change.
+    fn nested_as_serialized(
+        &mut self,
+        model_name: &str,
+        id: i64,
+        spec: &Field,
+        depth: usize,
+    ) -> Value {
+        if depth >= MAX_DEPTH {
+            return Value::Null;
+        }
+        let Some(model) = self.catalogue.model(model_name) else {
+            return Value::Null;
+        };
+        let Some(row) = self.row_as_serialized(model_name, id) else {
+            return Value::Null;
+        };
+        self.nested_row(model_name, model, &row, spec, depth)
+    }
+
+    fn nested_row(
+        &mut self,
+        model_name: &str,
+        model: &Model,
+        row: &Row,
+        spec: &Field,
+        depth: usize,
+    ) -> Value {
         let fields = nested_fields(model, spec);
-        Value::Object(self.serialize(
-            model_name,
-            model,
-            &fields,
-            &row,
-            &BTreeSet::new(),
-            depth + 1,
-        ))
+        Value::Object(self.serialize(model_name, model, &fields, row, &BTreeSet::new(), depth + 1))
+    }
+
+    /// Another object's row as it was when NetBox serialized the change being rendered: the
+    /// capture's image of it before its first change after that moment in the same
+    /// transaction, or the row as of the batch when it did not change later.
+    pub fn row_as_serialized(&mut self, model_name: &str, id: i64) -> Option<Row> {
+        let ct = self.netbox.content_type_id(model_name);
+        let (Some(ct), txid) = (ct, self.context.txid) else {
+            return self.row_of(model_name, id);
+        };
+        if txid == 0 {
+            return self.row_of(model_name, id);
+        }
+        let key = AsOfKey {
+            content_type_id: ct,
+            object_id: id,
+            txid,
+            after: self.context.serialized_after,
+        };
+        match self.lookups.as_of(&key) {
+            Found::Yes(AsOf::Unchanged) => self.row_of(model_name, id),
+            Found::Yes(AsOf::Absent) => None,
+            Found::Yes(AsOf::Row(row)) => Some(row.clone()),
+            Found::Missing => {
+                self.needs.as_of.insert(key);
+                None
+            }
+        }
     }
 
     fn m2m(&mut self, field: &Field, id: i64, depth: usize) -> Value {
@@ -271,16 +361,21 @@ impl Renderer<'_> {
             column: source.clone(),
             content_type: None,
         };
-        let links = match self.lookups.related(&key, id) {
-            Found::Yes(rows) => rows.to_vec(),
-            Found::Missing => {
-                self.needs.related.insert((key, id));
-                return Value::Array(Vec::new());
-            }
+        let target_ids: Vec<i64> = match self.deleted_links(field, depth) {
+            Some(ids) => ids,
+            None => match self.lookups.related(&key, id) {
+                Found::Yes(rows) => rows
+                    .iter()
+                    .filter_map(|l| l.get(target_column)?.as_i64())
+                    .collect(),
+                Found::Missing => {
+                    self.needs.related.insert((key, id));
+                    return Value::Array(Vec::new());
+                }
+            },
         };
-        let mut targets: Vec<Row> = links
-            .iter()
-            .filter_map(|l| l.get(target_column)?.as_i64())
+        let mut targets: Vec<Row> = target_ids
+            .into_iter()
             .filter_map(|t| self.row_of(target, t))
             .collect();
         let Some(model) = self.catalogue.model(target) else {
@@ -329,6 +424,17 @@ impl Renderer<'_> {
                 })
                 .collect(),
         )
+    }
+
+    /// For a deleted object's own many-to-many field: the linked ids from NetBox's change log.
+    /// The database deletes the link rows with the object, in the same transaction; NetBox
+    /// serialized the object before that, and logged the links in its prechange snapshot.
+    fn deleted_links(&self, field: &Field, depth: usize) -> Option<Vec<i64>> {
+        if depth > 0 || self.context.action != Action::Deleted {
+            return None;
+        }
+        let ids = self.context.prechange?.get(&field.name)?.as_array()?;
+        Some(ids.iter().filter_map(Value::as_i64).collect())
     }
 
     fn content_types(&mut self, field: &Field, id: i64) -> Value {
@@ -678,7 +784,9 @@ impl Renderer<'_> {
                 let Some(target_model) = self.netbox.object_type(ct as i32) else {
                     return Value::Bool(false);
                 };
-                match self.row_of(&target_model, target) {
+                // NetBox compares with the assigned object as it was when it saved this one
+                // (an interface created with a MAC address gets its primary MAC afterwards)
+                match self.row_as_serialized(&target_model, target) {
                     Some(target_row) => Value::Bool(
                         target_row.get(&column).and_then(Value::as_i64) == Self::id_of(row, model),
                     ),
@@ -709,7 +817,13 @@ impl Renderer<'_> {
             }
             Some("cable_end_terminations") => self.cable_terminations(field, row, model, depth),
             Some("cached_column") => {
-                let value = get(&s("column").unwrap_or_default());
+                let column = s("column").unwrap_or_default();
+                // NetBox reads the cache of the copy it loaded before the change: the request's
+                // own invalidation (an UPDATE in the same transaction) does not reach that copy.
+                let value = match (depth, self.context.pre_row) {
+                    (0, Some(pre)) => pre.get(&column).cloned().unwrap_or(Value::Null),
+                    _ => get(&column),
+                };
                 if !value.is_null() {
                     return value;
                 }
@@ -891,6 +1005,26 @@ impl Renderer<'_> {
                 return Value::Array(Vec::new());
             }
         };
+        if depth == 0 && self.context.action == Action::Deleted && rows.is_empty() {
+            // NetBox serialized the cable before its terminations were deleted with it: take
+            // the capture's images of the terminations deleted in the same transaction.
+            let Some(ct) = self.netbox.content_type_id("dcim.cabletermination") else {
+                return Value::Array(Vec::new());
+            };
+            let deleted = DeletedKey {
+                content_type_id: ct,
+                column: key.column,
+                value: id,
+                txid: self.context.txid,
+            };
+            rows = match self.lookups.deleted_in_tx(&deleted) {
+                Found::Yes(rows) => rows.to_vec(),
+                Found::Missing => {
+                    self.needs.deleted_in_tx.insert(deleted);
+                    return Value::Array(Vec::new());
+                }
+            };
+        }
         rows.retain(|r| r.get(&end_column).and_then(Value::as_str) == Some(end.as_str()));
         let order: Vec<OrderBy> = derive
             .and_then(|d| d.get("order_by"))
@@ -906,7 +1040,8 @@ impl Renderer<'_> {
                 continue;
             };
             let object_type = self.netbox.object_type(ct as i32).unwrap_or_default();
-            let object = self.nested(&object_type, target, &Field::default(), depth);
+            // as NetBox serialized it: a new cable's terminations before they were attached
+            let object = self.nested_as_serialized(&object_type, target, &Field::default(), depth);
             let mut item = Map::new();
             item.insert("object_type".into(), Value::String(object_type));
             item.insert("object_id".into(), Value::from(target));

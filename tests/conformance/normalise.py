@@ -15,6 +15,7 @@ every depth), and the signature's validity.
 | `client-json-order` | for `created`: the key order inside JSON values of `snapshots.postchange` (`custom_fields` and JSON fields such as `local_context_data`), when both sides have the same keys | NetBox's snapshot of a new object keeps the order the client sent; PostgreSQL's jsonb keeps its own order, and the client's is stored nowhere |
 | `unlogged-request` | without the plugin only: `request.id` and `request.user` of a change NetBox did not write to its change log (a save that changes nothing), when ours are the documented stand-ins: the transaction's id (`6e626f75-7462-...`) and the database role | NetBox writes no change log row for such a save, so nothing in the database holds its request id or user; the plugin provides them |
 | `in-memory-counters` | `*_count` integers inside nested objects of `data` (for example `data.device_type.device_count`) | NetBox renders a nested object from the copy it loaded during the request, and updates counter caches in the database only (`QuerySet.update(F() + 1)`), so the value depends on when in the request NetBox loaded that copy (seen: 4, 2 and 3 for three devices of one bulk create); the database holds the committed count |
+| `header-name-case` | a header name NetBox sends in a spelling other than Title-Case (`x-dup` from additional headers such as `X-Dup: first` then `x-dup: second`), when ours is that name in Title-Case (`X-Dup`); values, order and every Title-Case name are still compared | NetBox's `requests` sends a name as the webhook spells it; netbox-outbox's HTTP client (reqwest on hyper) stores names lower-case and can only send them lower-case or in Title-Case, and sends Title-Case, which is what NetBox sends for names written that way (`Content-Type`, `X-Hook-Signature`). netbox-outbox freezes the exact spelling in `netbox_outbox.delivery.headers`; HTTP header names are case-insensitive (RFC 9110 5.1) |
 | `mirror-url` | for the plugin's `netbox_outbox.webhook` rule compared with NetBox's `webhook` rule: the webhook's own URL path (`/hook/outbox` vs `/hook/main`) | two webhooks, so that NetBox's and ours can be told apart |
 
 Each rule is counted in the report every time it applies, so the table above can be checked
@@ -47,6 +48,7 @@ RULES = {
     'unlogged-request': 'without the plugin: request id and user of a save NetBox did not log',
     'in-memory-counters': '*_count integers inside nested objects of data (NetBox in-memory copies)',
     'mirror-url': 'netbox_outbox.webhook rule compared with the equivalent webhook rule: URL path',
+    'header-name-case': 'a header name NetBox sends other than in Title-Case: ours is sent in Title-Case',
 }
 
 
@@ -109,6 +111,15 @@ def normalise(netbox, ours, ctx):
             kept.append([name, value])
         side['headers'] = kept
     applied.append('transport-headers')
+
+    # header-name-case
+    nb_names = {n.lower(): n for n, _ in netbox['headers']}
+    for pair in ours['headers']:
+        theirs = nb_names.get(pair[0].lower())
+        if theirs is not None and theirs != pair[0] and pair[0] == title_case(theirs) \
+                and theirs != title_case(theirs):
+            pair[0] = theirs
+            applied.append('header-name-case')
     if any(n.lower() == 'x-hook-signature' for n, _ in netbox['headers'] + ours['headers']):
         applied.append('signature')
 
@@ -236,6 +247,12 @@ def _reorder_like(value, model):
     except ValueError:
         return None
     return result if json_order(result) != json_order(value) else None
+
+
+def title_case(name):
+    """A header name as hyper writes it with title-case headers: each letter that starts the
+    name or follows a hyphen upper-cased, the others lower-cased."""
+    return '-'.join(part[:1].upper() + part[1:].lower() for part in name.split('-'))
 
 
 def json_order(v):

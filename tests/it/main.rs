@@ -50,5 +50,7 @@ mod events;
 mod migrate;
 /// Operating it: commands, SQL cookbook, metrics, least privilege, uninstall.
 mod operate;
+/// What NetBox computes from related rows: config contexts, cable peers and paths.
+mod related;
 /// Several sidecars, crashes, shutdowns and per-object order.
 mod resilience;
