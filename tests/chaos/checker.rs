@@ -10,9 +10,10 @@ use std::time::Duration;
 use crate::receiver::{Arrival, Outcome};
 use crate::workload::Committed;
 
-/// How long after a receiver took a request the sender may still be recording it: a duplicate
-/// of that request is explained by a crash or an outage within this window.
-pub const IN_FLIGHT: Duration = Duration::from_secs(5);
+/// How long after a receiver took a request the sender may still be recording it (the
+/// sidecars' lease is 5 s: the 2 s timeout plus a 3 s margin; a little more for busy cores): a
+/// duplicate of that request is explained by a crash or an outage within this window.
+pub const IN_FLIGHT: Duration = Duration::from_secs(8);
 
 /// Everything the checker looks at.
 pub struct Evidence {
@@ -41,6 +42,8 @@ pub struct Verdict {
     /// Distinct deliveries accepted at least once.
     pub delivered: usize,
     pub losses: Vec<String>,
+    /// The lost changes: (webhook, marker, object), for the database to explain.
+    pub lost: Vec<(String, String, i64)>,
     pub phantoms: Vec<String>,
     pub reorderings: Vec<String>,
     /// Accepted again after being accepted once.
@@ -106,6 +109,9 @@ pub fn check(evidence: &Evidence) -> Verdict {
             }
             verdict.expected += 1;
             if !reached.contains(&(webhook.as_str(), c.marker.as_str(), c.object_id)) {
+                verdict
+                    .lost
+                    .push((webhook.clone(), c.marker.clone(), c.object_id));
                 verdict.losses.push(format!(
                     "{webhook}: {} of object {} (seq {}) by transaction {} never arrived",
                     c.event, c.object_id, c.seq, c.marker

@@ -28,21 +28,25 @@ pub enum Outcome {
     Silent,
     /// The connection is closed in the middle of the status line.
     Cut,
+    /// 200 and its headers, then the connection is closed in the middle of the body: the
+    /// receiver said yes, so it counts as accepted.
+    CutBody,
 }
 
 impl Outcome {
     /// Whether the receiver took the webhook (answered 2xx).
     pub fn reached(self) -> bool {
-        matches!(self, Outcome::Accepted | Outcome::Slow)
+        matches!(self, Outcome::Accepted | Outcome::Slow | Outcome::CutBody)
     }
 
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Accepted,
         Outcome::Slow,
         Outcome::ServerError,
         Outcome::RateLimited,
         Outcome::Silent,
         Outcome::Cut,
+        Outcome::CutBody,
     ];
 }
 
@@ -223,6 +227,13 @@ async fn serve(stream: TcpStream, shared: &Shared) {
             }
             Outcome::Cut => {
                 let _ = stream.get_mut().write_all(b"HTTP/1.1 200 O").await;
+                return;
+            }
+            Outcome::CutBody => {
+                let _ = stream
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\naccepted, but")
+                    .await;
                 return;
             }
         };
