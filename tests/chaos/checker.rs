@@ -51,6 +51,8 @@ pub struct Verdict {
     /// ... of which explained by a SIGKILL or a database outage while in flight.
     pub explained: usize,
     pub unexplained: Vec<String>,
+    /// 2xx attempts in the delivery log that the receiver never gave (answered by someone else).
+    pub unconfirmed: Vec<String>,
     pub outcomes: BTreeMap<(String, Outcome), usize>,
 }
 
@@ -60,6 +62,7 @@ impl Verdict {
             && self.phantoms.is_empty()
             && self.reorderings.is_empty()
             && self.unexplained.is_empty()
+            && self.unconfirmed.is_empty()
     }
 }
 
@@ -197,7 +200,21 @@ pub fn check(evidence: &Evidence) -> Verdict {
             ));
         }
     }
+    // The delivery log against the receivers: a 2xx recorded more often than the receiver gave
+    // one came from elsewhere.
+    for ((webhook, delivery), recorded) in &evidence.recorded {
+        let accepted = by_delivery
+            .get(&(webhook.as_str(), delivery.as_str()))
+            .map_or(0, Vec::len);
+        if *recorded > accepted {
+            verdict.unconfirmed.push(format!(
+                "{webhook}: delivery {delivery} has {recorded} 2xx attempts in the delivery log, \
+                 but the receiver accepted it {accepted} times"
+            ));
+        }
+    }
     verdict.losses.sort();
+    verdict.unconfirmed.sort();
     verdict.phantoms.sort();
     verdict.unexplained.sort();
     verdict
@@ -339,6 +356,17 @@ pub fn self_test() {
         verdict.unexplained.len(),
         1,
         "self-test: a duplicate its sender recorded both times is caught, crash or not: {verdict:?}"
+    );
+
+    let mut elsewhere = clean();
+    elsewhere
+        .recorded
+        .insert(("hook".to_string(), "d8".to_string()), 1);
+    let verdict = check(&elsewhere);
+    assert_eq!(
+        verdict.unconfirmed.len(),
+        1,
+        "self-test: a 2xx the receiver never gave is caught: {verdict:?}"
     );
 
     let mut outage = clean();

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     checker::self_test();
     println!(
         "checker self-test: an injected loss, phantom, wrong event, reordering, duplicate without \
-         a crash and duplicate its sender recorded are each caught"
+         a crash, duplicate its sender recorded and 2xx the receiver never gave are each caught"
     );
     let profile = Profile::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
