@@ -12,6 +12,8 @@ pub struct Cluster {
     port: u16,
     /// PostgreSQL refuses to run as root: then it runs as this OS user.
     run_as: Option<&'static str>,
+    /// Keep the data directory when dropped (a failed run, to look into).
+    keep: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -33,6 +35,7 @@ impl Cluster {
             dir,
             bin,
             run_as,
+            keep: false.into(),
         };
         must(
             &mut cluster.pg(
@@ -127,6 +130,26 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Keeps the cluster's files when it is dropped, and says how to start it again.
+    pub fn keep(&self) {
+        self.keep.store(true, std::sync::atomic::Ordering::SeqCst);
+        println!(
+            "the chaos database is kept in {}; look into it with:\n  {}pg_ctl -D {} -o '-p {} -c \
+             listen_addresses=127.0.0.1 -c unix_socket_directories={}' start && psql {}",
+            self.dir.display(),
+            self.run_as.map_or(String::new(), |u| format!(
+                "runuser -u {u} -- {}/",
+                self.bin.display()
+            )),
+            self.data().display(),
+            self.port,
+            self.dir.display(),
+            self.url("netbox")
+        );
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self
@@ -143,7 +166,9 @@ impl Drop for Cluster {
             )
             .stderr(Stdio::null())
             .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -62,7 +62,8 @@ impl Profile {
             receiver: vec![
                 (Mode::Up, s(5)),
                 (Mode::Down, s(10)),
-                (Mode::Up, s(5)),
+                // long enough for two attempts of everything that failed meanwhile
+                (Mode::Up, s(8)),
                 (Mode::Failing(ServerError, 0.5), s(7)),
                 (Mode::Up, s(3)),
                 (Mode::Failing(RateLimited, 0.5), s(7)),
@@ -73,6 +74,7 @@ impl Profile {
                 (Mode::Failing(Silent, 0.3), s(7)),
                 (Mode::Up, s(3)),
                 (Mode::Failing(Cut, 0.5), s(7)),
+                (Mode::Failing(CutBody, 0.5), s(5)),
             ],
             restarts: vec![s(40)],
             outage: s(2),
@@ -88,7 +90,7 @@ impl Profile {
         use Outcome::*;
         Profile {
             name: "full",
-            stream: s(540),
+            stream: s(660),
             writers: 4,
             pace: Duration::from_millis(120),
             fleet: vec![(s(0), 2), (s(90), 4), (s(200), 1), (s(260), 4), (s(400), 2)],
@@ -103,7 +105,8 @@ impl Profile {
                 (Mode::Up, s(15)),
                 // down for minutes
                 (Mode::Down, s(150)),
-                (Mode::Up, s(30)),
+                // long enough for two attempts of everything that failed meanwhile
+                (Mode::Up, s(150)),
                 (Mode::Failing(Silent, 0.3), s(30)),
                 (Mode::Up, s(15)),
                 (Mode::Failing(Cut, 0.5), s(30)),
@@ -111,6 +114,7 @@ impl Profile {
                 (Mode::Failing(ServerError, 0.3), s(20)),
                 (Mode::Failing(Silent, 0.2), s(20)),
                 (Mode::Failing(Cut, 0.3), s(20)),
+                (Mode::Failing(CutBody, 0.5), s(20)),
             ],
             restarts: vec![s(60), s(340), s(480)],
             outage: s(5),
@@ -134,7 +138,7 @@ impl Profile {
             "[delivery]\n\
              poll_interval = \"100ms\"\n\
              default_timeout = \"2s\"\n\
-             lease_margin = \"1s\"\n\
+             lease_margin = \"3s\"\n\
              retry_schedule = [{}]\n\
              retry_jitter = 0.2\n\
              max_retry_after = \"2s\"\n\

@@ -28,21 +28,25 @@ pub enum Outcome {
     Silent,
     /// The connection is closed in the middle of the status line.
     Cut,
+    /// 200 and its headers, then the connection is closed in the middle of the body: the
+    /// receiver said yes, so it counts as accepted.
+    CutBody,
 }
 
 impl Outcome {
     /// Whether the receiver took the webhook (answered 2xx).
     pub fn reached(self) -> bool {
-        matches!(self, Outcome::Accepted | Outcome::Slow)
+        matches!(self, Outcome::Accepted | Outcome::Slow | Outcome::CutBody)
     }
 
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Accepted,
         Outcome::Slow,
         Outcome::ServerError,
         Outcome::RateLimited,
         Outcome::Silent,
         Outcome::Cut,
+        Outcome::CutBody,
     ];
 }
 
@@ -80,10 +84,12 @@ struct Shared {
     log: Mutex<Vec<Arrival>>,
     /// Cancelled when the receiver goes down: the listener and every connection close.
     up: Mutex<CancellationToken>,
+    /// While down, the port, bound but not listening.
+    held: Mutex<Option<TcpSocket>>,
 }
 
 /// A receiver on a fixed port of 127.0.0.1 (it keeps the port while down, so the webhook's URL
-/// stays valid).
+/// stays valid and no one else takes it).
 #[derive(Clone)]
 pub struct Receiver {
     pub addr: SocketAddr,
@@ -103,6 +109,7 @@ impl Receiver {
                 mode: Mutex::new(Mode::Up),
                 log: Mutex::new(Vec::new()),
                 up: Mutex::new(CancellationToken::new()),
+                held: Mutex::new(None),
             }),
         };
         receiver.accept(listener);
@@ -121,28 +128,44 @@ impl Receiver {
     pub async fn set_mode(&self, mode: Mode) {
         let was = std::mem::replace(&mut *self.shared.mode.lock().unwrap(), mode);
         match (was == Mode::Down, mode == Mode::Down) {
-            (false, true) => self.shared.up.lock().unwrap().cancel(),
+            (false, true) => {
+                self.shared.up.lock().unwrap().cancel();
+                let held = self.hold_port().await;
+                *self.shared.held.lock().unwrap() = Some(held);
+            }
             (true, false) => {
                 *self.shared.up.lock().unwrap() = CancellationToken::new();
-                // The old listener's port may linger for a moment after it closed.
-                let mut tries = 0;
-                let listener = loop {
-                    match listen_socket(self.addr).listen(128) {
-                        Ok(listener) => break listener,
-                        Err(e) if tries < 100 => {
-                            tries += 1;
-                            let _ = e;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Err(e) => {
-                            panic!("receiver {} cannot reopen {}: {e}", self.name(), self.addr)
-                        }
-                    }
-                };
+                let held = self.shared.held.lock().unwrap().take();
+                let listener = held
+                    .expect("a receiver that is down holds its port")
+                    .listen(128)
+                    .unwrap_or_else(|e| {
+                        panic!("receiver {} cannot reopen {}: {e}", self.name(), self.addr)
+                    });
                 self.accept(listener);
             }
             _ => {}
         }
+    }
+
+    /// Binds the port without listening: connections to it are refused, as to a closed port,
+    /// but no other program on the machine gets the port meanwhile (another test's receiver on
+    /// it would answer our sidecars, and what it accepted would look lost).
+    async fn hold_port(&self) -> TcpSocket {
+        // The listener closes as its task sees the cancellation: until then the port is taken.
+        for _ in 0..200 {
+            let socket = TcpSocket::new_v4().expect("a socket");
+            socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+            if socket.bind(self.addr).is_ok() {
+                return socket;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "receiver {} cannot hold its port {} while down",
+            self.name(),
+            self.addr
+        )
     }
 
     /// Every request read so far.
@@ -223,6 +246,13 @@ async fn serve(stream: TcpStream, shared: &Shared) {
             }
             Outcome::Cut => {
                 let _ = stream.get_mut().write_all(b"HTTP/1.1 200 O").await;
+                return;
+            }
+            Outcome::CutBody => {
+                let _ = stream
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\naccepted, but")
+                    .await;
                 return;
             }
         };

@@ -126,6 +126,7 @@ pub fn print(run: &Run, verdict: &Verdict) {
         ("PHANTOM", &verdict.phantoms),
         ("REORDERED", &verdict.reorderings),
         ("UNEXPLAINED DUPLICATE", &verdict.unexplained),
+        ("NOT FROM THE RECEIVER", &verdict.unconfirmed),
         ("SIDECAR EXIT", &run.unexpected_exits),
         ("DATABASE", &run.database),
         ("FAULT NOT EXERCISED", &run.coverage),
