@@ -90,7 +90,9 @@ def ensure_postgres():
     versions = sorted(os.listdir('/etc/postgresql'), key=lambda v: float(v)) if os.path.isdir('/etc/postgresql') else []
     if not versions:
         raise SetupError('PostgreSQL is not running on 127.0.0.1:5432 and no local cluster was found')
-    run(['pg_ctlcluster', '--skip-systemctl-redirect', versions[-1], 'main', 'start'])
+    # Exit status 2 means "already running" (it may still be starting up): wait for it below.
+    subprocess.run(['pg_ctlcluster', '--skip-systemctl-redirect', versions[-1], 'main', 'start'],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(120):
         try:
             pg_connect().close()
