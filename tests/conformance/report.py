@@ -139,6 +139,39 @@ def summary_document(analyses, timings):
     ])
 
 
+README_START = '<!-- fidelity table: written by tests/conformance/run --update-docs -->'
+README_END = '<!-- end of fidelity table -->'
+
+
+def _cold_or_warm(timings):
+    """How much of the run's duration was one-time set-up (cached for the next run)."""
+    built = next((v for k, v in timings.items() if k.endswith('(built)')), None)
+    if built is None:
+        return ''
+    return (f", of which {timings.get('build', 0) / 60:.1f} the release build and {built / 60:.1f} "
+            "NetBox's first migrate (both cached for later runs)")
+
+
+def update_readme(path, analyses, timings):
+    """Replaces the README's fidelity table (between its two markers) with this run's."""
+    text = path.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f'{path}: the fidelity table markers are missing; put {README_START!r} '
+                         f'and {README_END!r} where the table goes')
+    now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')
+    block = '\n'.join([
+        README_START,
+        f'Last run {now}, {timings.get("total", 0) / 60:.1f} minutes{_cold_or_warm(timings)}, NetBox 4.7.3. Each row is an '
+        'object type; "paired / identical" counts webhooks, the other columns count JSON key paths '
+        'and headers compared.',
+        '',
+        summary_table(analyses),
+        '',
+    ])
+    path.write_text(text[:start] + block + text[end:])
+
+
 def write(out, analyses, timings):
     summary = summary_document(analyses, timings)
     full = summary + '\n## Every key path, per object type\n\nCounts are ' + '/'.join(STATUSES) + '.\n\n' \

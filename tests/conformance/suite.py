@@ -320,13 +320,18 @@ def main():
     out = Path(args.out)
     configurations = [c for c in CONFIGURATIONS if not args.config or c.name in args.config]
     if args.reanalyse:
+        # the timings are those of the run that recorded what is reanalysed
+        try:
+            timings = json.loads((out / 'fidelity.json').read_text())['timings_s']
+        except (OSError, ValueError, KeyError):
+            timings = {'total': 0}
         analyses = []
         for cfg in configurations:
             if (out / cfg.name / 'run.json').exists():
                 analysis = reanalyse(cfg, out / cfg.name)
                 analysis.configuration = cfg
                 analyses.append(analysis)
-        return finish(args, out, analyses, {'total': 0})
+        return finish(args, out, analyses, timings)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -359,7 +364,8 @@ def finish(args, out, analyses, timings):
     if args.update_docs:
         (REPO / 'docs').mkdir(exist_ok=True)
         (REPO / 'docs' / 'fidelity.md').write_text(report.summary_document(analyses, timings))
-        log('wrote docs/fidelity.md')
+        report.update_readme(REPO / 'README.md', analyses, timings)
+        log('wrote docs/fidelity.md and the table in README.md')
     print(md['summary'])
     failures = [(a.name, f) for a in analyses for f in a.failures]
     for name, f in failures:
