@@ -5,13 +5,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::assemble::{Assembler, Batch};
@@ -158,6 +158,7 @@ async fn assemble_loop(
     let mut client = None;
     let mut wakeup: Option<WakeUp> = None;
     let mut failures = 0u32;
+    let mut summarized = Instant::now();
     while !cancel.is_cancelled() {
         if client.is_none() {
             match database.connect().await {
@@ -188,6 +189,10 @@ async fn assemble_loop(
             Ok(Batch::Done(report)) if report.changes > 0 => {
                 if report.deliveries > 0 {
                     deliveries_due.notify_one();
+                }
+                if summarized.elapsed() >= SUMMARIZE_EVERY {
+                    summarize_capture(db).await;
+                    summarized = Instant::now();
                 }
                 continue;
             }
@@ -272,6 +277,27 @@ async fn assemble_loop(
                 }
             },
         }
+    }
+}
+
+/// How often, while changes arrive, the capture's BRIN indexes are summarized (see
+/// [`summarize_capture`]).
+const SUMMARIZE_EVERY: Duration = Duration::from_secs(1);
+
+/// Summarizes the full block ranges of the capture's BRIN indexes (`netbox_outbox.summarize_capture`,
+/// V4). Ranges that are not summarized match every batch's lookup, and autovacuum summarizes them
+/// only on its next round: under a steady stream of changes every batch would read up to a minute
+/// of changes again. A failure only costs speed, so it is logged, not raised.
+async fn summarize_capture(db: &tokio_postgres::Client) {
+    // never wait behind autovacuum, which holds the same lock while it works on a partition
+    let result = db
+        .batch_execute(
+            "begin; set local lock_timeout = '20ms'; select netbox_outbox.summarize_capture(); commit",
+        )
+        .await;
+    if let Err(error) = result {
+        let _ = db.batch_execute("rollback").await;
+        debug!(error = %crate::error_chain(&error), "summarizing the capture's indexes skipped");
     }
 }
 

@@ -514,3 +514,85 @@ async fn a_hostile_search_path_cannot_hijack_the_capture() {
     assert_eq!(rows[2].before.as_ref().unwrap()["description"], "edge");
     assert!(rows.iter().all(|r| r.application_name == "netbox-outbox"));
 }
+
+/// The batch lookup's BRIN index matches every range it has no summary for, so the sidecar
+/// summarizes full ranges as changes arrive (netbox_outbox.summarize_capture): afterwards a
+/// lookup of the newest transactions reads only the newest pages, not every change since
+/// autovacuum last came by.
+#[tokio::test]
+async fn full_brin_ranges_of_the_capture_are_summarized_on_request() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    // Enough transactions for several full 16-page ranges, in one slot (today's).
+    client
+        .batch_execute(
+            "insert into dcim_site (name, slug) select 'site-' || g, 'site-' || g from generate_series(1, 20) g",
+        )
+        .await
+        .unwrap();
+    for round in 0..300 {
+        client
+            .execute(
+                "update dcim_site set description = repeat('x', 150) || $1, last_updated = now()",
+                &[&round.to_string()],
+            )
+            .await
+            .unwrap();
+    }
+    let lossy_pages = async |client: &tokio_postgres::Client| -> i64 {
+        // pages a lookup of the last transaction must read: every page of an unsummarized range
+        let newest: i64 = client
+            .query_one("select max(txid) from netbox_outbox.change", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let plan: String = client
+            .query_one(
+                &format!(
+                    "explain (analyze, format json, costs off, timing off)
+                     select id from netbox_outbox.change where txid >= {newest}"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, serde_json::Value>(0)
+            .to_string();
+        // sum of "Lossy Heap Blocks" over the partitions' bitmap heap scans
+        plan.match_indices("\"Lossy Heap Blocks\":")
+            .map(|(at, key)| {
+                plan[at + key.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect::<String>()
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    client
+        .batch_execute("analyze netbox_outbox.change; set enable_seqscan = off")
+        .await
+        .unwrap();
+    let before = lossy_pages(&client).await;
+    let summarized: i32 = client
+        .query_one("select netbox_outbox.summarize_capture()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let after = lossy_pages(&client).await;
+    // (autovacuum may have summarized some ranges already, but not in the second it took)
+    assert!(before >= 32, "the test's changes fill only {before} pages");
+    assert!(summarized > 0, "no range was summarized");
+    assert!(
+        after < 32,
+        "a lookup of the newest transaction reads {after} pages after summarizing ({before} before)"
+    );
+    // A second call finds nothing new to summarize.
+    let again: i32 = client
+        .query_one("select netbox_outbox.summarize_capture()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, 0);
+}

@@ -492,7 +492,10 @@ async fn the_sidecar_runs_with_the_least_privilege_role() {
             .contains("permission denied")
     );
     as_sidecar
-        .batch_execute("select * from netbox_outbox.sync(); select * from netbox_outbox.prune()")
+        .batch_execute(
+            "select * from netbox_outbox.sync(); select * from netbox_outbox.prune();
+             select netbox_outbox.summarize_capture()",
+        )
         .await
         .unwrap();
     drop(as_sidecar);
