@@ -1,5 +1,10 @@
-//! When to try a failed delivery again: the configured schedule, randomised, or what the
-//! receiver asked for with Retry-After.
+//! When to try a failed delivery again: the configured schedule, randomised, and never sooner
+//! than the receiver asked for with Retry-After.
+//!
+//! Retry-After is a floor, not a replacement for the schedule: every attempt counts against the
+//! schedule, so a receiver answering `429 Retry-After: 1` would otherwise use up a delivery's
+//! three days of attempts in ten seconds and make it dead (the full chaos run caught exactly
+//! that: three deliveries dead behind a 30-second burst of 429s).
 
 use std::time::Duration;
 
@@ -26,10 +31,11 @@ impl Backoff {
         let Some(base) = self.schedule.get(attempts.saturating_sub(1) as usize) else {
             return Next::GiveUp;
         };
-        if let Some(asked) = retry_after {
-            return Next::RetryIn(asked.min(self.max_retry_after));
+        let scheduled = base.mul_f64(1.0 - self.jitter * unit.clamp(0.0, 1.0));
+        match retry_after {
+            Some(asked) => Next::RetryIn(asked.min(self.max_retry_after).max(scheduled)),
+            None => Next::RetryIn(scheduled),
         }
-        Next::RetryIn(base.mul_f64(1.0 - self.jitter * unit.clamp(0.0, 1.0)))
     }
 
     /// How many attempts a delivery gets in all.
@@ -69,6 +75,11 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_up_to_a_cap() {
         let b = backoff();
+        // never sooner than the schedule: a short Retry-After does not use up the attempts
+        assert_eq!(
+            b.next(2, Some(Duration::from_secs(1)), 0.0),
+            Next::RetryIn(Duration::from_secs(300))
+        );
         assert_eq!(
             b.next(1, Some(Duration::from_secs(17)), 0.3),
             Next::RetryIn(Duration::from_secs(17))
