@@ -28,6 +28,30 @@ positive, else the difference in ms), the API's own figures, the CPU each
 component used per PATCH, the core count and the load average. The figures also go to
 benches/out/netbox-versus.json, the logs to benches/out/netbox-versus/.
 
+Then, on the same instance, a second phase that always runs (skip it with --rounds 0) measures
+what the capture costs NetBox's write path (issue 6): PATCHes of `description`, round robin over
+the 50 devices, in blocks with the capture on (the triggers `netbox-outbox migrate` installs) and
+blocks with it off. A round is one block of each (--round-patches, default 40 PATCHes), the order
+alternating (on-off, off-on, ...) so that slow drift in background load cancels out; --rounds
+(default 6) rounds, so 240 PATCHes per condition, first from 1 client, then from 4 concurrent
+ones (--write-cost-clients). Off = netbox_outbox.unwatch_all(), which calls netbox_outbox.unwatch()
+for every watched table (it drops its netbox_outbox_capture trigger and records watched = false,
+so the sidecar's periodic netbox_outbox.sync() leaves it off), plus ALTER TABLE ... DISABLE TRIGGER
+of the two triggers unwatch() does not cover (netbox_outbox_capture_tag on extras_taggeditem,
+netbox_outbox_capture_changelog on core_objectchange; disabled rather than dropped because sync()
+would re-create a missing one within a minute). On = netbox_outbox.watch_all() and ENABLE TRIGGER.
+After each toggle, --block-warmup (default 6) unmeasured PATCHes from as many clients as gunicorn has
+workers (their times are reported apart: the first requests after a toggle can be slow, a cost the
+bench's toggling adds and a deployment pays once). Before and after every block, pg_trigger is checked (every trigger there, or none, enabled) and the
+capture sequence is read (rows captured per PATCH: 0 when off). NetBox's rule, its RQ worker and the
+sidecar run in both conditions; the sidecar is idle when nothing is captured. Between blocks the
+bench waits until NetBox's queues and the sidecar are idle, and the CPU of each block is read after
+that wait, so it includes the work each PATCH caused later (webhook jobs, the sidecar's delivery).
+Per condition: PATCH latency p50/p95/p99, PATCHes/s (PATCHes / the sum of the blocks' durations),
+CPU ms per PATCH of each component, PostgreSQL included (the whole cluster: the postmaster and
+all its children, so another database's load on the same cluster would count too), and the
+ratios with/without of throughput and without/with of p50 latency.
+
 It uses its own database (nbo_versus) and its own Redis databases (10 and 11), so it never collides
 with a conformance run (nbo_conformance_*, Redis 12 and 13). A benchmark, not a test: it exits 0
 even when a side misses webhooks (they are reported), 2 when the set-up fails.
@@ -190,6 +214,37 @@ def machine_ticks():
     values = [int(v) for v in Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
     idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
     return sum(values) - idle, sum(values)
+
+
+def process_ticks(fields):
+    return sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+
+
+def pg_cluster_ticks(postmaster):
+    """CPU time (clock ticks) of a PostgreSQL cluster: the postmaster and every process it forked
+    (backends, background workers, autovacuum). PostgreSQL's children each lead a process group of
+    their own, so cpu_ticks_of_group() cannot find them; a backend that exited moved its time to the
+    postmaster's cutime/cstime when reaped, so nothing is lost or counted twice."""
+    total = 0
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f'/proc/{entry}/stat').read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(')') + 2:].split()
+        if int(entry) == postmaster or int(fields[1]) == postmaster:  # fields[1] is ppid
+            total += process_ticks(fields)
+    return total
+
+
+def postmaster_pid(dbname):
+    """The pid of the postmaster serving dbname: the parent of a backend of ours."""
+    with env.pg_connect(dbname) as conn:
+        backend = conn.execute('select pg_backend_pid()').fetchone()[0]
+    stat = Path(f'/proc/{backend}/stat').read_text()
+    return int(stat[stat.rindex(')') + 2:].split()[1])
 
 
 def loadavg():
@@ -402,7 +457,9 @@ def run(args, netbox, binary, workdir):
 
         labels = [f'nbo-versus {tag} #{i}' for i in range(args.patches)]
         tracked = {p.name: p.pid for p in processes}
+        postmaster = postmaster_pid(DBNAME)
         cpu_before = {name: cpu_ticks_of_group(pid) for name, pid in tracked.items()}
+        cpu_before['postgres'] = pg_cluster_ticks(postmaster)
         machine_before = machine_ticks()
         load_before = loadavg()
         log(f'{args.patches} PATCHes of description, round robin over {DEVICES} devices, '
@@ -415,9 +472,18 @@ def run(args, netbox, binary, workdir):
         complete = wait_both(receiver, labels, args.deadline, processes)
         machine_after = machine_ticks()
         cpu_after = {name: cpu_ticks_of_group(pid) for name, pid in tracked.items()}
+        cpu_after['postgres'] = pg_cluster_ticks(postmaster)
         load_after = loadavg()
         if not complete:
             log('deadline passed: reporting what arrived')
+        arrivals = receiver.snapshot()
+
+        wc = None
+        if args.rounds:
+            wait_idle(DBNAME, rq_redis, processes, timeout=max(300, args.deadline))
+            log(f'write cost: {args.rounds} rounds of {args.round_patches} PATCHes with the capture on and off, '
+                f'clients {args.write_cost_clients}')
+            wc = write_cost(args, base_url, device_ids, tag, processes, rq_redis, postmaster)
     finally:
         for p in reversed(processes):
             p.stop()
@@ -425,7 +491,6 @@ def run(args, netbox, binary, workdir):
         if api:
             api.close()
 
-    arrivals = receiver.snapshot()
     first_start = min(p['start'] for p in patches.values())
     api_times = [p['done'] - p['start'] for p in patches.values()]
     hz = os.sysconf('SC_CLK_TCK')
@@ -442,7 +507,9 @@ def run(args, netbox, binary, workdir):
         'netbox_version': env.NETBOX_VERSION,
         'settings': {'patches': args.patches, 'devices': DEVICES, 'clients': args.clients, 'warmup': args.warmup,
                      'gunicorn_workers': args.gunicorn_workers, 'rq_workers': args.rq_workers,
-                     'deadline_s': args.deadline, 'binary': str(binary)},
+                     'deadline_s': args.deadline, 'binary': str(binary), 'rounds': args.rounds,
+                     'round_patches': args.round_patches, 'write_cost_clients': args.write_cost_clients,
+                     'block_warmup': args.block_warmup},
         'complete': complete,
         'api': {
             'patch_ms': {'p50': ms(percentile(api_times, 50)), 'p95': ms(percentile(api_times, 95)),
@@ -463,12 +530,230 @@ def run(args, netbox, binary, workdir):
         },
         # CPU seconds per PATCH of each process group we started (the sidecar's includes nothing of
         # PostgreSQL's; neither does NetBox's); busy = all CPUs of the machine, whoever used them
+        # postgres: the whole cluster (the postmaster and all its children), not only our database
         'cpu_ms_per_patch': {name: round((cpu_after[name] - cpu_before[name]) / hz * 1000 / len(patches), 2)
-                             for name in tracked},
+                             for name in cpu_before},
         'machine': {'cores': os.cpu_count(), 'loadavg_before': load_before, 'loadavg_after': load_after,
                     'busy_percent': round(100 * busy / total, 1) if total else None},
         'other_webhooks': sum(1 for a in arrivals if a['description'] not in patches),
+        'write_cost': wc,
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# The write-path cost of the capture: blocks of PATCHes with the capture's triggers on and off
+# ------------------------------------------------------------------------------------------------
+
+AUX_TRIGGERS = (('public.extras_taggeditem', 'netbox_outbox_capture_tag'),
+                ('public.core_objectchange', 'netbox_outbox_capture_changelog'))
+
+
+def trigger_state(dbname):
+    """What pg_trigger says of the capture: enabled and disabled netbox_outbox_capture triggers,
+    whether dcim_device has an enabled one, and how many of the two other triggers are enabled;
+    plus the capture sequence's last value (every captured row draws one)."""
+    with env.pg_connect(dbname) as conn:
+        row = conn.execute("""
+            select count(*) filter (where t.tgname = 'netbox_outbox_capture' and t.tgenabled <> 'D'),
+                   count(*) filter (where t.tgname = 'netbox_outbox_capture' and t.tgenabled = 'D'),
+                   coalesce(bool_or(t.tgname = 'netbox_outbox_capture' and t.tgenabled <> 'D'
+                                    and t.tgrelid = 'public.dcim_device'::regclass), false),
+                   count(*) filter (where t.tgname in ('netbox_outbox_capture_tag', 'netbox_outbox_capture_changelog')
+                                      and t.tgenabled <> 'D'),
+                   (select count(*) from netbox_outbox.watch where watched),
+                   (select last_value from netbox_outbox.change_id_seq)
+            from pg_trigger t where t.tgname like 'netbox\\_outbox\\_%'""").fetchone()
+    return {'model_triggers': row[0], 'model_triggers_disabled': row[1], 'dcim_device': row[2],
+            'aux_triggers': row[3], 'watched_tables': row[4], 'sequence': row[5]}
+
+
+def set_capture(dbname, on):
+    """Capture on: netbox_outbox.watch_all() and the two other triggers enabled. Off:
+    netbox_outbox.unwatch_all() (unwatch() of every watched table) and the two disabled. One
+    transaction. Returns how many tables watch_all()/unwatch_all() named."""
+    with env.pg_connect(dbname, autocommit=False) as conn:
+        conn.execute("set local lock_timeout = '60s'")
+        fn = 'watch_all' if on else 'unwatch_all'
+        tables = conn.execute(f'select count(*) from netbox_outbox.{fn}()').fetchone()[0]
+        for table, trigger in AUX_TRIGGERS:
+            conn.execute(f"alter table {table} {'enable' if on else 'disable'} trigger {trigger}")
+        conn.commit()
+    return tables
+
+
+def check_state(state, on, baseline, when):
+    if on:
+        good = (state['model_triggers'] == baseline['model_triggers'] and state['model_triggers_disabled'] == 0
+                and state['dcim_device'] and state['aux_triggers'] == len(AUX_TRIGGERS))
+    else:
+        good = (state['model_triggers'] == 0 and state['model_triggers_disabled'] == 0
+                and not state['dcim_device'] and state['aux_triggers'] == 0)
+    if not good:
+        raise env.SetupError(f"capture {'on' if on else 'off'} {when}: pg_trigger disagrees: {state} "
+                             f'(after migrate: {baseline})')
+
+
+def write_cost(args, base_url, device_ids, tag, processes, rq_redis, postmaster):
+    """The rounds of --rounds, for each client count of --write-cost-clients."""
+    baseline = trigger_state(DBNAME)
+    log(f"write cost: after migrate, {baseline['model_triggers']} netbox_outbox_capture triggers, "
+        f"{baseline['aux_triggers']} others, {baseline['watched_tables']} watched tables")
+    if not baseline['dcim_device'] or baseline['aux_triggers'] != len(AUX_TRIGGERS):
+        raise env.SetupError(f'write cost: the capture is not fully installed after migrate: {baseline}')
+    tracked = {p.name: p.pid for p in processes}
+    hz = os.sysconf('SC_CLK_TCK')
+    offset = 0
+    results = []
+    for clients in args.write_cost_clients:
+        blocks = []
+        for r in range(args.rounds):
+            for on in ((True, False) if r % 2 == 0 else (False, True)):
+                cond = 'on' if on else 'off'
+                named = set_capture(DBNAME, on)
+                # Unmeasured PATCHes after the toggle, from as many clients as gunicorn has workers
+                # (so that each worker likely serves one): the first requests after the triggers
+                # are re-created can be slow, a cost of toggling that a deployment pays once.
+                warm = [f'nbo-versus {tag} wc k{clients} r{r} {cond} warm-up {i}' for i in range(args.block_warmup)]
+                warm_times = []
+                if warm:
+                    ids = device_ids[offset % len(device_ids):] + device_ids[:offset % len(device_ids)]
+                    offset += len(warm)
+                    done, errors = patch_all(base_url, ids, warm, min(args.gunicorn_workers, len(warm)))
+                    if errors:
+                        raise env.SetupError(f'write cost warm-up: {len(errors)} PATCH(es) failed: ' + '; '.join(errors[:3]))
+                    warm_times = [round(done[w]['done'] - done[w]['start'], 5) for w in warm]
+                wait_idle(DBNAME, rq_redis, processes, timeout=300)
+                before = trigger_state(DBNAME)
+                check_state(before, on, baseline, 'before the block')
+                labels = [f'nbo-versus {tag} wc k{clients} r{r} {cond} #{i}' for i in range(args.round_patches)]
+                ids = device_ids[offset % len(device_ids):] + device_ids[:offset % len(device_ids)]
+                offset += len(labels)
+                cpu0 = {name: cpu_ticks_of_group(pid) for name, pid in tracked.items()}
+                cpu0['postgres'] = pg_cluster_ticks(postmaster)
+                m0 = machine_ticks()
+                patches, errors = patch_all(base_url, ids, labels, clients)
+                if errors:
+                    raise env.SetupError(f'write cost: {len(errors)} PATCH(es) failed: ' + '; '.join(errors[:3]))
+                wait_idle(DBNAME, rq_redis, processes, timeout=300)
+                cpu1 = {name: cpu_ticks_of_group(pid) for name, pid in tracked.items()}
+                cpu1['postgres'] = pg_cluster_ticks(postmaster)
+                m1 = machine_ticks()
+                after = trigger_state(DBNAME)
+                check_state(after, on, baseline, 'after the block')
+                first = min(p['start'] for p in patches.values())
+                last = max(p['done'] for p in patches.values())
+                block = {
+                    'clients': clients, 'round': r, 'capture': cond, 'tables_toggled': named,
+                    'warmup_patch_s': warm_times,
+                    'patch_s': [round(p['done'] - p['start'], 5) for p in patches.values()],
+                    'duration_s': round(last - first, 4),
+                    'patches_per_s': round(len(patches) / (last - first), 3),
+                    'cpu_ms': {name: round((cpu1[name] - cpu0[name]) / hz * 1000, 1) for name in cpu0},
+                    'busy_percent': round(100 * (m1[0] - m0[0]) / (m1[1] - m0[1]), 1) if m1[1] > m0[1] else None,
+                    'captured_rows': after['sequence'] - before['sequence'],
+                    'pg_trigger': {k: v for k, v in after.items() if k != 'sequence'},
+                }
+                blocks.append(block)
+                log(f"write cost k={clients} round {r + 1}/{args.rounds} capture {cond}: "
+                    f"p50 {ms(percentile(block['patch_s'], 50))} ms, {block['patches_per_s']:.2f} PATCHes/s, "
+                    f"warm-up ms {[round(t * 1000) for t in warm_times]}, "
+                    f"{block['captured_rows'] / len(patches):.1f} captured rows per PATCH, "
+                    f"{after['model_triggers']}+{after['aux_triggers']} triggers")
+        results.append(write_cost_figures(clients, blocks))
+    set_capture(DBNAME, True)
+    check_state(trigger_state(DBNAME), True, baseline, 'after the phase')
+    return {'rounds': args.rounds, 'round_patches': args.round_patches,
+            'triggers_after_migrate': {k: v for k, v in baseline.items() if k != 'sequence'},
+            'by_clients': results}
+
+
+def write_cost_figures(clients, blocks):
+    conditions = {}
+    for cond in ('on', 'off'):
+        mine = [b for b in blocks if b['capture'] == cond]
+        times = [t for b in mine for t in b['patch_s']]
+        n = len(times)
+        duration = sum(b['duration_s'] for b in mine)
+        conditions[cond] = {
+            'patches': n,
+            'patch_ms': summary(times),
+            'mean_ms': ms(sum(times) / n) if n else None,
+            'patches_per_s': round(n / duration, 3) if duration else None,
+            'cpu_ms_per_patch': {name: round(sum(b['cpu_ms'][name] for b in mine) / n, 2)
+                                 for name in (mine[0]['cpu_ms'] if mine else {})},
+            'captured_rows_per_patch': round(sum(b['captured_rows'] for b in mine) / n, 2) if n else None,
+            'busy_percent': round(sum(b['busy_percent'] or 0 for b in mine) / len(mine), 1) if mine else None,
+            # the unmeasured PATCHes right after each toggle
+            'warmup_patch_ms': summary([t for b in mine for t in b['warmup_patch_s']]),
+        }
+    on, off = conditions['on'], conditions['off']
+    # one pair per round (its on block and its off block, adjacent in time): their spread says how
+    # much of a difference the noise alone makes
+    paired = []
+    for r in sorted({b['round'] for b in blocks}):
+        pair = {b['capture']: b for b in blocks if b['round'] == r}
+        if set(pair) == {'on', 'off'}:
+            paired.append({
+                'throughput': ratio(pair['on']['patches_per_s'], pair['off']['patches_per_s']),
+                'latency_p50': ratio(percentile(pair['off']['patch_s'], 50), percentile(pair['on']['patch_s'], 50)),
+            })
+    ratios = {
+        'throughput_with_over_without': ratio(on['patches_per_s'], off['patches_per_s']),
+        'latency_p50_without_over_with': ratio(off['patch_ms']['p50'], on['patch_ms']['p50']),
+        'latency_p95_without_over_with': ratio(off['patch_ms']['p95'], on['patch_ms']['p95']),
+        'latency_p99_without_over_with': ratio(off['patch_ms']['p99'], on['patch_ms']['p99']),
+        'latency_mean_without_over_with': ratio(off['mean_ms'], on['mean_ms']),
+        'per_round_throughput': [p['throughput'] for p in paired],
+        'per_round_latency_p50': [p['latency_p50'] for p in paired],
+    }
+    extra = {name: round(on['cpu_ms_per_patch'][name] - off['cpu_ms_per_patch'][name], 2)
+             for name in on['cpu_ms_per_patch'] if name in off['cpu_ms_per_patch']}
+    return {'clients': clients, 'conditions': conditions, 'ratios': ratios,
+            'extra_cpu_ms_per_patch_with_capture': extra,
+            'extra_patch_ms_p50_with_capture': None if None in (on['patch_ms']['p50'], off['patch_ms']['p50'])
+            else round(on['patch_ms']['p50'] - off['patch_ms']['p50'], 1),
+            'blocks': blocks}
+
+
+def write_cost_report(wc):
+    def fmt(v, spec='.1f'):
+        return '-' if v is None else format(v, spec)
+
+    def times(v):
+        return 'n/a' if v is None else f'x{v:.3f}'
+
+    lines = ['', f"Write-path cost of the capture: {wc['rounds']} rounds, each a block of {wc['round_patches']} "
+             f"PATCHes with the capture on and one with it off (order alternating); "
+             f"{wc['triggers_after_migrate']['model_triggers']} + {wc['triggers_after_migrate']['aux_triggers']} "
+             'triggers when on, none when off (checked in pg_trigger before and after every block)']
+    for res in wc['by_clients']:
+        names = list(res['conditions']['on']['cpu_ms_per_patch'])
+        lines.append('')
+        lines.append(f"{res['clients']} client(s):")
+        lines.append(f"  {'capture':<8} {'PATCHes':>7} {'p50 ms':>8} {'p95':>8} {'p99':>8} {'mean':>8} "
+                     f"{'PATCHes/s':>9} {'rows/PATCH':>10} {'busy%':>6}   CPU ms per PATCH: " + ', '.join(names))
+        for cond in ('on', 'off'):
+            c = res['conditions'][cond]
+            p = c['patch_ms']
+            cpu = ', '.join(fmt(c['cpu_ms_per_patch'][n]) for n in names)
+            lines.append(f"  {cond:<8} {c['patches']:>7} {fmt(p['p50']):>8} {fmt(p['p95']):>8} {fmt(p['p99']):>8} "
+                         f"{fmt(c['mean_ms']):>8} {fmt(c['patches_per_s'], '.2f'):>9} "
+                         f"{fmt(c['captured_rows_per_patch'], '.2f'):>10} {fmt(c['busy_percent']):>6}   {cpu}")
+        r = res['ratios']
+        lines.append(f"  with/without PATCHes/s {times(r['throughput_with_over_without'])}; without/with latency "
+                     f"p50 {times(r['latency_p50_without_over_with'])}, p95 {times(r['latency_p95_without_over_with'])}, "
+                     f"p99 {times(r['latency_p99_without_over_with'])}, mean {times(r['latency_mean_without_over_with'])}; "
+                     f"p50 {fmt(res['extra_patch_ms_p50_with_capture'], '+.1f')} ms with the capture")
+        per = lambda xs: ' '.join(fmt(x, '.3f') for x in xs)
+        lines.append(f"  per round (on/off pairs): PATCHes/s ratio {per(r['per_round_throughput'])}; "
+                     f"p50 latency ratio {per(r['per_round_latency_p50'])}")
+        extra = ', '.join(f'{n} {v:+.1f}' for n, v in res['extra_cpu_ms_per_patch_with_capture'].items())
+        lines.append(f'  extra CPU ms per PATCH with the capture: {extra}')
+        w = {cond: res['conditions'][cond]['warmup_patch_ms'] for cond in ('on', 'off')}
+        if any(v['p50'] is not None for v in w.values()):
+            lines.append('  unmeasured warm-up PATCHes right after each toggle, ms p50/max: ' + '; '.join(
+                f"{cond} {fmt(v['p50'])} / {fmt(v['max'])}" for cond, v in w.items()))
+    return '\n'.join(lines)
 
 
 def clone_template():
@@ -536,6 +821,8 @@ def report(result):
     if not result['complete']:
         lines.append(f"INCOMPLETE: the deadline ({s['deadline_s']}s after the last PATCH) passed before both "
                      'sides had delivered everything')
+    if result.get('write_cost'):
+        lines.append(write_cost_report(result['write_cost']))
     return '\n'.join(lines)
 
 
@@ -550,12 +837,27 @@ def main():
                         help='seconds to wait after the last PATCH for every webhook (default: 300)')
     parser.add_argument('--gunicorn-workers', type=int, default=3, help='gunicorn sync workers (default: 3)')
     parser.add_argument('--rq-workers', type=int, default=1, help='NetBox RQ workers (default: 1)')
+    parser.add_argument('--rounds', type=int, default=int(os.environ.get('VERSUS_ROUNDS', 6)),
+                        help='write-cost rounds, each one block with the capture on and one off '
+                             '(default: $VERSUS_ROUNDS or 6; 0 skips the write-cost phase)')
+    parser.add_argument('--round-patches', type=int, default=int(os.environ.get('VERSUS_ROUND_PATCHES', 40)),
+                        help='PATCHes per write-cost block (default: $VERSUS_ROUND_PATCHES or 40)')
+    parser.add_argument('--block-warmup', type=int, default=6,
+                        help='unmeasured PATCHes after each toggle of the capture (default: 6)')
+    parser.add_argument('--write-cost-clients', default='1,4',
+                        help='comma-separated client counts of the write-cost phase (default: 1,4)')
     parser.add_argument('--binary', help='this netbox-outbox binary instead of cargo build --release')
     parser.add_argument('--keep', action='store_true', help=f'keep the database {DBNAME}')
     parser.add_argument('--cache', required=True, help='the conformance cache directory (set by netbox-versus)')
     args = parser.parse_args()
     if args.patches < 1 or args.clients < 1 or args.warmup < 0:
         parser.error('--patches and --clients must be at least 1, --warmup at least 0')
+    try:
+        args.write_cost_clients = [int(k) for k in args.write_cost_clients.split(',') if k.strip()]
+    except ValueError:
+        parser.error('--write-cost-clients: comma-separated integers')
+    if args.rounds < 0 or args.block_warmup < 0 or args.round_patches < 1 or any(k < 1 for k in args.write_cost_clients):
+        parser.error('--rounds must be at least 0, --round-patches and each write-cost client count at least 1')
 
     workdir = OUT / 'netbox-versus'
     if workdir.exists():
