@@ -190,11 +190,8 @@ def percentile(values, p):
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def cpu_ticks_of_group(pgid):
-    """CPU time (in clock ticks) of every process in a process group, including the children they
-    have reaped: NetBox's RQ worker forks a child per job, and a reaped child's time moves to its
-    parent's cutime/cstime, so nothing is counted twice."""
-    total = 0
+def proc_stats():
+    """(pid, the fields of /proc/<pid>/stat after the command name) of every process."""
     for entry in os.listdir('/proc'):
         if not entry.isdigit():
             continue
@@ -203,10 +200,19 @@ def cpu_ticks_of_group(pgid):
         except OSError:
             continue
         # the command name is in parentheses and may hold spaces: split after the last ')'
-        fields = stat[stat.rindex(')') + 2:].split()
-        if int(fields[2]) == pgid:  # fields[2] is pgrp (the 5th field of stat)
-            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    return total
+        yield int(entry), stat[stat.rindex(')') + 2:].split()
+
+
+def process_ticks(fields):
+    return sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+
+
+def cpu_ticks_of_group(pgid):
+    """CPU time (in clock ticks) of every process in a process group, including the children they
+    have reaped: NetBox's RQ worker forks a child per job, and a reaped child's time moves to its
+    parent's cutime/cstime, so nothing is counted twice."""
+    # fields[2] is pgrp (the 5th field of stat)
+    return sum(process_ticks(fields) for _, fields in proc_stats() if int(fields[2]) == pgid)
 
 
 def machine_ticks():
@@ -216,27 +222,14 @@ def machine_ticks():
     return sum(values) - idle, sum(values)
 
 
-def process_ticks(fields):
-    return sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-
-
 def pg_cluster_ticks(postmaster):
     """CPU time (clock ticks) of a PostgreSQL cluster: the postmaster and every process it forked
     (backends, background workers, autovacuum). PostgreSQL's children each lead a process group of
     their own, so cpu_ticks_of_group() cannot find them; a backend that exited moved its time to the
     postmaster's cutime/cstime when reaped, so nothing is lost or counted twice."""
-    total = 0
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f'/proc/{entry}/stat').read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(')') + 2:].split()
-        if int(entry) == postmaster or int(fields[1]) == postmaster:  # fields[1] is ppid
-            total += process_ticks(fields)
-    return total
+    # fields[1] is ppid
+    return sum(process_ticks(fields) for pid, fields in proc_stats()
+               if pid == postmaster or int(fields[1]) == postmaster)
 
 
 def postmaster_pid(dbname):
