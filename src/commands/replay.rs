@@ -87,17 +87,7 @@ impl Selection {
             args.push(format!("event_id => {id}"));
         }
         if let Some(object) = &self.object {
-            let (model, id) = match object.split_once(':') {
-                Some((m, id)) => (
-                    m,
-                    Some(id.parse::<i64>().map_err(|_| {
-                        ReplayError::Invalid(format!(
-                            "--object {object:?}: the id after ':' must be a number"
-                        ))
-                    })?),
-                ),
-                None => (object.as_str(), None),
-            };
+            let (model, id) = object_selector(object)?;
             if !model.contains('.') {
                 return Err(ReplayError::Invalid(format!(
                     "--object {object:?}: give the model as app_label.model, for example dcim.device:12"
@@ -141,6 +131,27 @@ impl Selection {
     }
 }
 
+/// `--object app_label.model[:id]`: the model and the id, if any.
+fn object_selector(object: &str) -> Result<(&str, Option<i64>), ReplayError> {
+    match object.split_once(':') {
+        Some((model, id)) => match id.parse::<i64>() {
+            Ok(id) => Ok((model, Some(id))),
+            Err(_) => Err(ReplayError::Invalid(format!(
+                "--object {object:?}: the id after ':' must be a number"
+            ))),
+        },
+        None => Ok((object, None)),
+    }
+}
+
+/// The text parameters of a statement built by [`Selection`], as tokio-postgres takes them.
+fn text_params(texts: &[String]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    texts
+        .iter()
+        .map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
+}
+
 /// Replays (or counts, with `dry_run`) the selected deliveries; returns how many.
 pub async fn replay(
     client: &Client,
@@ -149,10 +160,7 @@ pub async fn replay(
     progress: bool,
 ) -> Result<i64, ReplayError> {
     let (sql, texts) = selection.call(dry_run)?;
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = texts
-        .iter()
-        .map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
+    let params = text_params(&texts);
     let spinner = (progress && !dry_run).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_message(if dry_run {
@@ -207,17 +215,7 @@ impl Selection {
             conditions.push(format!("d.event_id = {id}"));
         }
         if let Some(object) = &self.object {
-            let (model, id) = match object.split_once(':') {
-                Some((m, id)) => (
-                    m,
-                    Some(id.parse::<i64>().map_err(|_| {
-                        ReplayError::Invalid(format!(
-                            "--object {object:?}: the id after ':' must be a number"
-                        ))
-                    })?),
-                ),
-                None => (object.as_str(), None),
-            };
+            let (model, id) = object_selector(object)?;
             texts.push(model.to_lowercase());
             conditions.push(format!(
                 "d.content_type_id = (select id from django_content_type
@@ -243,10 +241,7 @@ impl Selection {
             let expr = time_sql(until, &mut texts);
             conditions.push(format!("d.created_at < {expr}"));
         }
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = texts
-            .iter()
-            .map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
+        let params = text_params(&texts);
         let sql = format!(
             "select d.id from netbox_outbox.delivery d where {} order by d.seq, d.id",
             conditions.join(" and ")
