@@ -491,6 +491,17 @@ async fn the_sidecar_runs_with_the_least_privilege_role() {
             .message()
             .contains("permission denied")
     );
+    // Enough transactions for full BRIN ranges, so that summarize_capture() really summarizes
+    // (which only the index's owner may do: it must run as the migrations' owner).
+    for round in 0..600 {
+        client
+            .execute(
+                "update dcim_site set description = repeat('x', 150) || $1, last_updated = now()",
+                &[&round.to_string()],
+            )
+            .await
+            .unwrap();
+    }
     as_sidecar
         .batch_execute(
             "select * from netbox_outbox.sync(); select * from netbox_outbox.prune();
