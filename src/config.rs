@@ -431,46 +431,17 @@ fn duration_or(key: &str, value: Option<String>, default: &str) -> Result<Durati
     duration(key, value.as_deref().unwrap_or(default))
 }
 
-/// Parses durations such as `250ms`, `5s`, `2m`, `1h`, `3d`, or `1h30m`.
+/// Parses durations such as `250ms`, `5s`, `2m`, `1h`, `3d`, or `1h30m` (humantime's syntax).
 pub fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    let bad = || {
+    humantime::parse_duration(text.trim()).map_err(|e| {
         invalid(
             key,
             format!(
-                "{text:?} is not a duration; write a number and a unit, such as 500ms, 30s, 5m, 2h or 1d"
+                "{text:?} is not a duration ({e}); write a number and a unit, such as 500ms, 30s, \
+                 5m, 2h or 1d"
             ),
         )
-    };
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => return Err(bad()),
-        };
-        total += Duration::from_secs_f64(number * seconds);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    })
 }
 
 /// Every key, by section ("" for the top level): what an unknown key is compared with. The
@@ -548,7 +519,7 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
                 };
                 let closest = keys
                     .iter()
-                    .map(|k| (edit_distance(k, key), *k))
+                    .map(|k| (strsim::levenshtein(k, key), *k))
                     .min()
                     .filter(|(d, _)| *d <= 3)
                     .map(|(_, k)| format!("did you mean `{k}`? "))
@@ -574,24 +545,6 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
         Ok(())
     }
     walk("", table, origin)
-}
-
-/// Levenshtein distance, for "did you mean".
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let current = row[j + 1];
-            row[j + 1] = (previous + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(current + 1);
-            previous = current;
-        }
-    }
-    row[b.len()]
 }
 
 /// Applies `NETBOX_OUTBOX_<SECTION>__<KEY>` and `DATABASE_URL` overrides to the parsed file.
@@ -790,6 +743,11 @@ mod tests {
     fn durations() {
         assert_eq!(duration("k", "250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(duration("k", "1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            duration("k", "1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(duration("k", "3d").unwrap(), Duration::from_secs(3 * 86400));
         assert_eq!(duration("k", "1.5s").unwrap(), Duration::from_millis(1500));
         for bad in ["", "5", "s", "5 parsecs", "-1s"] {
             assert!(duration("k", bad).is_err(), "{bad}");
