@@ -64,7 +64,6 @@ import shutil
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -75,6 +74,7 @@ import requests  # noqa: E402  (NetBox's virtualenv has it)
 
 import environment as env  # noqa: E402
 from netbox_api import Api, ApiError  # noqa: E402
+from receiver import Receiver  # noqa: E402  (the conformance suite's, one receiver for both)
 
 DBNAME = 'nbo_versus'
 # Our own Redis databases: the conformance suite uses 12 and 13. write_instance() reads these
@@ -83,7 +83,6 @@ env.REDIS_TASKS_DB = 10
 env.REDIS_CACHING_DB = 11
 
 OUT = HERE / 'out'
-OUR_HEADER = 'x-netbox-outbox-delivery'
 DEVICES = 50
 
 STARTED = time.monotonic()
@@ -113,66 +112,21 @@ listen = ""
 # The receiver
 # ------------------------------------------------------------------------------------------------
 
-class Receiver:
-    """Answers 200 to every request and records, per request, when it arrived (monotonic and wall
-    clock, taken once the body is read), which side sent it, and what in the body names the PATCH
-    (data.description) and NetBox's request id."""
+def arrival(r):
+    """What the figures need of one received request (a tests/conformance/receiver.py Received):
+    when it arrived, which side sent it, and what in the body names the PATCH (data.description)
+    and NetBox's request id."""
+    payload = r.json()
+    if not isinstance(payload, dict):
+        payload = {}
+    data = payload.get('data') if isinstance(payload.get('data'), dict) else {}
+    request = payload.get('request') if isinstance(payload.get('request'), dict) else {}
+    return {'mono': r.mono, 'wall': r.at, 'side': r.side, 'event': payload.get('event'),
+            'description': data.get('description'), 'request_id': request.get('id')}
 
-    def __init__(self):
-        self.arrivals = []
-        self._lock = threading.Lock()
-        receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = 'HTTP/1.1'
-
-            def do_POST(self):
-                length = int(self.headers.get('Content-Length') or 0)
-                body = self.rfile.read(length) if length else b''
-                mono, wall = time.monotonic(), time.time()
-                side = 'outbox' if self.headers.get(OUR_HEADER) is not None else 'netbox'
-                receiver._add(mono, wall, side, body)
-                self.send_response(200)
-                self.send_header('Content-Type', 'text/plain')
-                self.send_header('Content-Length', '2')
-                self.end_headers()
-                self.wfile.write(b'ok')
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, name='receiver', daemon=True)
-
-    def _add(self, mono, wall, side, body):
-        try:
-            payload = json.loads(body)
-            data = payload.get('data') or {}
-            record = {'mono': mono, 'wall': wall, 'side': side, 'event': payload.get('event'),
-                      'description': data.get('description'),
-                      'request_id': (payload.get('request') or {}).get('id')}
-        except (ValueError, AttributeError):
-            record = {'mono': mono, 'wall': wall, 'side': side, 'event': None, 'description': None,
-                      'request_id': None}
-        with self._lock:
-            self.arrivals.append(record)
-
-    def start(self):
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-    def snapshot(self):
-        with self._lock:
-            return list(self.arrivals)
-
-    def url(self, path):
-        return f'http://127.0.0.1:{self.port}{path}'
+def arrivals_of(receiver):
+    return [arrival(r) for r in receiver.snapshot() if r.method == 'POST']
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,7 +270,7 @@ def wait_both(receiver, labels, deadline_s, processes):
     deadline = time.monotonic() + deadline_s
     while True:
         got = {'netbox': set(), 'outbox': set()}
-        for a in receiver.snapshot():
+        for a in arrivals_of(receiver):
             if a['description'] in wanted:
                 got[a['side']].add(a['description'])
         if all(len(s) == len(wanted) for s in got.values()):
@@ -469,7 +423,7 @@ def run(args, netbox, binary, workdir):
         load_after = loadavg()
         if not complete:
             log('deadline passed: reporting what arrived')
-        arrivals = receiver.snapshot()
+        arrivals = arrivals_of(receiver)
 
         wc = None
         if args.rounds:

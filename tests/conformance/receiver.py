@@ -18,11 +18,12 @@ OUR_HEADER = 'x-netbox-outbox-delivery'
 class Received:
     """One recorded request."""
 
-    __slots__ = ('seq', 'at', 'method', 'target', 'headers', 'body')
+    __slots__ = ('seq', 'at', 'mono', 'method', 'target', 'headers', 'body')
 
-    def __init__(self, seq, at, method, target, headers, body):
+    def __init__(self, seq, at, mono, method, target, headers, body):
         self.seq = seq
-        self.at = at
+        self.at = at  # wall clock, once the body was read
+        self.mono = mono  # time.monotonic() at the same moment, for latencies
         self.method = method
         self.target = target
         self.headers = headers  # [(name, value), ...] as sent
@@ -56,6 +57,7 @@ class Received:
     def to_record(self):
         return {
             'seq': self.seq,
+            'mono': self.mono,
             'at': self.at,
             'side': self.side,
             'method': self.method,
@@ -78,7 +80,8 @@ class Receiver:
             def _record(self):
                 length = int(self.headers.get('Content-Length') or 0)
                 body = self.rfile.read(length) if length else b''
-                receiver._add(self.command, self.path, list(self.headers.items()), body)
+                receiver._add(time.time(), time.monotonic(), self.command, self.path,
+                              list(self.headers.items()), body)
                 self.send_response(200)
                 self.send_header('Content-Type', 'text/plain')
                 self.send_header('Content-Length', '2')
@@ -95,9 +98,9 @@ class Receiver:
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name='receiver', daemon=True)
 
-    def _add(self, method, target, headers, body):
+    def _add(self, at, mono, method, target, headers, body):
         with self._lock:
-            r = Received(len(self.requests), time.time(), method, target, headers, body)
+            r = Received(len(self.requests), at, mono, method, target, headers, body)
             self.requests.append(r)
             if self._log:
                 self._log.write(json.dumps(r.to_record()) + '\n')

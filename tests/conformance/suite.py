@@ -280,7 +280,7 @@ def reanalyse(cfg, workdir):
     received = []
     for line in (workdir / 'received.jsonl').read_text().splitlines():
         r = json.loads(line)
-        received.append(Received(r['seq'], r['at'], r['method'], r['target'], [tuple(h) for h in r['headers']],
+        received.append(Received(r['seq'], r['at'], r.get('mono', 0.0), r['method'], r['target'], [tuple(h) for h in r['headers']],
                                  base64.b64decode(r['body_b64'])))
     steps = [json.loads(line) for line in (workdir / 'steps.jsonl').read_text().splitlines()]
     run = json.loads((workdir / 'run.json').read_text())
