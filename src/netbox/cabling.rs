@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use super::catalogue::{Field, Model};
 use super::lookup::{Found, RelatedKey};
-use super::render::{Renderer, sort_rows};
+use super::render::Renderer;
+use super::render::nested::{RowSource, sort_rows};
 use crate::assemble::history::Row;
 
 const CABLE_PATH_TABLE: &str = "dcim_cablepath";
@@ -152,7 +153,9 @@ impl Renderer<'_> {
     fn nested_nodes(&mut self, nodes: &[Node], depth: usize) -> Vec<Value> {
         nodes
             .iter()
-            .map(|(object_type, id)| self.nested(object_type, *id, &Field::default(), depth))
+            .map(|(object_type, id)| {
+                self.nested(object_type, *id, &Field::default(), depth, RowSource::Batch)
+            })
             .collect()
     }
 }
