@@ -2,10 +2,8 @@
 //! fields (read from its tables), and how to render an object as NetBox's REST serializer and
 //! snapshot encoder do ([`render`]).
 
-pub mod cabling;
 pub mod catalogue;
 pub mod config_context;
-pub mod display;
 pub mod format;
 pub mod lookup;
 pub mod render;

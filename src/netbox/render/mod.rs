@@ -7,9 +7,12 @@
 //!
 //! By concern: this file interprets the catalogue (one field at a time, [`Renderer::field`]);
 //! [`nested`] renders other objects inside this one, [`derived`] the fields NetBox computes in
-//! Python, [`values`] the value forms, [`snapshot`] the `snapshots` block.
+//! Python (with [`cabling`] for cable peers and paths), [`display`] an object's `display`
+//! string, [`values`] the value forms, [`snapshot`] the `snapshots` block.
 
+mod cabling;
 mod derived;
+mod display;
 pub(crate) mod nested;
 mod snapshot;
 mod values;
@@ -21,9 +24,9 @@ use tokio_postgres::GenericClient;
 
 use self::nested::RowSource;
 use self::values::format_value;
+use super::Netbox;
 use super::catalogue::{Catalogue, Field, Model, catalogue};
 use super::lookup::{Lookups, Needs};
-use super::{Netbox, display};
 use crate::assemble::history::{Action, Row, TxChange};
 
 /// An event's `data` and `snapshots`.

@@ -4,10 +4,10 @@
 
 use serde_json::Value;
 
-use super::catalogue::{Display, Model, OrderBy};
-use super::lookup::{Found, RelatedKey};
-use super::render::Renderer;
+use super::Renderer;
 use crate::assemble::history::Row;
+use crate::netbox::catalogue::{Display, Model, OrderBy};
+use crate::netbox::lookup::{Found, RelatedKey};
 
 /// `str(obj)` of a row of `model`.
 pub fn display(r: &mut Renderer<'_>, name: &str, model: &Model, row: &Row) -> String {
@@ -257,7 +257,7 @@ impl Ctx<'_> {
                     .unwrap_or(text)
             }
             "localdate" => text.get(0..10).unwrap_or(&text).to_string(),
-            "localtime_hm" => match super::format::Timestamp::parse(&text) {
+            "localtime_hm" => match crate::netbox::format::Timestamp::parse(&text) {
                 Some(ts) => format!("{:02}:{:02}", ts.time.0, ts.time.1),
                 None => text,
             },
@@ -299,13 +299,16 @@ fn column_format(r: &Renderer<'_>, model: &str, column: &str) -> (Option<String>
 fn column_str(value: &Value, format: Option<&str>, scale: Option<u32>) -> String {
     match (value, format) {
         (Value::Null, _) => "None".into(),
-        (_, Some("decimal")) => match super::format::decimal_snapshot(value, scale) {
+        (_, Some("decimal")) => match crate::netbox::format::decimal_snapshot(value, scale) {
             Value::String(s) => s,
             other => py_str(&other),
         },
-        (_, Some("inet")) => py_str(&super::format::inet(value)),
+        (_, Some("inet")) => py_str(&crate::netbox::format::inet(value)),
         (Value::String(s), Some("mac")) => s.to_uppercase(),
-        (_, Some("datetime")) => match value.as_str().and_then(super::format::Timestamp::parse) {
+        (_, Some("datetime")) => match value
+            .as_str()
+            .and_then(crate::netbox::format::Timestamp::parse)
+        {
             // str(datetime) uses a space and +00:00
             Some(ts) => ts.isoformat().replacen('T', " ", 1),
             None => py_str(value),

@@ -5,11 +5,11 @@
 
 use serde_json::Value;
 
-use super::catalogue::{Field, Model};
-use super::lookup::{Found, RelatedKey};
-use super::render::Renderer;
-use super::render::nested::{RowSource, sort_rows};
+use super::Renderer;
+use super::nested::{RowSource, sort_rows};
 use crate::assemble::history::Row;
+use crate::netbox::catalogue::{Field, Model};
+use crate::netbox::lookup::{Found, RelatedKey};
 
 const CABLE_PATH_TABLE: &str = "dcim_cablepath";
 
