@@ -14,6 +14,7 @@
 //! receivers can drop duplicates.
 
 pub mod assemble;
+pub mod change;
 pub mod cli;
 pub mod commands;
 pub mod condition;

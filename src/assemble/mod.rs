@@ -8,7 +8,6 @@
 //! together, in a REPEATABLE READ transaction whose snapshot is the batch's end, so the rows read
 //! for `data` show the objects as of the batch's commits, not as they are when webhooks go out.
 
-pub mod history;
 pub mod source;
 pub mod store;
 
@@ -21,9 +20,9 @@ use serde_json::{Map, Value};
 use tokio_postgres::{Client, IsolationLevel};
 use tracing::{debug, warn};
 
-use self::history::{ObjectHistory, TxChange};
 use self::source::{BatchReader, Snapshot};
 use self::store::{NewDelivery, NewEvent};
+use crate::change::history::{ObjectHistory, TxChange};
 use crate::config::Config;
 use crate::metrics as m;
 use crate::netbox::{self, Netbox};
@@ -288,7 +287,7 @@ impl Assembler {
                 .or_default()
                 .push(h.object_id);
         }
-        let mut live_rows: HashMap<(i32, i64), history::Row> = HashMap::new();
+        let mut live_rows: HashMap<(i32, i64), crate::change::Row> = HashMap::new();
         let mut live_tags: HashMap<(i32, i64), BTreeSet<i64>> = HashMap::new();
         let tables: Vec<String> = by_type
             .keys()

@@ -6,7 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use tokio_postgres::{Row, Statement, Transaction};
 
-use super::history::{Change, ChangeKind, ChangelogEntry, ObjectHistory, Row as JsonRow};
+use crate::change::history::{Change, ChangeKind, ChangelogEntry, ObjectHistory};
+use crate::change::{Row as JsonRow, parse_row, quote_ident};
 
 /// A PostgreSQL snapshot (`pg_snapshot`): transactions below `xmin` are finished, those from
 /// `xmax` on had not started, those in `xip` were in progress.
@@ -212,14 +213,6 @@ fn change_from(row: &Row) -> Option<Change> {
     })
 }
 
-/// Parses a `row_to_json` text into a map; None for null or anything else.
-pub fn parse_row(text: Option<&str>) -> Option<JsonRow> {
-    match serde_json::from_str(text?) {
-        Ok(serde_json::Value::Object(map)) => Some(map),
-        _ => None,
-    }
-}
-
 /// NetBox's request and user for each transaction in the batch that wrote change log entries.
 pub async fn netbox_transactions(
     tx: &Transaction<'_>,
@@ -308,11 +301,6 @@ pub async fn live_tags(
     Ok(tags)
 }
 
-/// Quotes an SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,11 +312,5 @@ mod tests {
         let s = Snapshot::parse("7:7:").unwrap();
         assert!(s.xip.is_empty());
         assert!(Snapshot::parse("x:1:").is_none());
-    }
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote_ident("dcim_device"), "\"dcim_device\"");
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
     }
 }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use tokio_postgres::Transaction;
 
-use super::history::Action;
+use crate::change::Action;
 use crate::request::FrozenRequest;
 
 /// An event, ready to store.

@@ -267,7 +267,7 @@ pub async fn rerender(
     selection: &Selection,
     dry_run: bool,
 ) -> Result<Rerendered, ReplayError> {
-    use crate::assemble::history::Action;
+    use crate::change::Action;
     use crate::commands::test_webhook::{context_for, current_row, parse_webhook};
 
     let ids = selection.rejected(client).await?;
@@ -329,9 +329,7 @@ pub async fn rerender(
                     &[&ct, &object_id],
                 )
                 .await?
-                .and_then(|r| {
-                    crate::assemble::source::parse_row(r.get::<_, Option<String>>(0).as_deref())
-                })
+                .and_then(|r| crate::change::parse_row(r.get::<_, Option<String>>(0).as_deref()))
         } else {
             current_row(client, &netbox, ct, object_id).await?
         };

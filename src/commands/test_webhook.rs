@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
-use crate::assemble::history::{Action, TxChange};
+use crate::change::{Action, TxChange};
 use crate::config::Config;
 use crate::deliver::http::{AttemptResult, Outgoing, Sender};
 use crate::netbox::{self, Netbox};
@@ -94,7 +94,7 @@ pub async fn run(
                 .query_one(
                     &format!(
                         "select max(id)::bigint from public.{}",
-                        crate::assemble::source::quote_ident(&table)
+                        crate::change::quote_ident(&table)
                     ),
                     &[],
                 )
@@ -184,12 +184,12 @@ pub async fn current_row(
     if !exists {
         return Ok(None);
     }
-    Ok(crate::assemble::source::parse_row(
+    Ok(crate::change::parse_row(
         client
             .query_opt(
                 &format!(
                     "select row_to_json(t)::text from public.{} t where t.id = $1",
-                    crate::assemble::source::quote_ident(&table)
+                    crate::change::quote_ident(&table)
                 ),
                 &[&id],
             )

@@ -11,7 +11,7 @@
 use serde_json::{Map, Value};
 use tokio_postgres::GenericClient;
 
-use crate::assemble::history::Row;
+use crate::change::Row;
 
 /// What decides which config contexts apply to an object: the attributes `get_for_object`
 /// reads. Objects that share them share the result, so a bulk change costs one query.

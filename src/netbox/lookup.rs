@@ -9,8 +9,8 @@ use tokio_postgres::GenericClient;
 use serde_json::Value;
 
 use super::config_context::{self, Scope};
-use crate::assemble::history::Row;
-use crate::assemble::source::{parse_row, quote_ident};
+use crate::change::Row;
+use crate::change::{parse_row, quote_ident};
 
 /// Rows of `table` whose `column` equals a value (a foreign key, or a generic relation).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::GenericClient;
 
-use crate::assemble::history::{Action, TxChange};
+use crate::change::{Action, TxChange};
 use crate::config::NetboxConfig;
 
 pub use self::render::{Rendered, render};

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::Renderer;
 use super::nested::{RowSource, sort_rows};
-use crate::assemble::history::Row;
+use crate::change::Row;
 use crate::netbox::catalogue::{Field, Model};
 use crate::netbox::lookup::{Found, RelatedKey};
 

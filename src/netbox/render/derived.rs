@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::Renderer;
 use super::nested::{RowSource, nested_fields, sort_rows};
 use super::values::{format_value, legacy_port_mappings};
-use crate::assemble::history::{Action, Row};
+use crate::change::{Action, Row};
 use crate::netbox::catalogue::{Field, Model, OrderBy};
 use crate::netbox::config_context::{self, Scope};
 use crate::netbox::lookup::{DeletedKey, Found, RelatedKey};

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::Renderer;
-use crate::assemble::history::Row;
+use crate::change::Row;
 use crate::netbox::catalogue::{Display, Model, OrderBy};
 use crate::netbox::lookup::{Found, RelatedKey};
 

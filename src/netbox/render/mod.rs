@@ -27,7 +27,7 @@ use self::values::format_value;
 use super::Netbox;
 use super::catalogue::{Catalogue, Field, Model, catalogue};
 use super::lookup::{Lookups, Needs};
-use crate::assemble::history::{Action, Row, TxChange};
+use crate::change::{Action, Row, TxChange};
 
 /// An event's `data` and `snapshots`.
 #[derive(Debug, Clone)]
@@ -129,7 +129,7 @@ impl Renderer<'_> {
         let model = self.catalogue.model(&name);
         let empty = Row::new();
         let row = change.data_row().unwrap_or(&empty);
-        let data_tags = if change.action == crate::assemble::history::Action::Deleted {
+        let data_tags = if change.action == Action::Deleted {
             &change.pre_tags
         } else {
             &change.post_tags

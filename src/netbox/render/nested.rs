@@ -12,7 +12,7 @@ use crate::netbox::catalogue::{Field, Model, OrderBy};
 use crate::netbox::format::Timestamp;
 use crate::netbox::lookup::{AsOf, AsOfKey, Found, RelatedKey};
 
-use crate::assemble::history::{Action, Row};
+use crate::change::{Action, Row};
 
 /// Which state of another object a nested representation shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::Renderer;
 use super::nested::sort_rows;
-use crate::assemble::history::{Row, TxChange};
+use crate::change::{Action, Row, TxChange};
 use crate::netbox::catalogue::{Model, OrderBy, SnapshotField};
 use crate::netbox::format;
 use crate::netbox::lookup::{Found, RelatedKey};
@@ -24,7 +24,7 @@ impl Renderer<'_> {
             let order = model.map(|m| m.snapshot.as_slice()).unwrap_or(&[]);
             let pre = first.prechange().map_or(Value::Null, |v| reorder(v, order));
             let post = match change.action {
-                crate::assemble::history::Action::Deleted => Value::Null,
+                Action::Deleted => Value::Null,
                 _ => last.postchange().map_or(Value::Null, |v| reorder(v, order)),
             };
             let mut out = Map::new();
