@@ -291,14 +291,16 @@ fn unfollowed_redirect(status: StatusCode, response: &reqwest::Response) -> Stri
     let fix = "set the webhook's payload_url to the address the receiver redirects to";
     if target.origin() != response.url().origin() {
         format!(
-            "HTTP {code}: a redirect to another origin ({origin}), not followed: the request              carries the webhook's secret headers and signature; {fix}"
+            "HTTP {code}: a redirect to another origin ({origin}), not followed: the request \
+             carries the webhook's secret headers and signature; {fix}"
         )
     } else if !matches!(
         status,
         StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
     ) {
         format!(
-            "HTTP {code}: a redirect that turns the request into a GET without its body, not              followed (only 307 and 308 keep the method and body); {fix}"
+            "HTTP {code}: a redirect that turns the request into a GET without its body, not \
+             followed (only 307 and 308 keep the method and body); {fix}"
         )
     } else {
         format!("HTTP {code}: more than {MAX_REDIRECTS} redirects, not followed; {fix}")
