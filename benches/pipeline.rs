@@ -351,7 +351,9 @@ async fn queue_ceiling(database: &Database, n: i64) -> f64 {
     let recording = tokio::spawn(async move {
         let mut done = 0i64;
         while let Some(outcomes) = rx.recv().await {
-            queue::record(&recorder, &outcomes, Duration::ZERO, sidecar).await.unwrap();
+            queue::record(&recorder, &outcomes, Duration::ZERO, sidecar)
+                .await
+                .unwrap();
             done += outcomes.len() as i64;
         }
         done

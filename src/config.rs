@@ -548,7 +548,8 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
             return Ok(());
         }
         for (key, value) in table {
-            if let Some((_, _, replaced)) = REMOVED.iter().find(|(s, k, _)| *s == section && k == key)
+            if let Some((_, _, replaced)) =
+                REMOVED.iter().find(|(s, k, _)| *s == section && k == key)
             {
                 return Err(ConfigError::Parse {
                     origin: origin.to_string(),

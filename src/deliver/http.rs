@@ -310,7 +310,10 @@ fn unfollowed_redirect(status: StatusCode, response: &reqwest::Response) -> Stri
 /// A receiver's answer as text the database can store, whatever its bytes: invalid UTF-8 and
 /// NUL (PostgreSQL's text cannot hold it) become U+FFFD, cut to at most `limit` bytes.
 pub fn excerpt_text(bytes: &[u8], limit: usize) -> String {
-    storable(&String::from_utf8_lossy(&bytes[..bytes.len().min(limit)]), limit)
+    storable(
+        &String::from_utf8_lossy(&bytes[..bytes.len().min(limit)]),
+        limit,
+    )
 }
 
 /// `text` without NUL, at most `limit` bytes, cut on a character boundary.
@@ -327,7 +330,11 @@ pub fn storable(text: &str, limit: usize) -> String {
 /// Retry-After, as a delay when the receiver's own clock gives one (seconds, or a date less its
 /// `Date` header), else as the date for the database to compare with its clock.
 fn retry_after(headers: &HeaderMap) -> (Option<Duration>, Option<SystemTime>) {
-    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     let Some(value) = header(RETRY_AFTER).map(str::trim) else {
         return (None, None);
     };
@@ -338,7 +345,10 @@ fn retry_after(headers: &HeaderMap) -> (Option<Duration>, Option<SystemTime>) {
         return (None, None);
     };
     match header(DATE).and_then(httpdate) {
-        Some(now) => (Some(when.duration_since(now).unwrap_or(Duration::ZERO)), None),
+        Some(now) => (
+            Some(when.duration_since(now).unwrap_or(Duration::ZERO)),
+            None,
+        ),
         None => (None, Some(when)),
     }
 }
@@ -469,7 +479,10 @@ mod tests {
         );
         // without a Date, the date goes to the database as it is
         assert_eq!(
-            retry_after(&headers(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")])),
+            retry_after(&headers(&[(
+                "retry-after",
+                "Sun, 06 Nov 1994 08:49:37 GMT"
+            )])),
             (
                 None,
                 Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784111777))
@@ -483,7 +496,10 @@ mod tests {
 
     #[test]
     fn any_answer_becomes_storable_text() {
-        assert_eq!(excerpt_text(b"ok\0\xff\xfeend", 1024), "ok\u{FFFD}\u{FFFD}\u{FFFD}end");
+        assert_eq!(
+            excerpt_text(b"ok\0\xff\xfeend", 1024),
+            "ok\u{FFFD}\u{FFFD}\u{FFFD}end"
+        );
         // cut on a character boundary, never inside one
         assert_eq!(excerpt_text("aé".as_bytes(), 2), "a");
         assert_eq!(storable("aé", 2), "a");

@@ -156,24 +156,20 @@ impl Dispatcher {
 
             // Send what was claimed ahead, as far as slots allow; let go of what waited too long.
             let now = Instant::now();
-            let cap_of =
-                |webhook: i64, busy: usize| match pauses.get(&webhook) {
-                    Some(&until) if until > now => 0,
-                    // the pause is over: one delivery probes the receiver
-                    Some(_) => usize::from(busy == 0),
-                    None => self.config.per_webhook_concurrency,
-                };
+            let cap_of = |webhook: i64, busy: usize| match pauses.get(&webhook) {
+                Some(&until) if until > now => 0,
+                // the pause is over: one delivery probes the receiver
+                Some(_) => usize::from(busy == 0),
+                None => self.config.per_webhook_concurrency,
+            };
             let stale = self.launch(
                 &mut ready,
                 &mut in_flight,
-                &mut sending,
+                (&mut leased, &mut sending),
                 &mut sends,
                 &outcomes_tx,
                 &cap_of,
             );
-            for id in sending.keys() {
-                leased.remove(id);
-            }
             if !stale.is_empty() {
                 for id in &stale {
                     leased.remove(id);
@@ -250,14 +246,11 @@ impl Dispatcher {
             self.launch(
                 &mut ready,
                 &mut in_flight,
-                &mut sending,
+                (&mut leased, &mut sending),
                 &mut sends,
                 &outcomes_tx,
                 &cap_of,
             );
-            for id in sending.keys() {
-                leased.remove(id);
-            }
             gauge!(m::IN_FLIGHT).set(in_flight.values().sum::<usize>() as f64);
 
             // Something was claimed: look again at once (more may be due). Otherwise wait for
@@ -312,8 +305,8 @@ impl Dispatcher {
                             status: None,
                             error: Some(format!(
                                 "abandoned at shutdown after {:.1}s in flight: the outcome is \
-                                 unknown (the receiver may have it); sent again, so it may \
-                                 arrive twice",
+                                 unknown (the receiver may have it); it counts as an attempt \
+                                 and is retried like a failure, so it may arrive twice",
                                 s.started.elapsed().as_secs_f64()
                             )),
                             response_excerpt: None,
@@ -347,14 +340,14 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts sends from `ready` while each webhook has free slots (`cap_of(webhook, busy)`).
-    /// Returns the deliveries that waited in `ready` longer than half the lease margin: their
+    /// Starts sends from `ready` while each webhook has free slots (`cap_of(webhook, busy)`),
+    /// moving each from `leased` (not sent) to `sending` (in flight). Returns the deliveries that waited in `ready` longer than half the lease margin: their
     /// lease may no longer cover a whole request, so they are released, not sent.
     fn launch(
         &self,
         ready: &mut HashMap<i64, VecDeque<(Instant, Claimed)>>,
         in_flight: &mut HashMap<i64, usize>,
-        sending: &mut HashMap<i64, Sending>,
+        (leased, sending): (&mut HashSet<i64>, &mut HashMap<i64, Sending>),
         sends: &mut JoinSet<(i64, i64)>,
         outcomes: &mpsc::UnboundedSender<Done>,
         cap_of: &impl Fn(i64, usize) -> usize,
@@ -375,6 +368,7 @@ impl Dispatcher {
                 let (_, claimed) = queue.pop_front().expect("front exists");
                 *in_flight.entry(webhook).or_default() += 1;
                 let delivery = claimed.outgoing.id;
+                leased.remove(&delivery);
                 sending.insert(
                     delivery,
                     Sending {
@@ -544,7 +538,14 @@ async fn record_each(
     };
     warn!(error = %crate::error_chain(&error), outcomes = batch.len(), "recording a batch of outcomes failed; recording each alone");
     for outcome in batch {
-        let problem = match queue::record(db, std::slice::from_ref(outcome), max_retry_after, sidecar).await {
+        let problem = match queue::record(
+            db,
+            std::slice::from_ref(outcome),
+            max_retry_after,
+            sidecar,
+        )
+        .await
+        {
             Ok(n) => {
                 stripped(n);
                 continue;

@@ -85,7 +85,9 @@ impl World {
             client,
             healthy,
         };
-        world.hook("healthy", &world.healthy.url("/healthy"), &[]).await;
+        world
+            .hook("healthy", &world.healthy.url("/healthy"), &[])
+            .await;
         world
     }
 
@@ -160,9 +162,10 @@ impl World {
 #[tokio::test]
 async fn a_nul_byte_in_the_answer_is_recorded() {
     let world = World::new().await;
-    let (url, hits) =
-        raw_receiver(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nab\0cd".to_vec())
-            .await;
+    let (url, hits) = raw_receiver(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nab\0cd".to_vec(),
+    )
+    .await;
     world.hook("nul", &url, &[]).await;
     let sidecar = Sidecar::start(&world.db, test_config(""));
     insert_site(&world.client, "alpha").await;
@@ -293,7 +296,7 @@ async fn odd_status_lines_and_headers_are_recorded() {
     assert_eq!(status, None);
     assert!(error.is_some_and(|e| !e.is_empty()));
     // Retry-After far in the future: capped at max_retry_after, counted by the database
-    let (attempts, wait): (i32, f64) = world
+    let row = world
         .client
         .query_one(
             "select attempts, extract(epoch from next_attempt_at - now())::float8
@@ -301,28 +304,11 @@ async fn odd_status_lines_and_headers_are_recorded() {
             &[],
         )
         .await
-        .unwrap()
-        .get_tuple();
+        .unwrap();
+    let (attempts, wait): (i32, f64) = (row.get(0), row.get(1));
     assert_eq!(attempts, 1);
     assert!((3500.0..=3600.0).contains(&wait), "retry in {wait}s");
     sidecar.stop().await;
-}
-
-trait Tuple2 {
-    fn get_tuple<A, B>(&self) -> (A, B)
-    where
-        for<'a> A: tokio_postgres::types::FromSql<'a>,
-        for<'a> B: tokio_postgres::types::FromSql<'a>;
-}
-
-impl Tuple2 for tokio_postgres::Row {
-    fn get_tuple<A, B>(&self) -> (A, B)
-    where
-        for<'a> A: tokio_postgres::types::FromSql<'a>,
-        for<'a> B: tokio_postgres::types::FromSql<'a>,
-    {
-        (self.get(0), self.get(1))
-    }
 }
 
 /// The sidecar host's clock an hour behind the database's: retries still wait their schedule.
@@ -399,7 +385,10 @@ async fn redirects_follow_only_307_and_308_to_the_same_origin() {
         let location = |to: &str| vec![("Location".to_string(), to.to_string())];
         origin.script_path(
             &format!("/same/{code}"),
-            [Reply::WithHeaders(code, location(&format!("/landed/{code}?token=t")))],
+            [Reply::WithHeaders(
+                code,
+                location(&format!("/landed/{code}?token=t")),
+            )],
         );
         origin.script_path(
             &format!("/other/{code}"),
@@ -450,18 +439,21 @@ async fn redirects_follow_only_307_and_308_to_the_same_origin() {
             assert_eq!(world.finished(&same).await, "dead", "{same}");
             assert!(landed.is_empty(), "{same} followed: {landed:?}");
             let (status, error, _) = world.attempts(&same).await[0].clone();
-            assert_eq!(status, Some(i32::from(code)));
+            assert_eq!(status, Some(code));
             let error = error.unwrap();
             assert!(error.contains("GET without its body"), "{error}");
             assert!(error.contains("payload_url"), "{error}");
         }
         assert_eq!(world.finished(&other).await, "dead", "{other}");
         let (status, error, _) = world.attempts(&other).await[0].clone();
-        assert_eq!(status, Some(i32::from(code)));
+        assert_eq!(status, Some(code));
         let error = error.unwrap();
         assert!(error.contains("another origin"), "{error}");
         assert!(error.contains(&elsewhere_origin), "{error}");
-        assert!(!error.contains("token"), "the path stays out of the log: {error}");
+        assert!(
+            !error.contains("token"),
+            "the path stays out of the log: {error}"
+        );
     }
     assert_eq!(
         elsewhere.count(),
@@ -479,8 +471,7 @@ async fn follow_redirects_is_refused_naming_its_replacement() {
         "netbox-outbox.toml",
         std::iter::empty(),
     )
-    .err()
-    .expect("follow_redirects is refused")
+    .expect_err("follow_redirects is refused")
     .to_string();
     assert!(error.contains("follow_redirects"), "{error}");
     assert!(error.contains("307 or 308"), "{error}");
