@@ -289,6 +289,12 @@ impl Dispatcher {
                 },
                 () = &mut deadline => {
                     sends.abort_all();
+                    // a send that finished just now has its outcome on the way: not abandoned
+                    while let Some(next) = sends.join_next().await {
+                        if let Ok((_, delivery)) = next {
+                            sending.remove(&delivery);
+                        }
+                    }
                     // Aborted mid-request: the receiver may have the webhook or not. That is an
                     // attempt with an unknown outcome, recorded as one (it counts, and the
                     // delivery is sent again: at least once), not a delivery "not sent".
@@ -341,8 +347,9 @@ impl Dispatcher {
 
 impl Dispatcher {
     /// Starts sends from `ready` while each webhook has free slots (`cap_of(webhook, busy)`),
-    /// moving each from `leased` (not sent) to `sending` (in flight). Returns the deliveries that waited in `ready` longer than half the lease margin: their
-    /// lease may no longer cover a whole request, so they are released, not sent.
+    /// moving each from `leased` (not sent) to `sending` (in flight). Returns the deliveries
+    /// that waited in `ready` longer than half the lease margin: their lease may no longer
+    /// cover a whole request, so they are released, not sent.
     fn launch(
         &self,
         ready: &mut HashMap<i64, VecDeque<(Instant, Claimed)>>,
