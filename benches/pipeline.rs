@@ -351,7 +351,9 @@ async fn queue_ceiling(database: &Database, n: i64) -> f64 {
     let recording = tokio::spawn(async move {
         let mut done = 0i64;
         while let Some(outcomes) = rx.recv().await {
-            queue::record(&recorder, &outcomes, sidecar).await.unwrap();
+            queue::record(&recorder, &outcomes, Duration::ZERO, sidecar)
+                .await
+                .unwrap();
             done += outcomes.len() as i64;
         }
         done
@@ -376,14 +378,15 @@ async fn queue_ceiling(database: &Database, n: i64) -> f64 {
                 webhook_id: c.webhook_id,
                 attempt: c.attempt,
                 result: AttemptResult {
-                    started_at: SystemTime::now(),
+                    started: std::time::Instant::now(),
                     duration: Duration::from_millis(1),
                     status: Some(200),
                     error: None,
                     response_excerpt: Some("ok".into()),
                     retry_after: None,
+                    retry_after_date: None,
                 },
-                retry_at: None,
+                retry_in: None,
             })
             .collect();
         tx.send(outcomes).await.unwrap();

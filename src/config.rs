@@ -87,7 +87,6 @@ pub struct DeliveryConfig {
     pub pause_max: Duration,
     pub response_excerpt_bytes: usize,
     pub user_agent: String,
-    pub follow_redirects: bool,
     pub delivery_id_header: String,
     pub payload_format: PayloadFormat,
     /// Per-webhook payload format, by webhook name.
@@ -175,7 +174,6 @@ struct RawDelivery {
     pause_max: Option<String>,
     response_excerpt_bytes: Option<usize>,
     user_agent: Option<String>,
-    follow_redirects: Option<bool>,
     delivery_id_header: Option<String>,
     payload_format: Option<PayloadFormat>,
     payload_format_by_webhook: Option<BTreeMap<String, PayloadFormat>>,
@@ -369,7 +367,6 @@ impl Config {
                 user_agent: d
                     .user_agent
                     .unwrap_or_else(|| format!("netbox-outbox/{}", env!("CARGO_PKG_VERSION"))),
-                follow_redirects: d.follow_redirects.unwrap_or(false),
                 delivery_id_header,
                 payload_format: d.payload_format.unwrap_or(PayloadFormat::Netbox47),
                 payload_format_by_webhook: d.payload_format_by_webhook.unwrap_or_default(),
@@ -482,7 +479,6 @@ const KEYS: [(&str, &[&str]); 9] = [
             "pause_max",
             "response_excerpt_bytes",
             "user_agent",
-            "follow_redirects",
             "delivery_id_header",
             "payload_format",
             "payload_format_by_webhook",
@@ -498,7 +494,19 @@ const KEYS: [(&str, &[&str]); 9] = [
     ("delivery.payload_format_by_webhook", &[]),
 ];
 
-/// Rejects a key that is not a setting, naming the closest valid one and all of them.
+/// Settings that were removed, by section and key: what replaced each, for the error.
+const REMOVED: [(&str, &str, &str); 1] = [(
+    "delivery",
+    "follow_redirects",
+    "it was removed: a 307 or 308 redirect to the same origin is always followed (it keeps \
+     the method and body), and no other redirect is (a 301/302/303 would turn the webhook \
+     into a GET without its body, and another origin would receive the secret headers and \
+     signature); such a redirect fails the attempt and says where it points. Delete the key, \
+     and set the webhook's payload_url to where the receiver redirects",
+)];
+
+/// Rejects a key that is not a setting, naming the closest valid one and all of them, or what
+/// replaced a removed one.
 fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
     fn valid(section: &str) -> Option<&'static [&'static str]> {
         KEYS.iter().find(|(s, _)| *s == section).map(|(_, k)| *k)
@@ -511,6 +519,14 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
             return Ok(());
         }
         for (key, value) in table {
+            if let Some((_, _, replaced)) =
+                REMOVED.iter().find(|(s, k, _)| *s == section && k == key)
+            {
+                return Err(ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message: format!("`{key}` in [{section}]: {replaced}"),
+                });
+            }
             if !keys.contains(&key.as_str()) {
                 let place = if section.is_empty() {
                     "at the top level".to_string()

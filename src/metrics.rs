@@ -21,6 +21,8 @@ pub const OLDEST_PENDING: &str = "netbox_outbox_oldest_pending_seconds";
 pub const UNREAD_CHANGES: &str = "netbox_outbox_unread_changes";
 pub const PAUSED_WEBHOOKS: &str = "netbox_outbox_paused_webhooks";
 pub const DEAD_PENDING_REPLAY: &str = "netbox_outbox_dead_deliveries";
+pub const ABANDONED: &str = "netbox_outbox_requests_abandoned_total";
+pub const OUTCOMES_UNRECORDABLE: &str = "netbox_outbox_outcomes_unrecordable_total";
 
 /// Registers the descriptions and returns a handle that renders the Prometheus text format.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -96,5 +98,13 @@ fn describe() {
     describe_gauge!(
         DEAD_PENDING_REPLAY,
         "Dead deliveries kept in the log (sampled)."
+    );
+    describe_counter!(
+        ABANDONED,
+        "Requests abandoned in flight at shutdown, by webhook: recorded as attempts with an unknown outcome."
+    );
+    describe_counter!(
+        OUTCOMES_UNRECORDABLE,
+        "Outcomes stored without the receiver's text (stripped), or not at all (lost: sent again)."
     );
 }

@@ -1,12 +1,20 @@
 //! Sending one frozen request: a pooled HTTP client per TLS setting, and the outcome of the
-//! attempt as a value.
+//! attempt as a value that can always be recorded, whatever the receiver answered.
+//!
+//! Redirects: only a 307 or 308 to the same origin is followed (they keep the method and the
+//! body, and the same origin is the same receiver, so the secret headers and the signature go
+//! nowhere new). Any other redirect is a failed attempt whose error names the status, the
+//! origin it points to (never the path, which may hold tokens) and what to change. NetBox's own
+//! sender (`requests`) follows every redirect: 301/302/303 as a body-less GET, and to any host
+//! with the signature and custom headers; a receiver never got the webhook that way, yet it was
+//! counted as delivered.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{DATE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{Certificate, Client, StatusCode};
 
 use crate::config::DeliveryConfig;
@@ -24,17 +32,46 @@ pub struct Outgoing {
     pub ca_file_path: Option<String>,
 }
 
-/// What one attempt came to.
+/// Redirects followed in one attempt, at most (307/308 to the same origin only).
+pub const MAX_REDIRECTS: usize = 5;
+
+/// The longest error text recorded for an attempt, in bytes.
+const MAX_ERROR_BYTES: usize = 2000;
+
+impl Outgoing {
+    /// Everything but the headers and body (left empty), which may be large.
+    pub fn clone_meta(&self) -> Outgoing {
+        Outgoing {
+            id: self.id,
+            method: self.method.clone(),
+            url: self.url.clone(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout: self.timeout,
+            ssl_verification: self.ssl_verification,
+            ca_file_path: self.ca_file_path.clone(),
+        }
+    }
+}
+
+/// What one attempt came to. Its text fields are safe to store whatever the receiver sent:
+/// valid UTF-8 without NUL, and bounded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptResult {
-    pub started_at: SystemTime,
+    /// When the attempt started, by this host's monotonic clock: the database turns "this long
+    /// ago" into a time with its own clock.
+    pub started: Instant,
     pub duration: Duration,
     pub status: Option<u16>,
     /// Why no response came, or why it was not usable; never the request or the secret.
     pub error: Option<String>,
     pub response_excerpt: Option<String>,
-    /// A Retry-After the receiver asked for (429 and 503 only).
+    /// A Retry-After the receiver asked for (429 and 503 only), as a delay: seconds, or a date
+    /// less the receiver's own `Date` header (its clock against its clock).
     pub retry_after: Option<Duration>,
+    /// A Retry-After date from a receiver that sent no `Date`: the database compares it with
+    /// its own now(), never this host's clock.
+    pub retry_after_date: Option<SystemTime>,
 }
 
 impl AttemptResult {
@@ -84,11 +121,9 @@ impl Sender {
             .pool_max_idle_per_host(self.config.per_webhook_concurrency)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(30))
-            .redirect(if self.config.follow_redirects {
-                reqwest::redirect::Policy::limited(30)
-            } else {
-                reqwest::redirect::Policy::none()
-            });
+            // the original URL may hold tokens; a followed redirect is the same origin anyway
+            .referer(false)
+            .redirect(redirect_policy());
         builder = match &self.config.proxy {
             Some(proxy) => builder.proxy(
                 reqwest::Proxy::all(proxy).map_err(|e| format!("delivery.proxy {proxy:?}: {e}"))?,
@@ -135,15 +170,15 @@ impl Sender {
     /// Sends the request once and reports what happened. Never fails: every problem is an
     /// outcome to record.
     pub async fn send(&self, out: &Outgoing, delivery_header: &str) -> AttemptResult {
-        let started_at = SystemTime::now();
         let start = Instant::now();
         let failed = |error: String| AttemptResult {
-            started_at,
+            started: start,
             duration: start.elapsed(),
             status: None,
-            error: Some(error),
+            error: Some(storable(&error, MAX_ERROR_BYTES)),
             response_excerpt: None,
             retry_after: None,
+            retry_after_date: None,
         };
         let client = match self.client(out) {
             Ok(client) => client,
@@ -180,48 +215,141 @@ impl Sender {
             Err(error) => return failed(describe(&error, out.timeout, &out.url)),
         };
         let status = response.status();
-        let retry_after = match status {
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after),
-            _ => None,
+        let (retry_after, retry_after_date) = match status {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                retry_after(response.headers())
+            }
+            _ => (None, None),
         };
+        let mut error = None;
+        if status.is_redirection() {
+            error = Some(unfollowed_redirect(status, &response));
+        }
         // Read only the start of the body: enough for the log, never a whole large response.
         let limit = self.config.response_excerpt_bytes;
         let mut excerpt = Vec::new();
-        let mut error = None;
         while excerpt.len() < limit {
             match tokio::time::timeout(out.timeout, response.chunk()).await {
                 Ok(Ok(Some(chunk))) => excerpt.extend_from_slice(&chunk),
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => {
-                    error = Some(format!("reading the response failed: {}", e.without_url()));
+                    error.get_or_insert_with(|| {
+                        format!("reading the response failed: {}", e.without_url())
+                    });
                     break;
                 }
                 Err(_) => break,
             }
         }
-        excerpt.truncate(limit);
         if !status.is_success() && error.is_none() {
             error = Some(format!("HTTP {}", status.as_u16()));
-            if status.is_redirection() && !self.config.follow_redirects {
-                error = Some(format!(
-                    "HTTP {}: a redirect, which is not followed (delivery.follow_redirects)",
-                    status.as_u16()
-                ));
-            }
         }
         AttemptResult {
-            started_at,
+            started: start,
             duration: start.elapsed(),
             status: Some(status.as_u16()),
-            error,
-            response_excerpt: (!excerpt.is_empty())
-                .then(|| String::from_utf8_lossy(&excerpt).into_owned()),
+            error: error.map(|e| storable(&e, MAX_ERROR_BYTES)),
+            response_excerpt: (!excerpt.is_empty()).then(|| excerpt_text(&excerpt, limit)),
             retry_after,
+            retry_after_date,
         }
+    }
+}
+
+/// Follows a 307 or 308 to the same origin, nothing else (see the module's comment).
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let keeps_method_and_body = matches!(
+            attempt.status(),
+            StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+        );
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if keeps_method_and_body && same_origin && attempt.previous().len() <= MAX_REDIRECTS {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
+/// Why a redirect that came back was not followed, and what to do: names the status and the
+/// origin it points to, never the path or query (they may hold tokens).
+fn unfollowed_redirect(status: StatusCode, response: &reqwest::Response) -> String {
+    let code = status.as_u16();
+    let target = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|location| response.url().join(location).ok());
+    let Some(target) = target else {
+        return format!("HTTP {code}: a redirect without a usable Location header, not followed");
+    };
+    let origin = target.origin().ascii_serialization();
+    let fix = "set the webhook's payload_url to the address the receiver redirects to";
+    if target.origin() != response.url().origin() {
+        format!(
+            "HTTP {code}: a redirect to another origin ({origin}), not followed: the request \
+             carries the webhook's secret headers and signature; {fix}"
+        )
+    } else if !matches!(
+        status,
+        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+    ) {
+        format!(
+            "HTTP {code}: a redirect that turns the request into a GET without its body, not \
+             followed (only 307 and 308 keep the method and body); {fix}"
+        )
+    } else {
+        format!("HTTP {code}: more than {MAX_REDIRECTS} redirects, not followed; {fix}")
+    }
+}
+
+/// A receiver's answer as text the database can store, whatever its bytes: invalid UTF-8 and
+/// NUL (PostgreSQL's text cannot hold it) become U+FFFD, cut to at most `limit` bytes.
+pub fn excerpt_text(bytes: &[u8], limit: usize) -> String {
+    storable(
+        &String::from_utf8_lossy(&bytes[..bytes.len().min(limit)]),
+        limit,
+    )
+}
+
+/// `text` without NUL, at most `limit` bytes, cut on a character boundary.
+pub fn storable(text: &str, limit: usize) -> String {
+    let mut text = text.replace('\0', "\u{FFFD}");
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
+}
+
+/// Retry-After, as a delay when the receiver's own clock gives one (seconds, or a date less its
+/// `Date` header), else as the date for the database to compare with its clock.
+fn retry_after(headers: &HeaderMap) -> (Option<Duration>, Option<SystemTime>) {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let Some(value) = header(RETRY_AFTER).map(str::trim) else {
+        return (None, None);
+    };
+    if let Ok(seconds) = value.parse::<u64>() {
+        return (Some(Duration::from_secs(seconds)), None);
+    }
+    let Some(when) = httpdate(value) else {
+        return (None, None);
+    };
+    match header(DATE).and_then(httpdate) {
+        Some(now) => (
+            Some(when.duration_since(now).unwrap_or(Duration::ZERO)),
+            None,
+        ),
+        None => (None, Some(when)),
     }
 }
 
@@ -289,19 +417,6 @@ fn describe(error: &reqwest::Error, timeout: Duration, url: &str) -> String {
     message
 }
 
-/// Retry-After as seconds or an HTTP date.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let when = httpdate(value)?;
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
 fn httpdate(value: &str) -> Option<SystemTime> {
     let parts: Vec<&str> = value.split_whitespace().collect();
@@ -343,15 +458,51 @@ mod tests {
 
     #[test]
     fn retry_after_as_seconds_or_date() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (n, v) in pairs {
+                map.insert(*n, HeaderValue::from_str(v).unwrap());
+            }
+            map
+        };
         assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(Duration::ZERO)
+            retry_after(&headers(&[("retry-after", "120")])),
+            (Some(Duration::from_secs(120)), None)
+        );
+        // a date against the receiver's own Date: its clock against its clock
+        assert_eq!(
+            retry_after(&headers(&[
+                ("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                ("date", "Sun, 06 Nov 1994 08:48:37 GMT")
+            ])),
+            (Some(Duration::from_secs(60)), None)
+        );
+        // without a Date, the date goes to the database as it is
+        assert_eq!(
+            retry_after(&headers(&[(
+                "retry-after",
+                "Sun, 06 Nov 1994 08:49:37 GMT"
+            )])),
+            (
+                None,
+                Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784111777))
+            )
         );
         assert_eq!(
-            httpdate("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784111777))
+            retry_after(&headers(&[("retry-after", "soon")])),
+            (None, None)
         );
-        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn any_answer_becomes_storable_text() {
+        assert_eq!(
+            excerpt_text(b"ok\0\xff\xfeend", 1024),
+            "ok\u{FFFD}\u{FFFD}\u{FFFD}end"
+        );
+        // cut on a character boundary, never inside one
+        assert_eq!(excerpt_text("aé".as_bytes(), 2), "a");
+        assert_eq!(storable("aé", 2), "a");
+        assert_eq!(excerpt_text(&[b'x'; 5000], 1024).len(), 1024);
     }
 }

@@ -1,6 +1,10 @@
 //! Delivering webhooks: claim due deliveries, send them concurrently outside any transaction,
 //! record each outcome, retry on the schedule, pause webhooks that keep failing.
 //!
+//! One clock: every time compared with the database's now() is computed by the database, from
+//! delays this side measures with its monotonic clock (see [`queue::record`]); a sidecar host
+//! whose wall clock is off changes nothing.
+//!
 //! Order: a delivery waits for every earlier delivery of the same webhook and object (the claim
 //! only takes queue heads), so one object's webhooks arrive in commit order, while other objects
 //! and other webhooks go on. Concurrency is bounded in all and per webhook, so a slow webhook
@@ -12,7 +16,7 @@ pub mod queue;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
 use rand::Rng;
@@ -43,6 +47,13 @@ pub struct Dispatcher {
 struct Done {
     claimed: Claimed,
     result: http::AttemptResult,
+}
+
+/// A request in flight, as much as it takes to record it abandoned.
+struct Sending {
+    started: Instant,
+    /// Without the request's body and headers (not needed to record an outcome).
+    claimed: Claimed,
 }
 
 impl Dispatcher {
@@ -85,12 +96,15 @@ impl Dispatcher {
         let mut in_flight: HashMap<i64, usize> = HashMap::new();
         // Deliveries leased and not yet sent, by id: what to release if the grace period ends.
         let mut leased: HashSet<i64> = HashSet::new();
+        // Deliveries being sent, by id: what is recorded as abandoned if the grace period ends.
+        let mut sending: HashMap<i64, Sending> = HashMap::new();
         // Deliveries claimed and not yet sent, per webhook, in claim order (heads first).
         let mut ready: HashMap<i64, VecDeque<(Instant, Claimed)>> = HashMap::new();
         let mut client = None;
         let mut failures = 0u32;
         let mut webhooks: Vec<i64> = Vec::new();
-        let mut pauses: HashMap<i64, queue::Pause> = HashMap::new();
+        // Each paused webhook's end of pause, on the monotonic clock (now: over, probe).
+        let mut pauses: HashMap<i64, Instant> = HashMap::new();
         let mut refreshed = Instant::now() - self.config.poll_interval;
 
         while !cancel.is_cancelled() {
@@ -98,7 +112,7 @@ impl Dispatcher {
             while let Some(done) = sends.try_join_next() {
                 if let Ok((webhook, delivery)) = done {
                     release_slot(&mut in_flight, webhook);
-                    leased.remove(&delivery);
+                    sending.remove(&delivery);
                 }
             }
 
@@ -141,17 +155,17 @@ impl Dispatcher {
             }
 
             // Send what was claimed ahead, as far as slots allow; let go of what waited too long.
-            let now = SystemTime::now();
-            let cap_of =
-                |webhook: i64, busy: usize| match pauses.get(&webhook).and_then(|p| p.until) {
-                    Some(until) if until > now => 0,
-                    // the pause is over: one delivery probes the receiver
-                    Some(_) => usize::from(busy == 0),
-                    None => self.config.per_webhook_concurrency,
-                };
+            let now = Instant::now();
+            let cap_of = |webhook: i64, busy: usize| match pauses.get(&webhook) {
+                Some(&until) if until > now => 0,
+                // the pause is over: one delivery probes the receiver
+                Some(_) => usize::from(busy == 0),
+                None => self.config.per_webhook_concurrency,
+            };
             let stale = self.launch(
                 &mut ready,
                 &mut in_flight,
+                (&mut leased, &mut sending),
                 &mut sends,
                 &outcomes_tx,
                 &cap_of,
@@ -232,6 +246,7 @@ impl Dispatcher {
             self.launch(
                 &mut ready,
                 &mut in_flight,
+                (&mut leased, &mut sending),
                 &mut sends,
                 &outcomes_tx,
                 &cap_of,
@@ -251,7 +266,7 @@ impl Dispatcher {
                 Some(done) = sends.join_next(), if !sends.is_empty() => {
                     if let Ok((webhook, delivery)) = done {
                         release_slot(&mut in_flight, webhook);
-                        leased.remove(&delivery);
+                        sending.remove(&delivery);
                     }
                 }
                 () = tokio::time::sleep(poll) => {}
@@ -269,12 +284,44 @@ impl Dispatcher {
             tokio::select! {
                 next = sends.join_next() => match next {
                     None => break,
-                    Some(Ok((_, delivery))) => { leased.remove(&delivery); }
+                    Some(Ok((_, delivery))) => { sending.remove(&delivery); }
                     Some(Err(_)) => {}
                 },
                 () = &mut deadline => {
-                    warn!(abandoned = sends.len(), "grace period over; abandoning requests in flight");
                     sends.abort_all();
+                    // a send that finished just now has its outcome on the way: not abandoned
+                    while let Some(next) = sends.join_next().await {
+                        if let Ok((_, delivery)) = next {
+                            sending.remove(&delivery);
+                        }
+                    }
+                    // Aborted mid-request: the receiver may have the webhook or not. That is an
+                    // attempt with an unknown outcome, recorded as one (it counts, and the
+                    // delivery is sent again: at least once), not a delivery "not sent".
+                    warn!(
+                        abandoned = sending.len(),
+                        "grace period over; abandoning requests in flight (recorded as attempts \
+                         with an unknown outcome; they are sent again and may arrive twice)"
+                    );
+                    for (delivery, s) in sending.drain() {
+                        counter!(m::ABANDONED, "webhook" => s.claimed.webhook_name.clone()).increment(1);
+                        let result = http::AttemptResult {
+                            started: s.started,
+                            duration: s.started.elapsed(),
+                            status: None,
+                            error: Some(format!(
+                                "abandoned at shutdown after {:.1}s in flight: the outcome is \
+                                 unknown (the receiver may have it); it counts as an attempt \
+                                 and is retried like a failure, so it may arrive twice",
+                                s.started.elapsed().as_secs_f64()
+                            )),
+                            response_excerpt: None,
+                            retry_after: None,
+                            retry_after_date: None,
+                        };
+                        debug!(delivery, "abandoned in flight");
+                        let _ = outcomes_tx.send(Done { claimed: s.claimed, result });
+                    }
                     break;
                 }
             }
@@ -299,13 +346,15 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts sends from `ready` while each webhook has free slots (`cap_of(webhook, busy)`).
-    /// Returns the deliveries that waited in `ready` longer than half the lease margin: their
-    /// lease may no longer cover a whole request, so they are released, not sent.
+    /// Starts sends from `ready` while each webhook has free slots (`cap_of(webhook, busy)`),
+    /// moving each from `leased` (not sent) to `sending` (in flight). Returns the deliveries
+    /// that waited in `ready` longer than half the lease margin: their lease may no longer
+    /// cover a whole request, so they are released, not sent.
     fn launch(
         &self,
         ready: &mut HashMap<i64, VecDeque<(Instant, Claimed)>>,
         in_flight: &mut HashMap<i64, usize>,
+        (leased, sending): (&mut HashSet<i64>, &mut HashMap<i64, Sending>),
         sends: &mut JoinSet<(i64, i64)>,
         outcomes: &mpsc::UnboundedSender<Done>,
         cap_of: &impl Fn(i64, usize) -> usize,
@@ -326,6 +375,14 @@ impl Dispatcher {
                 let (_, claimed) = queue.pop_front().expect("front exists");
                 *in_flight.entry(webhook).or_default() += 1;
                 let delivery = claimed.outgoing.id;
+                leased.remove(&delivery);
+                sending.insert(
+                    delivery,
+                    Sending {
+                        started: Instant::now(),
+                        claimed: claimed.without_request(),
+                    },
+                );
                 let sender = self.sender.clone();
                 let header = self.config.delivery_id_header.clone();
                 let outcomes = outcomes.clone();
@@ -355,14 +412,17 @@ fn release_slot(in_flight: &mut HashMap<i64, usize>, webhook: i64) {
     }
 }
 
+/// The webhooks with work, and when each paused one's pause ends on the monotonic clock (the
+/// database says how long it still runs; this host's wall clock is not asked).
 async fn refresh(
     db: &tokio_postgres::Client,
-) -> Result<(Vec<i64>, HashMap<i64, queue::Pause>), tokio_postgres::Error> {
+) -> Result<(Vec<i64>, HashMap<i64, Instant>), tokio_postgres::Error> {
     let webhooks = queue::webhooks_with_work(db).await?;
+    let read_at = Instant::now();
     let pauses = queue::pauses(db)
         .await?
         .into_iter()
-        .map(|p| (p.webhook_id, p))
+        .filter_map(|p| Some((p.webhook_id, read_at + p.remaining?)))
         .collect();
     Ok((webhooks, pauses))
 }
@@ -421,7 +481,7 @@ async fn record_loop(
         }
         let db = client.as_mut().expect("connected");
         let batch: Vec<Outcome> = pending.iter().map(|(o, _)| o.clone()).collect();
-        if let Err(error) = queue::record(db, &batch, sidecar).await {
+        if let Err(error) = record_each(db, &batch, config.max_retry_after, sidecar).await {
             warn!(error = %crate::error_chain(&error), "recording outcomes failed; reconnecting");
             client = None;
             failures += 1;
@@ -455,8 +515,79 @@ async fn record_loop(
     }
 }
 
+/// Records a batch of outcomes so that none can stop the others: if the batch is refused (not
+/// for a lost connection, which is returned to reconnect and try again), each outcome is
+/// recorded alone, and one refused alone is recorded without the receiver's text; one refused
+/// even so is logged and left to its lease (sent again). The SQL function does the same for
+/// errors inside the database; this covers what it never sees (a parameter the server rejects).
+async fn record_each(
+    db: &tokio_postgres::Client,
+    batch: &[Outcome],
+    max_retry_after: Duration,
+    sidecar: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    let stripped = |n: i32| {
+        if n > 0 {
+            counter!(m::OUTCOMES_UNRECORDABLE, "how" => "stripped").increment(n as u64);
+            warn!(
+                outcomes = n,
+                "outcomes stored without the receiver's text, which the database refused"
+            );
+        }
+    };
+    let error = match queue::record(db, batch, max_retry_after, sidecar).await {
+        Ok(n) => {
+            stripped(n);
+            return Ok(());
+        }
+        Err(error) if db.is_closed() => return Err(error),
+        Err(error) => error,
+    };
+    warn!(error = %crate::error_chain(&error), outcomes = batch.len(), "recording a batch of outcomes failed; recording each alone");
+    for outcome in batch {
+        let problem = match queue::record(
+            db,
+            std::slice::from_ref(outcome),
+            max_retry_after,
+            sidecar,
+        )
+        .await
+        {
+            Ok(n) => {
+                stripped(n);
+                continue;
+            }
+            Err(error) if db.is_closed() => return Err(error),
+            Err(error) => error,
+        };
+        let mut bare = outcome.clone();
+        bare.result.response_excerpt = None;
+        bare.result.retry_after_date = None;
+        bare.result.error = Some(format!(
+            "netbox-outbox could not store this attempt's error and response as received \
+             ({}); the outcome is kept, the text dropped",
+            http::storable(&crate::error_chain(&problem), 500)
+        ));
+        match queue::record(db, std::slice::from_ref(&bare), max_retry_after, sidecar).await {
+            Ok(_) => stripped(1),
+            Err(error) => {
+                if db.is_closed() {
+                    return Err(error);
+                }
+                counter!(m::OUTCOMES_UNRECORDABLE, "how" => "lost").increment(1);
+                warn!(
+                    delivery = outcome.delivery_id,
+                    error = %crate::error_chain(&error),
+                    "the outcome of a delivery could not be recorded; its lease will expire and it is sent again"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn to_outcome(done: Done, backoff: &Backoff) -> (Outcome, String) {
-    let retry_at = if done.result.succeeded() {
+    let retry_in = if done.result.succeeded() {
         None
     } else {
         let unit = rand::rng().random::<f64>();
@@ -465,7 +596,7 @@ fn to_outcome(done: Done, backoff: &Backoff) -> (Outcome, String) {
             done.result.retry_after,
             unit,
         ) {
-            Next::RetryIn(wait) => Some(SystemTime::now() + wait),
+            Next::RetryIn(wait) => Some(wait),
             Next::GiveUp => None,
         }
     };
@@ -475,7 +606,7 @@ fn to_outcome(done: Done, backoff: &Backoff) -> (Outcome, String) {
             webhook_id: done.claimed.webhook_id,
             attempt: done.claimed.attempt,
             result: done.result,
-            retry_at,
+            retry_in,
         },
         done.claimed.webhook_name,
     )
@@ -501,14 +632,11 @@ fn report(outcome: &Outcome, webhook: &str) {
             status,
             "delivered"
         );
-    } else if let Some(at) = outcome.retry_at {
+    } else if let Some(wait) = outcome.retry_in {
         counter!(m::DELIVERIES, "webhook" => webhook.to_string(), "outcome" => "retry")
             .increment(1);
         counter!(m::RETRIES_SCHEDULED, "webhook" => webhook.to_string()).increment(1);
-        let wait = at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default()
-            .as_secs();
+        let wait = wait.as_secs();
         warn!(
             delivery = outcome.delivery_id,
             webhook,

@@ -1,7 +1,7 @@
 //! The delivery queue in SQL: claiming due deliveries under a lease, and recording outcomes.
 //! The only module that writes netbox_outbox.delivery after the assembler created the rows.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
@@ -18,6 +18,19 @@ pub struct Claimed {
     pub event_id: i64,
     /// Attempts made, counting this one.
     pub attempt: i32,
+}
+
+impl Claimed {
+    /// The same delivery without its request's headers and body: enough to record an outcome.
+    pub fn without_request(&self) -> Claimed {
+        Claimed {
+            outgoing: self.outgoing.clone_meta(),
+            webhook_id: self.webhook_id,
+            webhook_name: self.webhook_name.clone(),
+            event_id: self.event_id,
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// Claims up to `limit` due deliveries of one webhook per entry of `webhooks`
@@ -84,15 +97,16 @@ pub struct Outcome {
     pub webhook_id: i64,
     pub attempt: i32,
     pub result: AttemptResult,
-    /// Some(t): retry at t; None with a failure: dead.
-    pub retry_at: Option<SystemTime>,
+    /// Some: retry after this delay, counted by the database from its own now(); None with a
+    /// failure: dead.
+    pub retry_in: Option<Duration>,
 }
 
 impl Outcome {
     fn state(&self) -> &'static str {
         if self.result.succeeded() {
             "delivered"
-        } else if self.retry_at.is_some() {
+        } else if self.retry_in.is_some() {
             "pending"
         } else {
             "dead"
@@ -101,53 +115,64 @@ impl Outcome {
 }
 
 /// Records a batch of outcomes in one call (SQL function netbox_outbox.record): the attempts,
-/// and the deliveries' new state where this sidecar still holds the lease.
+/// and the deliveries' new state where this sidecar still holds the lease. Times are passed as
+/// delays (how long ago the attempt started, how long until the retry) and turned into times by
+/// the database, so the sidecar host's clock never meets the database's. Returns how many
+/// outcomes the database stored without the receiver's text (see the function).
 pub async fn record(
     client: &Client,
     outcomes: &[Outcome],
+    max_retry_after: Duration,
     sidecar: Uuid,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<i32, tokio_postgres::Error> {
     if outcomes.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
+    let millis = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
     let mut ids = Vec::with_capacity(outcomes.len());
     let mut attempts = Vec::with_capacity(outcomes.len());
-    let mut started = Vec::with_capacity(outcomes.len());
+    let mut started_ago = Vec::with_capacity(outcomes.len());
     let mut durations = Vec::with_capacity(outcomes.len());
     let mut statuses = Vec::with_capacity(outcomes.len());
     let mut errors = Vec::with_capacity(outcomes.len());
     let mut excerpts = Vec::with_capacity(outcomes.len());
     let mut states = Vec::with_capacity(outcomes.len());
-    let mut retry_at = Vec::with_capacity(outcomes.len());
+    let mut retry_in = Vec::with_capacity(outcomes.len());
+    let mut retry_after_at = Vec::with_capacity(outcomes.len());
     for o in outcomes {
         ids.push(o.delivery_id);
         attempts.push(o.attempt);
-        started.push(o.result.started_at);
+        started_ago.push(millis(o.result.started.elapsed()));
         durations.push(o.result.duration.as_millis().min(i32::MAX as u128) as i32);
         statuses.push(o.result.status.map(i32::from));
         errors.push(o.result.error.clone());
         excerpts.push(o.result.response_excerpt.clone());
         states.push(o.state());
-        retry_at.push(o.retry_at);
+        retry_in.push(o.retry_in.map(millis));
+        retry_after_at.push(o.retry_in.and(o.result.retry_after_date));
     }
-    client
-        .execute_typed(
-            "select netbox_outbox.record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    let max_retry_after = millis(max_retry_after);
+    // Typed parameters: parse, bind and execute in one round trip.
+    let rows = client
+        .query_typed(
+            "select netbox_outbox.record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 (&ids, Type::INT8_ARRAY),
                 (&attempts, Type::INT4_ARRAY),
-                (&started, Type::TIMESTAMPTZ_ARRAY),
+                (&started_ago, Type::INT8_ARRAY),
                 (&durations, Type::INT4_ARRAY),
                 (&statuses, Type::INT4_ARRAY),
                 (&errors, Type::TEXT_ARRAY),
                 (&excerpts, Type::TEXT_ARRAY),
                 (&states, Type::TEXT_ARRAY),
-                (&retry_at, Type::TIMESTAMPTZ_ARRAY),
+                (&retry_in, Type::INT8_ARRAY),
+                (&retry_after_at, Type::TIMESTAMPTZ_ARRAY),
+                (&max_retry_after, Type::INT8),
                 (&sidecar, Type::UUID),
             ],
         )
         .await?;
-    Ok(())
+    Ok(rows.first().map_or(0, |r| r.get(0)))
 }
 
 /// Lets go of leased deliveries that were not sent (at shutdown), so another sidecar or the
@@ -191,29 +216,25 @@ pub async fn webhooks_with_work(client: &Client) -> Result<Vec<i64>, tokio_postg
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pause {
     pub webhook_id: i64,
-    /// None: not paused. In the past: the pause is over and one probe may go.
-    pub until: Option<SystemTime>,
+    /// None: not paused. Zero: the pause is over and one probe may go. Measured by the
+    /// database's clock when read.
+    pub remaining: Option<Duration>,
     pub by_operator: bool,
     pub consecutive_failures: i32,
 }
 
+/// Every webhook's pause (SQL function netbox_outbox.pauses).
 pub async fn pauses(client: &Client) -> Result<Vec<Pause>, tokio_postgres::Error> {
     let rows = client
-        .query(
-            "select webhook_id,
-                    case when paused_until = 'infinity' then now() + interval '100 years'
-                         else paused_until end,
-                    paused_by_operator, consecutive_failures
-             from netbox_outbox.webhook_state
-             where paused_until is not null or consecutive_failures > 0",
-            &[],
-        )
+        .query("select * from netbox_outbox.pauses()", &[])
         .await?;
     Ok(rows
         .iter()
         .map(|r| Pause {
             webhook_id: r.get(0),
-            until: r.get(1),
+            remaining: r
+                .get::<_, Option<i64>>(1)
+                .map(|ms| Duration::from_millis(ms.max(0) as u64)),
             by_operator: r.get(2),
             consecutive_failures: r.get(3),
         })

@@ -46,6 +46,10 @@ mod capture;
 mod deliver;
 /// Which changes become webhooks, merged, matched and rendered how.
 mod events;
+/// Hostile receivers (NUL bytes, invalid UTF-8, huge bodies, odd status lines and headers),
+/// a host clock behind the database's, redirects, and SIGTERM with a request held: each shows
+/// its local outcome in the delivery log while an unrelated webhook is delivered.
+mod hostile_receivers;
 /// Applying the migrations, by the binary and by a DBA with psql.
 mod migrate;
 /// Operating it: commands, SQL cookbook, metrics, least privilege, uninstall.
