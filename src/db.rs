@@ -247,6 +247,13 @@ impl Database {
                 self.tls.mode.as_str()
             );
         }
+        if message.contains("password missing") {
+            return format!(
+                "the server asks role {user:?} for a password and none is given: set \
+                 {PASSWORD_SOURCES}{}",
+                self.passfile_note()
+            );
+        }
         match error.code() {
             // pg_hba.conf has hostssl lines for us but no host line: TLS is the only way in.
             Some(code)
@@ -261,18 +268,7 @@ impl Database {
                 if *code == SqlState::INVALID_PASSWORD
                     || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
             {
-                let passfile = match &self.resolved.passfile {
-                    Some((path, PassfileUse::TooOpen)) => format!(
-                        " (the password file {} was ignored: others may read it; chmod 0600 it)",
-                        path.display()
-                    ),
-                    Some((path, PassfileUse::NoMatch)) => format!(
-                        " (the password file {} has no line for this host, port, database and \
-                         user)",
-                        path.display()
-                    ),
-                    _ => String::new(),
-                };
+                let passfile = self.passfile_note();
                 format!(
                     "the server refused role {user:?}: check the user name, {PASSWORD_SOURCES}, \
                      and pg_hba.conf{passfile}"
@@ -293,6 +289,23 @@ impl Database {
                   (or --database-url, or database_url in the config file, or PGHOST and \
                   PGPORT) for the host and port"
                 .to_string(),
+        }
+    }
+}
+
+impl Database {
+    /// Why the password file gave no password, when it did not.
+    fn passfile_note(&self) -> String {
+        match &self.resolved.passfile {
+            Some((path, PassfileUse::TooOpen)) => format!(
+                " (the password file {} was ignored: others may read it; chmod 0600 it)",
+                path.display()
+            ),
+            Some((path, PassfileUse::NoMatch)) => format!(
+                " (the password file {} has no line for this host, port, database and user)",
+                path.display()
+            ),
+            _ => String::new(),
         }
     }
 }
