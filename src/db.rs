@@ -74,8 +74,8 @@ pub enum ConnectError {
 }
 
 /// Where the password can come from, for hints: the operator should look there.
-const PASSWORD_SOURCES: &str = "the password in DATABASE_URL (or --database-url, or database_url in \
-     the config file), PGPASSWORD, or the password file (~/.pgpass or PGPASSFILE)";
+const PASSWORD_SOURCES: &str = "DATABASE_URL (or --database-url, or database_url in the config \
+     file), PGPASSWORD, or the password file (~/.pgpass or PGPASSFILE)";
 
 /// The libpq variables that say which database to use, when no URL does.
 const ADDRESS_VARIABLES: [&str; 4] = ["PGHOST", "PGPORT", "PGDATABASE", "PGUSER"];
@@ -249,7 +249,7 @@ impl Database {
         }
         if message.contains("password missing") {
             return format!(
-                "the server asks role {user:?} for a password and none is given: set \
+                "the server asks role {user:?} for a password and none is given: put one in \
                  {PASSWORD_SOURCES}{}",
                 self.passfile_note()
             );
@@ -270,8 +270,8 @@ impl Database {
             {
                 let passfile = self.passfile_note();
                 format!(
-                    "the server refused role {user:?}: check the user name, {PASSWORD_SOURCES}, \
-                     and pg_hba.conf{passfile}"
+                    "the server refused role {user:?}: check the user name and password (from \
+                     {PASSWORD_SOURCES}), and pg_hba.conf{passfile}"
                 )
             }
             Some(code) if *code == SqlState::INVALID_CATALOG_NAME => {

@@ -357,7 +357,11 @@ async fn the_sidecar_delivers_over_verified_tls() {
     let (_sidecar, _log) = spawn_sidecar(&cluster, &url, FAST, &[]);
     insert_site(&client, "over-tls").await;
     let got = receiver.wait_for(1, WAIT).await;
-    assert_eq!(got.len(), 1, "the webhook arrived from the sidecar connected over TLS");
+    assert_eq!(
+        got.len(),
+        1,
+        "the webhook arrived from the sidecar connected over TLS"
+    );
     assert_eq!(got[0].json()["data"]["name"], "over-tls");
     // Every connection of the sidecar (claims, LISTEN, ...) is encrypted.
     eventually("the sidecar's connections, all over TLS", WAIT, || async {
