@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
-use crate::db::Database;
+use crate::db::{Database, DatabaseUrl};
 use crate::migrations;
 
 /// Exit codes, stable across releases.
@@ -42,8 +42,8 @@ pub mod exit {
 pub struct Cli {
     /// NetBox's PostgreSQL database, as a URL (postgres://user:password@host:5432/netbox) or
     /// key=value pairs. Overrides DATABASE_URL and the config file's database_url.
-    #[arg(long, global = true)]
-    pub database_url: Option<String>,
+    #[arg(long, global = true, value_parser = |url: &str| Ok::<_, String>(DatabaseUrl::new(url)))]
+    pub database_url: Option<DatabaseUrl>,
 
     /// The configuration file (TOML; `netbox-outbox config` prints a commented one).
     #[arg(long, short = 'c', global = true, env = "NETBOX_OUTBOX_CONFIG")]
@@ -203,7 +203,7 @@ impl From<crate::config::ConfigError> for Failure {
 fn config(cli: &Cli) -> Result<Config, Failure> {
     let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
     if let Some(url) = &cli.database_url {
-        config.database_url = Some(crate::db::DatabaseUrl::new(url.clone()));
+        config.database_url = Some(url.clone());
     }
     Ok(config)
 }
