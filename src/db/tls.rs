@@ -389,3 +389,97 @@ pub fn handshake_hint(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(pairs: &[(&str, &str)]) -> Result<Tls, String> {
+        let mut extras = Extras::default();
+        for (key, value) in pairs {
+            let value = Some(value.to_string());
+            match *key {
+                "sslmode" => extras.sslmode = value,
+                "sslrootcert" => extras.sslrootcert = value,
+                "sslcert" => extras.sslcert = value,
+                "sslkey" => extras.sslkey = value,
+                _ => unreachable!("{key}"),
+            }
+        }
+        Tls::from_extras(&extras).map_err(|e| e.to_string())
+    }
+
+    fn temp_file(name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("nbo-tls-unit-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn prefer_is_the_default_and_modes_are_libpqs() {
+        assert_eq!(tls(&[]).unwrap().mode, SslMode::Prefer);
+        assert_eq!(
+            tls(&[("sslmode", "disable")]).unwrap().mode,
+            SslMode::Disable
+        );
+        let error = tls(&[("sslmode", "allow")]).err().unwrap();
+        assert!(error.contains("sslmode \"allow\" is not one of"), "{error}");
+    }
+
+    #[test]
+    fn checking_the_certificate_needs_a_ca() {
+        for mode in ["verify-ca", "verify-full"] {
+            let error = tls(&[("sslmode", mode)]).err().unwrap();
+            assert!(error.contains("set sslrootcert"), "{error}");
+        }
+        let error = tls(&[("sslmode", "require"), ("sslrootcert", "system")])
+            .err()
+            .unwrap();
+        assert!(
+            error.contains("sslrootcert=system needs sslmode=verify-full"),
+            "{error}"
+        );
+        let error = tls(&[
+            ("sslmode", "verify-full"),
+            ("sslrootcert", "/nonexistent/ca.pem"),
+        ])
+        .err()
+        .unwrap();
+        assert!(error.contains("sslrootcert /nonexistent/ca.pem"), "{error}");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_the_key_must_be_private() {
+        let error = tls(&[("sslcert", "/x.crt")]).err().unwrap();
+        assert!(error.contains("needs both sslcert"), "{error}");
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["client".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_file = temp_file("client.crt", &cert.pem(), 0o644);
+        let open_key = temp_file("open.key", &key.serialize_pem(), 0o644);
+        let private_key = temp_file("private.key", &key.serialize_pem(), 0o600);
+        let cert_path = cert_file.display().to_string();
+        let error = tls(&[
+            ("sslcert", &cert_path),
+            ("sslkey", &open_key.display().to_string()),
+        ])
+        .err()
+        .unwrap();
+        assert!(error.contains("may be read by others"), "{error}");
+        assert!(
+            tls(&[
+                ("sslcert", &cert_path),
+                ("sslkey", &private_key.display().to_string()),
+            ])
+            .is_ok()
+        );
+        for file in [cert_file, open_key, private_key] {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
