@@ -41,7 +41,9 @@ pub mod exit {
 )]
 pub struct Cli {
     /// NetBox's PostgreSQL database, as a URL (postgres://user:password@host:5432/netbox) or
-    /// key=value pairs. Overrides DATABASE_URL and the config file's database_url.
+    /// key=value pairs, with libpq's parameters (sslmode=verify-full, sslrootcert, ...). Overrides
+    /// DATABASE_URL and the config file's database_url; libpq's PG* variables and ~/.pgpass fill
+    /// in what it leaves out.
     #[arg(long, global = true, value_parser = |url: &str| Ok::<_, String>(DatabaseUrl::new(url)))]
     pub database_url: Option<DatabaseUrl>,
 
