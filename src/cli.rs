@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
-use crate::db::Database;
+use crate::db::{Database, DatabaseUrl};
 use crate::migrations;
 
 /// Exit codes, stable across releases.
@@ -41,9 +41,11 @@ pub mod exit {
 )]
 pub struct Cli {
     /// NetBox's PostgreSQL database, as a URL (postgres://user:password@host:5432/netbox) or
-    /// key=value pairs. Overrides DATABASE_URL and the config file's database_url.
-    #[arg(long, global = true)]
-    pub database_url: Option<String>,
+    /// key=value pairs, with libpq's parameters (sslmode=verify-full, sslrootcert, ...). Overrides
+    /// DATABASE_URL and the config file's database_url; libpq's PG* variables and ~/.pgpass fill
+    /// in what it leaves out.
+    #[arg(long, global = true, value_parser = |url: &str| Ok::<_, String>(DatabaseUrl::new(url)))]
+    pub database_url: Option<DatabaseUrl>,
 
     /// The configuration file (TOML; `netbox-outbox config` prints a commented one).
     #[arg(long, short = 'c', global = true, env = "NETBOX_OUTBOX_CONFIG")]
@@ -185,7 +187,8 @@ impl From<migrations::MigrationError> for Failure {
 impl From<crate::db::ConnectError> for Failure {
     fn from(error: crate::db::ConnectError) -> Self {
         let code = match error {
-            crate::db::ConnectError::InvalidUrl { .. } => exit::CONFIG,
+            crate::db::ConnectError::InvalidUrl { .. }
+            | crate::db::ConnectError::Invalid { .. } => exit::CONFIG,
             crate::db::ConnectError::Connect { .. } => exit::DATABASE,
         };
         Failure::new(code, error)
@@ -207,34 +210,51 @@ fn config(cli: &Cli) -> Result<Config, Failure> {
     Ok(config)
 }
 
+/// The database: the configured URL, else libpq's `PG*` variables (PGHOST, PGDATABASE, ...).
 fn database(config: &Config) -> Result<Database, Failure> {
-    let url = config.database_url.as_deref().ok_or_else(|| {
-        Failure::new(
-            exit::CONFIG,
-            "no database given: set DATABASE_URL, pass --database-url, or set database_url in the config file",
-        )
-    })?;
-    Ok(Database::parse(url)?)
+    let database = match &config.database_url {
+        Some(url) => Database::parse(url.expose()),
+        None => Database::from_environment().ok_or_else(|| {
+            Failure::new(
+                exit::CONFIG,
+                "no database given: set DATABASE_URL, pass --database-url, set database_url in \
+                 the config file, or set libpq's PGHOST / PGDATABASE variables",
+            )
+        })?,
+    };
+    Ok(database?)
 }
 
 /// Logs to stderr: readable text, or JSON lines for collectors.
+///
+/// Our own code logs no secrets and no payloads at any level. Libraries may: tokio-postgres
+/// logs every statement's parameters at debug (webhook headers, secrets, bodies), hyper, h2 and
+/// reqwest log requests. So below info only our code and rustls (handshakes, no data) log,
+/// whatever `[log] level` or RUST_LOG ask for.
 fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
     // RUST_LOG, if set, wins over [log] level (NETBOX_OUTBOX_LOG__LEVEL)
-    let filter = EnvFilter::try_from_default_env()
+    let requested = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let quiet_libraries = Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::TRACE)
+        .with_target("rustls", LevelFilter::TRACE);
     use std::io::IsTerminal;
     // Colour codes only for a person at a terminal: in journald, files and pipes they are
     // noise that breaks grep.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let layer = match config.log.format {
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+        LogFormat::Text => layer.boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(requested.and(quiet_libraries)))
+        .try_init();
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
@@ -404,7 +424,7 @@ async fn shutdown_signal() {
 
 async fn migrate(cli: &Cli, print_sql: bool, check: bool) -> Result<u8, Failure> {
     let config = config(cli)?;
-    if print_sql && config.database_url.is_none() {
+    if print_sql && config.database_url.is_none() && Database::from_environment().is_none() {
         print!("{}", migrations::script(&migrations::all()));
         return Ok(exit::OK);
     }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::db::DatabaseUrl;
+
 /// The documented defaults, as a config file an operator can start from.
 pub const DEFAULT_TOML: &str = include_str!("../examples/netbox-outbox.toml");
 
@@ -42,7 +44,8 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 /// The sidecar's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: Option<String>,
+    /// The connection string; its `Debug` hides the password.
+    pub database_url: Option<DatabaseUrl>,
     pub rules: RulesConfig,
     pub delivery: DeliveryConfig,
     pub assembly: AssemblyConfig,
@@ -335,7 +338,7 @@ impl Config {
         let base_path = raw.netbox.base_path.unwrap_or_default();
         let base_path = base_path.trim_matches('/').to_string();
         Ok(Config {
-            database_url: raw.database_url,
+            database_url: raw.database_url.map(DatabaseUrl::new),
             rules: RulesConfig {
                 deliver_netbox_webhook_rules: raw
                     .rules
@@ -665,7 +668,24 @@ mod tests {
             [Duration::from_secs(1), Duration::from_secs(2)]
         );
         assert_eq!(config.log.format, LogFormat::Json);
-        assert_eq!(config.database_url.as_deref(), Some("postgres://x@y/z"));
+        assert_eq!(
+            config.database_url.as_ref().map(DatabaseUrl::expose),
+            Some("postgres://x@y/z")
+        );
+    }
+
+    /// The configuration is printed in debug output and errors: never with the password.
+    #[test]
+    fn debug_output_hides_the_database_password() {
+        for url in [
+            "postgres://alice:Pa55-w0rd@db:5432/netbox?sslmode=require",
+            "host=db user=alice password='Pa55-w0rd' dbname=netbox",
+        ] {
+            let config = load("", &[("DATABASE_URL", url)]).unwrap();
+            let debug = format!("{config:?}");
+            assert!(!debug.contains("Pa55-w0rd"), "{debug}");
+            assert!(debug.contains("alice") && debug.contains("db"), "{debug}");
+        }
     }
 
     #[test]

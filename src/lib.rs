@@ -7,7 +7,8 @@
 //! sidecar:
 //!
 //! - [`migrations`]: the embedded SQL migrations, applied or printed for a DBA.
-//! - [`db`]: connections to NetBox's database.
+//! - [`db`]: connections to NetBox's database, as a libpq client makes them (TLS by `sslmode`,
+//!   the `PG*` variables, `~/.pgpass`).
 //!
 //! Delivery is at least once: a webhook may arrive twice (after a crash, or when a receiver
 //! answers after its timeout), never zero times. Each request carries a stable delivery id so

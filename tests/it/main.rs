@@ -54,6 +54,9 @@ mod hostile_receivers;
 mod migrate;
 /// Operating it: commands, SQL cookbook, metrics, least privilege, uninstall.
 mod operate;
+/// PostgreSQL like psql: TLS by sslmode against a TLS-only cluster, PG* variables, ~/.pgpass,
+/// and no secret in the logs at any level.
+mod postgres_client;
 /// What NetBox computes from related rows: config contexts, cable peers and paths.
 mod related;
 /// Several sidecars, crashes, shutdowns and per-object order.
