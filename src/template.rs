@@ -128,8 +128,8 @@ fn tojson(_state: &State<'_, '_>, value: JValue) -> Result<JValue, JError> {
 
 /// A JSON value as a template sees it. Not `Value::from_serialize`: with serde_json's
 /// `arbitrary_precision` a number serializes as a private one-field struct. Ints stay ints (exact
-/// up to 128 bits, beyond that a float, as minijinja has no bigger int), floats follow
-/// [`py_number`] (`1e400` is `inf`, as after Python's `json.loads`).
+/// up to 128 bits; beyond, minijinja has no int, so a [`BigInt`] that prints its digits), floats
+/// follow [`py_number`] (`1e400` is `inf`, as after Python's `json.loads`).
 pub fn to_jinja(value: &Value) -> JValue {
     match value {
         Value::Null => JValue::from(()),
@@ -140,7 +140,7 @@ pub fn to_jinja(value: &Value) -> JValue {
                 .map(JValue::from)
                 .or_else(|_| digits.parse::<i128>().map(JValue::from))
                 .or_else(|_| digits.parse::<u128>().map(JValue::from))
-                .unwrap_or_else(|_| JValue::from(digits.parse::<f64>().unwrap_or(f64::NAN))),
+                .unwrap_or_else(|_| JValue::from_object(BigInt(digits.to_string()))),
             PyNumber::Float(x) => JValue::from(x),
         },
         Value::String(s) => JValue::from(s.as_str()),
@@ -149,6 +149,21 @@ pub fn to_jinja(value: &Value) -> JValue {
             .iter()
             .map(|(k, v)| (JValue::from(k.as_str()), to_jinja(v)))
             .collect(),
+    }
+}
+
+/// A Python int beyond 128 bits: printed with all its digits, as Python prints it; arithmetic
+/// and comparisons on it are not supported (no NetBox template does them on such a number).
+#[derive(Debug)]
+struct BigInt(String);
+
+impl minijinja::value::Object for BigInt {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Plain
+    }
+
+    fn render(self: &std::sync::Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -274,12 +289,17 @@ mod tests {
     #[test]
     fn numbers_print_as_python_prints_them_after_json_loads() {
         let context: Value = serde_json::from_str(
-            r#"{"big": 18446744073709551617, "inf": 1e400, "dec": 1.50, "f": 2.0, "i": 7}"#,
+            r#"{"big": 18446744073709551617, "inf": 1e400, "dec": 1.50, "f": 2.0, "i": 7, "huge": 1000000000000000000000000000000000000000000}"#,
         )
         .unwrap();
         assert_eq!(
-            render("{{ big }}|{{ inf }}|{{ dec }}|{{ f }}|{{ i }}|{{ big + 1 }}", context).unwrap(),
-            "18446744073709551617|inf|1.5|2.0|7|18446744073709551618"
+            render(
+                "{{ big }}|{{ inf }}|{{ dec }}|{{ f }}|{{ i }}|{{ big + 1 }}|{{ huge }}|{{ [huge] }}",
+                context
+            )
+            .unwrap(),
+            "18446744073709551617|inf|1.5|2.0|7|18446744073709551618|\
+             1000000000000000000000000000000000000000000|[1000000000000000000000000000000000000000000]"
         );
     }
 
