@@ -15,10 +15,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use metrics::gauge;
 use tracing::{info, warn};
 
 use crate::db::Database;
@@ -177,7 +177,10 @@ async fn route(
                 // Fresh database-wide gauges; if the database does not answer, the rest still
                 // renders (and /readyz says why).
                 let sampled = tokio::time::timeout(Duration::from_secs(5), async {
-                    let client = database.connect().await.map_err(|e| crate::error_chain(&e))?;
+                    let client = database
+                        .connect()
+                        .await
+                        .map_err(|e| crate::error_chain(&e))?;
                     health
                         .sample_gauges(&client)
                         .await
@@ -186,7 +189,10 @@ async fn route(
                 .await
                 .unwrap_or_else(|_| Err("the database did not answer within 5s".into()));
                 if let Err(error) = sampled {
-                    warn!(error, "sampling gauges for /metrics failed; they show older values");
+                    warn!(
+                        error,
+                        "sampling gauges for /metrics failed; they show older values"
+                    );
                 }
                 text(StatusCode::OK, h.render(), "text/plain; version=0.0.4")
             }
@@ -243,15 +249,15 @@ pub async fn ready(database: &Database, health: &Health) -> Result<(), String> {
                  (\"processing a batch of changes failed\")"
             ));
         }
-        let lag = read_lag(&client).await.map_err(|e| crate::error_chain(&e))?;
+        let lag = read_lag(&client)
+            .await
+            .map_err(|e| crate::error_chain(&e))?;
         if lag.oldest_unread_seconds > health.stall_after.as_secs_f64() {
             return Err(format!(
                 "changes are not being read: {} unread, the oldest {:.0}s old (more than \
                  [metrics] stall_after = {:?}); is a sidecar's assembler stuck? see the log and \
                  netbox-outbox status",
-                lag.unread,
-                lag.oldest_unread_seconds,
-                health.stall_after
+                lag.unread, lag.oldest_unread_seconds, health.stall_after
             ));
         }
         Ok(())

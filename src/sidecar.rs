@@ -211,7 +211,11 @@ pub fn differences(here: &Map<String, Value>, there: &Map<String, Value>) -> Vec
                 v.and_then(Value::as_str)
                     .map_or("(not set)".to_string(), str::to_string)
             };
-            format!("{k} is {} here and {} there", show(here.get(k)), show(there.get(k)))
+            format!(
+                "{k} is {} here and {} there",
+                show(here.get(k)),
+                show(there.get(k))
+            )
         })
         .collect()
 }
@@ -467,9 +471,14 @@ async fn report_truncations(db: &tokio_postgres::Client) {
             for row in rows {
                 let (table, at, db_user, application): (String, String, String, String) =
                     (row.get(0), row.get(1), row.get(2), row.get(3));
-                warn!(table, truncated_at = at, db_user, application_name = application,
-                      "a watched table was truncated: its rows are gone and no webhooks were sent \
-                       for them (NetBox sends none for a TRUNCATE either)");
+                warn!(
+                    table,
+                    truncated_at = at,
+                    db_user,
+                    application_name = application,
+                    "a watched table was truncated: its rows are gone and no webhooks were sent \
+                       for them (NetBox sends none for a TRUNCATE either)"
+                );
                 counter!(m::TRUNCATIONS, "table" => table).increment(1);
             }
         }

@@ -288,8 +288,14 @@ mod tests {
             )
         );
         // numbers made in Rust take the same path
-        assert_eq!(dumps(&json!([1e22, 0.1, -0.0, u64::MAX])), "[1e+22, 0.1, -0.0, 18446744073709551615]");
+        assert_eq!(
+            dumps(&json!([1e22, 0.1, -0.0, u64::MAX])),
+            "[1e+22, 0.1, -0.0, 18446744073709551615]"
+        );
         assert_eq!(py_number("1e400"), PyNumber::Float(f64::INFINITY));
-        assert_eq!(py_number("18446744073709551617"), PyNumber::Int("18446744073709551617"));
+        assert_eq!(
+            py_number("18446744073709551617"),
+            PyNumber::Int("18446744073709551617")
+        );
     }
 }

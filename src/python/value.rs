@@ -192,7 +192,10 @@ mod tests {
         assert_eq!(PyType::of(&v("18446744073709551617")), PyType::Int);
         assert!(!eq(&v("18446744073709551617"), &v("18446744073709551616")));
         assert_eq!(PyType::of(&v("1e400")), PyType::Float);
-        assert_eq!(cmp(&v("1e400"), &v("18446744073709551617")), Ok(Ordering::Greater));
+        assert_eq!(
+            cmp(&v("1e400"), &v("18446744073709551617")),
+            Ok(Ordering::Greater)
+        );
         assert!(truthy(&v("1e400")));
         assert!(cmp(&v("\"a\""), &v("1")).is_err());
         assert!(cmp(&Value::Null, &v("1")).is_err());

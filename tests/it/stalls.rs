@@ -146,7 +146,10 @@ struct Metrics(HashMap<String, f64>);
 impl Metrics {
     fn parse(text: &str) -> Metrics {
         let mut samples = HashMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
             samples.insert(series.to_string(), value.parse().expect("a number"));
         }
@@ -195,7 +198,10 @@ fn documented_alerts() -> Vec<Alert> {
             alerts.push(Alert { name, expr });
         }
     }
-    assert!(alerts.len() >= 5, "the docs lost their alert examples: {alerts:?}");
+    assert!(
+        alerts.len() >= 5,
+        "the docs lost their alert examples: {alerts:?}"
+    );
     alerts
 }
 
@@ -222,7 +228,10 @@ impl Alert {
             .iter()
             .find_map(|op| expr.split_once(op).map(|(l, r)| (l.trim(), *op, r.trim())))
             .unwrap_or_else(|| panic!("unknown alert form: {expr}"));
-        let threshold = scaled(rhs.parse().unwrap_or_else(|_| panic!("threshold in {expr}")));
+        let threshold = scaled(
+            rhs.parse()
+                .unwrap_or_else(|_| panic!("threshold in {expr}")),
+        );
         let values: Vec<f64> = if let Some(metric) = lhs
             .strip_prefix("increase(")
             .and_then(|r| r.split('[').next())
@@ -248,7 +257,16 @@ impl Alert {
 
 async fn site_rule(client: &Client, name: &str, url: &str) -> i64 {
     let hook = webhook(client, name, url, &[]).await;
-    rule(client, name, &["dcim.site"], &ALL_EVENTS, hook, "null", "null").await;
+    rule(
+        client,
+        name,
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
     hook
 }
 
@@ -278,7 +296,10 @@ async fn a_stall_shows_in_gauges_readyz_and_alerts_then_clears() {
     site_rule(&client, "crm", &receiver.url("/crm")).await;
     // the unrelated delivery: its first attempt fails, its retry comes during the stall
     receiver.script_path("/crm", [Reply::Status(503), Reply::Status(503)]);
-    let sidecar = Running::start(&db, "[delivery]\nretry_schedule = [\"1s\", \"1s\", \"1s\"]\n");
+    let sidecar = Running::start(
+        &db,
+        "[delivery]\nretry_schedule = [\"1s\", \"1s\", \"1s\"]\n",
+    );
     let alerts = documented_alerts();
     let baseline = eventually("the first scrape", WAIT, || sidecar.scrape()).await;
     insert_site(&client, "before").await;
@@ -344,13 +365,20 @@ async fn a_stall_shows_in_gauges_readyz_and_alerts_then_clears() {
             .then_some(m)
     })
     .await;
-    assert_eq!(m.get("netbox_outbox_oldest_pending_seconds{webhook=\"crm\"}"), Some(0.0));
+    assert_eq!(
+        m.get("netbox_outbox_oldest_pending_seconds{webhook=\"crm\"}"),
+        Some(0.0)
+    );
     eventually("readyz to answer 200 again", WAIT, || async {
         (sidecar.readyz().await?.0 == 200).then_some(())
     })
     .await;
     eventually("every alert to clear", WAIT, || async {
-        sidecar.firing(&alerts, &baseline).await?.is_empty().then_some(())
+        sidecar
+            .firing(&alerts, &baseline)
+            .await?
+            .is_empty()
+            .then_some(())
     })
     .await;
 }
@@ -366,7 +394,10 @@ async fn failing_batches_show_in_metrics_and_readyz_then_clear() {
     let receiver = Receiver::start().await.unwrap();
     site_rule(&client, "crm", &receiver.url("/crm")).await;
     receiver.script_path("/crm", [Reply::Status(503), Reply::Status(503)]);
-    let sidecar = Running::start(&db, "[delivery]\nretry_schedule = [\"1s\", \"1s\", \"1s\"]\n");
+    let sidecar = Running::start(
+        &db,
+        "[delivery]\nretry_schedule = [\"1s\", \"1s\", \"1s\"]\n",
+    );
     let alerts = documented_alerts();
     let baseline = eventually("the first scrape", WAIT, || sidecar.scrape()).await;
     insert_site(&client, "before").await;
@@ -385,7 +416,11 @@ async fn failing_batches_show_in_metrics_and_readyz_then_clear() {
     let (status, body) = sidecar.readyz().await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("batches of changes failed"), "{body}");
-    assert!(sidecar.log().contains("processing a batch of changes failed"));
+    assert!(
+        sidecar
+            .log()
+            .contains("processing a batch of changes failed")
+    );
     let firing = sidecar.firing(&alerts, &baseline).await.unwrap();
     assert!(
         firing.contains(&"NetboxOutboxBatchesFailing".to_string()),
@@ -447,9 +482,16 @@ async fn backlog_gauges_drop_to_zero_when_a_webhook_drains_and_when_it_is_delete
             .then_some(m)
     })
     .await;
-    assert!(m.get("netbox_outbox_oldest_pending_seconds{webhook=\"gone\"}").unwrap() > 0.5);
+    assert!(
+        m.get("netbox_outbox_oldest_pending_seconds{webhook=\"gone\"}")
+            .unwrap()
+            > 0.5
+    );
     let firing = sidecar.firing(&alerts, &baseline).await.unwrap();
-    assert!(firing.contains(&"NetboxOutboxBacklogOld".to_string()), "{firing:?}");
+    assert!(
+        firing.contains(&"NetboxOutboxBacklogOld".to_string()),
+        "{firing:?}"
+    );
     delivered(&receiver, "/good", "alpha").await;
 
     // slow drains: its gauges are 0, not the last value seen
@@ -520,7 +562,10 @@ async fn truncate_is_logged_and_counted_while_others_deliver() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(synced, vec![("refreshed".to_string(), "dcim_site".to_string())]);
+    assert_eq!(
+        synced,
+        vec![("refreshed".to_string(), "dcim_site".to_string())]
+    );
 
     let sidecar = Running::start(&db, "");
     for name in ["a", "b", "c"] {
@@ -630,7 +675,11 @@ async fn a_sidecar_with_another_payload_format_refuses_to_start() {
         stderr.contains("delivery.payload_format is \"legacy\" here and \"netbox-4.7\" there"),
         "{stderr}"
     );
-    assert_eq!(registered(&client).await, 1, "the refused sidecar left no row");
+    assert_eq!(
+        registered(&client).await,
+        1,
+        "the refused sidecar left no row"
+    );
 
     insert_site(&client, "alpha").await;
     delivered(&receiver, "/crm", "alpha").await;
@@ -701,7 +750,16 @@ async fn custom_field_numbers_are_sent_as_netbox_sends_them() {
         &[("body_template", "'{{ data.custom_fields.n }}'")], // a SQL literal
     )
     .await;
-    rule(&client, "templated", &["dcim.site"], &ALL_EVENTS, templated, "null", "null").await;
+    rule(
+        &client,
+        "templated",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        templated,
+        "null",
+        "null",
+    )
+    .await;
     let cf: i64 = client
         .query_one(
             "insert into extras_customfield (type, name, status) values ('integer', 'n', 'active') returning id",
@@ -751,7 +809,8 @@ async fn custom_field_numbers_are_sent_as_netbox_sends_them() {
         .await
         .expect_err("PostgreSQL refuses a NaN in JSON");
     assert!(
-        nan.as_db_error().is_some_and(|e| e.message().contains("invalid input syntax for type json")),
+        nan.as_db_error()
+            .is_some_and(|e| e.message().contains("invalid input syntax for type json")),
         "{nan}"
     );
 
@@ -790,7 +849,10 @@ async fn custom_field_numbers_are_sent_as_netbox_sends_them() {
         "{huge_body}"
     );
     let decimal = body("/crm", "decimal", "created");
-    assert!(decimal.contains("\"custom_fields\": {\"n\": 1.5}"), "{decimal}");
+    assert!(
+        decimal.contains("\"custom_fields\": {\"n\": 1.5}"),
+        "{decimal}"
+    );
     let bodies: Vec<String> = requests
         .iter()
         .filter(|r| r.path == "/templated")
