@@ -153,8 +153,8 @@ begin
                or have_truncate is null
                or position('netbox_outbox.capture_truncate' || want_args in have_truncate) = 0 then
                 perform netbox_outbox.install_trigger(w.table_name, w.content_type_id);
-                action := case when have_row is null and have_truncate is null then 'installed'
-                               else 'refreshed' end;
+                -- 'installed' when the row trigger was missing (changes went uncaptured)
+                action := case when have_row is null then 'installed' else 'refreshed' end;
                 table_name := w.table_name; return next;
             end if;
         elsif have_row is not null or have_truncate is not null then

@@ -187,7 +187,11 @@ pub fn fingerprint(config: &Config) -> Map<String, Value> {
     );
     keys.insert(
         "delivery.payload_format_by_webhook".into(),
-        Value::String(format!("{{ {} }}", by_webhook.join(", "))),
+        Value::String(if by_webhook.is_empty() {
+            "{}".into()
+        } else {
+            format!("{{ {} }}", by_webhook.join(", "))
+        }),
     );
     keys.insert(
         "rules.deliver_netbox_webhook_rules".into(),
@@ -568,5 +572,38 @@ async fn housekeeping(
         }
         ticks += 1;
         pause(&cancel, HEARTBEAT).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> Config {
+        Config::from_toml(toml, "test", std::iter::empty()).unwrap()
+    }
+
+    #[test]
+    fn only_what_shapes_the_output_is_compared_and_each_difference_is_named() {
+        let here = fingerprint(&config(
+            "[delivery]\npayload_format = \"legacy\"\nconcurrency = 4\n[delivery.payload_format_by_webhook]\ncrm = \"netbox-4.7\"\n",
+        ));
+        let there = fingerprint(&config("[delivery]\nconcurrency = 64\n"));
+        assert_eq!(
+            differences(&here, &there),
+            vec![
+                "delivery.payload_format is \"legacy\" here and \"netbox-4.7\" there".to_string(),
+                "delivery.payload_format_by_webhook is { \"crm\" = \"netbox-4.7\" } here and {} there"
+                    .to_string(),
+            ]
+        );
+        // timing and concurrency may differ freely
+        assert!(
+            differences(
+                &there,
+                &fingerprint(&config("[delivery]\nconcurrency = 2\n"))
+            )
+            .is_empty()
+        );
     }
 }

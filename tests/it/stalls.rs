@@ -464,6 +464,8 @@ async fn backlog_gauges_drop_to_zero_when_a_webhook_drains_and_when_it_is_delete
     let receiver = Receiver::start().await.unwrap();
     site_rule(&client, "good", &receiver.url("/good")).await;
     site_rule(&client, "slow", &receiver.url("/slow")).await;
+    // a rejected delivery is counted by its reason (and never sits in a backlog)
+    site_rule(&client, "bad", "ftp://{{ data.name }}/").await;
     let gone = site_rule(&client, "gone", &receiver.url("/gone")).await;
     receiver.script_path("/slow", (0..3).map(|_| Reply::Status(503)));
     receiver.script_path("/gone", (0..100).map(|_| Reply::Status(503)));
@@ -486,6 +488,10 @@ async fn backlog_gauges_drop_to_zero_when_a_webhook_drains_and_when_it_is_delete
         m.get("netbox_outbox_oldest_pending_seconds{webhook=\"gone\"}")
             .unwrap()
             > 0.5
+    );
+    assert_eq!(
+        m.get("netbox_outbox_deliveries_rejected_total{reason=\"payload_url\"}"),
+        Some(1.0)
     );
     let firing = sidecar.firing(&alerts, &baseline).await.unwrap();
     assert!(
