@@ -395,6 +395,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     crate::sidecar::StartError::NotMigrated { .. } => {
                         Failure::new(exit::PROBLEMS, e)
                     }
+                    crate::sidecar::StartError::ConfigDiffers { .. } => {
+                        Failure::new(exit::CONFIG, e)
+                    }
                     other => Failure::new(exit::FAILURE, other),
                 })?;
             Ok(exit::OK)

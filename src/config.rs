@@ -116,6 +116,8 @@ pub struct NetboxConfig {
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
+    /// /readyz fails when the oldest unread change is older than this (changes are not read).
+    pub stall_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -202,6 +204,7 @@ struct RawNetbox {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<String>,
+    stall_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -392,6 +395,7 @@ impl Config {
             },
             metrics: MetricsConfig {
                 listen: metrics_listen,
+                stall_after: duration_or("metrics.stall_after", raw.metrics.stall_after, "2m")?,
             },
             log: LogConfig {
                 format: raw.log.format.unwrap_or(LogFormat::Text),
@@ -490,7 +494,7 @@ const KEYS: [(&str, &[&str]); 9] = [
     ),
     ("assembly", &["poll_interval", "chunk_size", "listen"]),
     ("netbox", &["base_path", "template_environment"]),
-    ("metrics", &["listen"]),
+    ("metrics", &["listen", "stall_after"]),
     ("log", &["format", "level"]),
     ("shutdown", &["grace_period"]),
     // a table of webhook names: any key is valid

@@ -23,6 +23,11 @@ pub const PAUSED_WEBHOOKS: &str = "netbox_outbox_paused_webhooks";
 pub const DEAD_PENDING_REPLAY: &str = "netbox_outbox_dead_deliveries";
 pub const ABANDONED: &str = "netbox_outbox_requests_abandoned_total";
 pub const OUTCOMES_UNRECORDABLE: &str = "netbox_outbox_outcomes_unrecordable_total";
+pub const OLDEST_UNREAD: &str = "netbox_outbox_oldest_unread_seconds";
+pub const FAILING_BATCHES: &str = "netbox_outbox_failing_batches";
+pub const BATCH_FAILURES: &str = "netbox_outbox_batch_failures_total";
+pub const REJECTED: &str = "netbox_outbox_deliveries_rejected_total";
+pub const TRUNCATIONS: &str = "netbox_outbox_truncations_total";
 
 /// Registers the descriptions and returns a handle that renders the Prometheus text format.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -89,7 +94,29 @@ fn describe() {
     );
     describe_gauge!(
         UNREAD_CHANGES,
-        "Committed changes no sidecar has read yet (sampled)."
+        "Committed changes no sidecar has read yet (sampled at each scrape)."
+    );
+    describe_gauge!(
+        OLDEST_UNREAD,
+        Unit::Seconds,
+        "Age of the oldest committed change no sidecar has read yet, 0 when none (sampled at each scrape)."
+    );
+    describe_gauge!(
+        FAILING_BATCHES,
+        "Batches of changes that failed in a row in this sidecar; 0 once one succeeds."
+    );
+    describe_counter!(
+        BATCH_FAILURES,
+        "Batches of changes that failed (each is retried; the cause is in the log)."
+    );
+    describe_counter!(
+        REJECTED,
+        "Deliveries rejected when built, by reason (the field at fault: conditions, webhook, \
+         payload_url, body_template...); the detail is in netbox_outbox.failed."
+    );
+    describe_counter!(
+        TRUNCATIONS,
+        "TRUNCATEs of watched tables, by table: NetBox sends no webhook for them (logged as warnings)."
     );
     describe_gauge!(
         PAUSED_WEBHOOKS,

@@ -1,4 +1,6 @@
-//! `netbox-outbox run`: the assembler, the dispatcher and the housekeeping, until shutdown.
+//! `netbox-outbox run`: the assembler, the dispatcher and the housekeeping, until shutdown; and
+//! the sidecar's registration: its heartbeat, and the configuration fingerprint that keeps the
+//! sidecars of one database sending the same output.
 //!
 //! Every task owns its database connection and reconnects on its own, so a database restart or
 //! failover only delays work; nothing is lost because the database is the only state.
@@ -7,7 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::{counter, gauge};
+use metrics::counter;
+use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,9 +18,10 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::assemble::{Assembler, Batch};
-use crate::config::Config;
+use crate::config::{Config, PayloadFormat};
 use crate::db::Database;
 use crate::deliver::{Dispatcher, pause, reconnect_delay};
+use crate::health::Health;
 use crate::metrics as m;
 use crate::migrations;
 use crate::wakeup::{WakeUp, Woken};
@@ -36,6 +40,19 @@ pub enum StartError {
     NotMigrated { pending: String },
     #[error("database query failed while starting")]
     Query(#[from] tokio_postgres::Error),
+    #[error(
+        "this sidecar's configuration differs from the running sidecar {other} ({host}, pid {pid}, \
+         seen {seen_s:.0}s ago): {differences}. Sidecars on one database must agree on what shapes \
+         the webhooks they send; make the configurations the same, or stop the other sidecar first"
+    )]
+    ConfigDiffers {
+        other: Uuid,
+        host: String,
+        pid: i32,
+        seen_s: f64,
+        /// `key is "value" here and "value" there`, for each key that differs
+        differences: String,
+    },
 }
 
 /// This sidecar's identity, registered in netbox_outbox.sidecar.
@@ -62,17 +79,7 @@ pub async fn run(
         });
     }
     let identity = Identity { id: Uuid::new_v4() };
-    client
-        .execute(
-            "insert into netbox_outbox.sidecar (id, hostname, pid, version) values ($1, $2, $3, $4)",
-            &[
-                &identity.id,
-                &hostname(),
-                &(std::process::id() as i32),
-                &env!("CARGO_PKG_VERSION"),
-            ],
-        )
-        .await?;
+    register(&client, identity, &fingerprint(&config)).await?;
     match client
         .query("select action, table_name from netbox_outbox.sync()", &[])
         .await
@@ -93,10 +100,12 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let deliveries_due = Arc::new(Notify::new());
+    let health = Health::new(config.metrics.stall_after);
 
     tracker.spawn(assemble_loop(
         config.clone(),
         database.clone(),
+        health.clone(),
         cancel.clone(),
         deliveries_due.clone(),
     ));
@@ -107,13 +116,18 @@ pub async fn run(
         deliveries_due.clone(),
     );
     tracker.spawn(dispatcher.run(cancel.clone(), config.shutdown_grace));
-    tracker.spawn(housekeeping(database.clone(), identity, cancel.clone()));
+    tracker.spawn(housekeeping(
+        database.clone(),
+        identity,
+        health.clone(),
+        cancel.clone(),
+    ));
     // Recording metrics needs the recorder even when nothing serves them.
     let _ = crate::health::metrics_handle();
     if let Some(addr) = config.metrics.listen {
-        let (database, cancel) = (database.clone(), cancel.clone());
+        let (database, health, cancel) = (database.clone(), health.clone(), cancel.clone());
         tracker.spawn(async move {
-            if let Err(error) = crate::health::serve(addr, database, cancel).await {
+            if let Err(error) = crate::health::serve(addr, database, health, cancel).await {
                 error!(%addr, error = %crate::error_chain(&error), "cannot serve metrics; set [metrics] listen to a free address or \"\" to disable");
             }
         });
@@ -139,6 +153,134 @@ pub async fn run(
     Ok(())
 }
 
+/// A sidecar whose heartbeat is older than this is not live: it crashed or lost the database,
+/// and its configuration no longer counts. Three missed heartbeats (see [`HEARTBEAT`]).
+pub const LIVE_WITHIN: Duration = Duration::from_secs(30);
+
+/// How often housekeeping runs, and so how often each sidecar records that it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Serialises the fingerprint check and registration of sidecars starting at the same moment.
+const REGISTER_LOCK: i64 = 7418734260116239619;
+
+/// The settings that change what is sent, as `key -> value`: the payload format (default and
+/// per webhook), which rules are delivered, what templates may read, the URLs' base path.
+/// Sidecars on one database must agree on them, or a webhook's payloads depend on which sidecar
+/// happened to read the change. Timing, concurrency and logging may differ freely.
+pub fn fingerprint(config: &Config) -> Map<String, Value> {
+    // each value as it is written in the config file, so the refusal reads like the file
+    let text = |v: &dyn std::fmt::Debug| Value::String(format!("{v:?}"));
+    let format = |f: &PayloadFormat| match f {
+        PayloadFormat::Netbox47 => "\"netbox-4.7\"",
+        PayloadFormat::Legacy => "\"legacy\"",
+    };
+    let by_webhook: Vec<String> = config
+        .delivery
+        .payload_format_by_webhook
+        .iter()
+        .map(|(name, f)| format!("{name:?} = {}", format(f)))
+        .collect();
+    let mut keys = Map::new();
+    keys.insert(
+        "delivery.payload_format".into(),
+        Value::String(format(&config.delivery.payload_format).into()),
+    );
+    keys.insert(
+        "delivery.payload_format_by_webhook".into(),
+        Value::String(if by_webhook.is_empty() {
+            "{}".into()
+        } else {
+            format!("{{ {} }}", by_webhook.join(", "))
+        }),
+    );
+    keys.insert(
+        "rules.deliver_netbox_webhook_rules".into(),
+        text(&config.rules.deliver_netbox_webhook_rules),
+    );
+    keys.insert(
+        "netbox.template_environment".into(),
+        text(&config.netbox.template_environment),
+    );
+    keys.insert("netbox.base_path".into(), text(&config.netbox.base_path));
+    keys
+}
+
+/// The keys whose values differ, as `key is X here and Y there`.
+pub fn differences(here: &Map<String, Value>, there: &Map<String, Value>) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = here.keys().chain(there.keys()).collect();
+    keys.into_iter()
+        .filter(|k| here.get(*k) != there.get(*k))
+        .map(|k| {
+            let show = |v: Option<&Value>| {
+                v.and_then(Value::as_str)
+                    .map_or("(not set)".to_string(), str::to_string)
+            };
+            format!(
+                "{k} is {} here and {} there",
+                show(here.get(k)),
+                show(there.get(k))
+            )
+        })
+        .collect()
+}
+
+/// Registers this sidecar with its fingerprint, unless a live sidecar's differs.
+async fn register(
+    client: &tokio_postgres::Client,
+    identity: Identity,
+    fingerprint: &Map<String, Value>,
+) -> Result<(), StartError> {
+    client.batch_execute("begin").await?;
+    let result = async {
+        client
+            .execute("select pg_advisory_xact_lock($1)", &[&REGISTER_LOCK])
+            .await?;
+        let live = client
+            .query(
+                "select id, hostname, pid, fingerprint, extract(epoch from now() - last_seen_at)::float8
+                 from netbox_outbox.sidecar
+                 where stopped_at is null and fingerprint is not null
+                   and last_seen_at > now() - make_interval(secs => $1)
+                 order by last_seen_at desc",
+                &[&LIVE_WITHIN.as_secs_f64()],
+            )
+            .await?;
+        for row in live {
+            let there: Value = row.get(3);
+            let there = there.as_object().cloned().unwrap_or_default();
+            let differ = differences(fingerprint, &there);
+            if !differ.is_empty() {
+                return Err(StartError::ConfigDiffers {
+                    other: row.get(0),
+                    host: row.get(1),
+                    pid: row.get(2),
+                    seen_s: row.get(4),
+                    differences: differ.join("; "),
+                });
+            }
+        }
+        client
+            .execute(
+                "insert into netbox_outbox.sidecar (id, hostname, pid, version, fingerprint)
+                 values ($1, $2, $3, $4, $5)",
+                &[
+                    &identity.id,
+                    &hostname(),
+                    &(std::process::id() as i32),
+                    &env!("CARGO_PKG_VERSION"),
+                    &Value::Object(fingerprint.clone()),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+    .await;
+    client
+        .batch_execute(if result.is_ok() { "commit" } else { "rollback" })
+        .await?;
+    result
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -151,6 +293,7 @@ fn hostname() -> String {
 async fn assemble_loop(
     config: Config,
     database: Database,
+    health: Arc<Health>,
     cancel: CancellationToken,
     deliveries_due: Arc<Notify>,
 ) {
@@ -159,6 +302,7 @@ async fn assemble_loop(
     let mut wakeup: Option<WakeUp> = None;
     let mut failures = 0u32;
     let mut summarized = Instant::now();
+    let mut truncations_checked: Option<Instant> = None;
     while !cancel.is_cancelled() {
         if client.is_none() {
             match database.connect().await {
@@ -182,8 +326,9 @@ async fn assemble_loop(
         }
         let db = client.as_mut().expect("connected");
         let batch = assembler.run_batch(db).await;
-        if batch.is_ok() {
+        if batch.is_ok() && failures > 0 {
             failures = 0;
+            health.set_failing_batches(0);
         }
         match batch {
             Ok(Batch::Done(report)) if report.changes > 0 => {
@@ -196,7 +341,15 @@ async fn assemble_loop(
                 }
                 continue;
             }
-            Ok(Batch::Done(_)) => {}
+            Ok(Batch::Done(_)) => {
+                // Idle: the moment to look for truncations (their trigger wakes us, and the
+                // poll interval bounds how often we look).
+                if truncations_checked.is_none_or(|t| t.elapsed() >= config.assembly.poll_interval)
+                {
+                    report_truncations(db).await;
+                    truncations_checked = Some(Instant::now());
+                }
+            }
             Ok(Batch::Busy) => {
                 // Another sidecar reads changes; be ready to take over within a poll interval.
                 pause(&cancel, config.assembly.poll_interval).await;
@@ -204,6 +357,8 @@ async fn assemble_loop(
             }
             Err(e) => {
                 failures += 1;
+                counter!(m::BATCH_FAILURES).increment(1);
+                health.set_failing_batches(failures);
                 error!(error = %crate::error_chain(&e), retry_in_ms = reconnect_delay(failures).as_millis() as u64,
                        "processing a batch of changes failed; it will be retried");
                 client = None;
@@ -258,6 +413,8 @@ async fn assemble_loop(
             Ok(_) => {}
             Err(e) => {
                 failures += 1;
+                counter!(m::BATCH_FAILURES).increment(1);
+                health.set_failing_batches(failures);
                 error!(error = %crate::error_chain(&e), "processing a batch of changes failed; it will be retried");
                 client = None;
                 pause(&cancel, reconnect_delay(failures)).await;
@@ -301,12 +458,51 @@ async fn summarize_capture(db: &tokio_postgres::Client) {
     }
 }
 
+/// Logs and counts the TRUNCATEs of watched tables recorded since the last look (V7's
+/// `netbox_outbox.truncation`). NetBox sends no webhook for a TRUNCATE, and neither do we: the
+/// rows are gone without a trace of what they were, so this warning is all there is. A failure
+/// leaves the rows for the next look.
+async fn report_truncations(db: &tokio_postgres::Client) {
+    match db
+        .query(
+            "select table_name, truncated_at::text, db_user, application_name
+             from netbox_outbox.report_truncations()",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => {
+            for row in rows {
+                let (table, at, db_user, application): (String, String, String, String) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3));
+                warn!(
+                    table,
+                    truncated_at = at,
+                    db_user,
+                    application_name = application,
+                    "a watched table was truncated: its rows are gone and no webhooks were sent \
+                       for them (NetBox sends none for a TRUNCATE either)"
+                );
+                counter!(m::TRUNCATIONS, "table" => table).increment(1);
+            }
+        }
+        Err(error) => {
+            warn!(error = %crate::error_chain(&error), "could not read the recorded truncations; retrying later")
+        }
+    }
+}
+
 /// One batch of retention of finished deliveries, and its size (see `netbox_outbox.prune_deliveries`).
 pub const PRUNE_DELIVERIES: &str = "select netbox_outbox.prune_deliveries($1)";
 pub const PRUNE_BATCH: i32 = 2000;
 
 /// Heartbeat, capture self-healing, retention and sampled gauges.
-async fn housekeeping(database: Database, identity: Identity, cancel: CancellationToken) {
+async fn housekeeping(
+    database: Database,
+    identity: Identity,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) {
     let mut ticks: u64 = 0;
     let mut client = None;
     while !cancel.is_cancelled() {
@@ -320,7 +516,7 @@ async fn housekeeping(database: Database, identity: Identity, cancel: Cancellati
                     &[&identity.id],
                 )
                 .await?;
-                sample_gauges(db).await?;
+                health.sample_gauges(db).await?;
                 if ticks.is_multiple_of(6) {
                     for row in db
                         .query("select action, table_name from netbox_outbox.sync()", &[])
@@ -375,32 +571,39 @@ async fn housekeeping(database: Database, identity: Identity, cancel: Cancellati
             }
         }
         ticks += 1;
-        pause(&cancel, Duration::from_secs(10)).await;
+        pause(&cancel, HEARTBEAT).await;
     }
 }
 
-/// Backlog, oldest pending age, paused webhooks and dead deliveries, for the metrics endpoint.
-async fn sample_gauges(db: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
-    for row in db
-        .query(
-            "select webhook_name, count(*), extract(epoch from now() - min(created_at))::float8
-             from netbox_outbox.delivery where state = 'pending' group by webhook_name",
-            &[],
-        )
-        .await?
-    {
-        let name: String = row.get(0);
-        gauge!(m::BACKLOG, "webhook" => name.clone()).set(row.get::<_, i64>(1) as f64);
-        gauge!(m::OLDEST_PENDING, "webhook" => name).set(row.get::<_, f64>(2));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> Config {
+        Config::from_toml(toml, "test", std::iter::empty()).unwrap()
     }
-    let row = db
-        .query_one(
-            "select (select count(*) from netbox_outbox.webhook_state where paused_until > now()),
-                    (select count(*) from netbox_outbox.delivery where state = 'dead')",
-            &[],
-        )
-        .await?;
-    gauge!(m::PAUSED_WEBHOOKS).set(row.get::<_, i64>(0) as f64);
-    gauge!(m::DEAD_PENDING_REPLAY).set(row.get::<_, i64>(1) as f64);
-    Ok(())
+
+    #[test]
+    fn only_what_shapes_the_output_is_compared_and_each_difference_is_named() {
+        let here = fingerprint(&config(
+            "[delivery]\npayload_format = \"legacy\"\nconcurrency = 4\n[delivery.payload_format_by_webhook]\ncrm = \"netbox-4.7\"\n",
+        ));
+        let there = fingerprint(&config("[delivery]\nconcurrency = 64\n"));
+        assert_eq!(
+            differences(&here, &there),
+            vec![
+                "delivery.payload_format is \"legacy\" here and \"netbox-4.7\" there".to_string(),
+                "delivery.payload_format_by_webhook is { \"crm\" = \"netbox-4.7\" } here and {} there"
+                    .to_string(),
+            ]
+        );
+        // timing and concurrency may differ freely
+        assert!(
+            differences(
+                &there,
+                &fingerprint(&config("[delivery]\nconcurrency = 2\n"))
+            )
+            .is_empty()
+        );
+    }
 }

@@ -8,7 +8,7 @@ use minijinja::value::{Value as JValue, ValueKind};
 use minijinja::{AutoEscape, Environment, Error as JError, ErrorKind, State, UndefinedBehavior};
 use serde_json::Value;
 
-use crate::python::json::{dumps_sorted, float_repr};
+use crate::python::json::{PyNumber, dumps_sorted, float_repr, py_number};
 
 /// A template failed to parse or to render; the message says where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,7 +58,7 @@ impl Templates {
             .template_from_str(source)
             .map_err(|e| TemplateError(describe(&e, source)))?;
         template
-            .render(JValue::from_serialize(context))
+            .render(to_jinja(context))
             .map_err(|e| TemplateError(describe(&e, source)))
     }
 
@@ -126,6 +126,47 @@ fn tojson(_state: &State<'_, '_>, value: JValue) -> Result<JValue, JError> {
     Ok(JValue::from_safe_string(text))
 }
 
+/// A JSON value as a template sees it. Not `Value::from_serialize`: with serde_json's
+/// `arbitrary_precision` a number serializes as a private one-field struct. Ints stay ints (exact
+/// up to 128 bits; beyond, minijinja has no int, so a [`BigInt`] that prints its digits), floats
+/// follow [`py_number`] (`1e400` is `inf`, as after Python's `json.loads`).
+pub fn to_jinja(value: &Value) -> JValue {
+    match value {
+        Value::Null => JValue::from(()),
+        Value::Bool(b) => JValue::from(*b),
+        Value::Number(n) => match py_number(n.as_str()) {
+            PyNumber::Int(digits) => digits
+                .parse::<i64>()
+                .map(JValue::from)
+                .or_else(|_| digits.parse::<i128>().map(JValue::from))
+                .or_else(|_| digits.parse::<u128>().map(JValue::from))
+                .unwrap_or_else(|_| JValue::from_object(BigInt(digits.to_string()))),
+            PyNumber::Float(x) => JValue::from(x),
+        },
+        Value::String(s) => JValue::from(s.as_str()),
+        Value::Array(items) => items.iter().map(to_jinja).collect(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (JValue::from(k.as_str()), to_jinja(v)))
+            .collect(),
+    }
+}
+
+/// A Python int beyond 128 bits: printed with all its digits, as Python prints it; arithmetic
+/// and comparisons on it are not supported (no NetBox template does them on such a number).
+#[derive(Debug)]
+struct BigInt(String);
+
+impl minijinja::value::Object for BigInt {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Plain
+    }
+
+    fn render(self: &std::sync::Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// `str(value)` in Python.
 pub fn python_str(value: &JValue) -> String {
     match value.kind() {
@@ -141,8 +182,9 @@ pub fn python_repr(value: &JValue) -> String {
         ValueKind::None => "None".into(),
         ValueKind::Bool => if value.is_true() { "True" } else { "False" }.into(),
         ValueKind::Number => {
-            if let Some(i) = value.as_i64() {
-                i.to_string()
+            if value.is_integer() {
+                // i64, or i128/u128 for ints beyond it: their Display is the digits
+                value.to_string()
             } else if let Ok(f) = f64::try_from(value.clone()) {
                 float_repr(f)
             } else {
@@ -242,6 +284,23 @@ mod tests {
             "{'a': 1, 'b': [None, False, \"it's\"]}"
         );
         assert_eq!(render("{{ l }}", context).unwrap(), "[]");
+    }
+
+    #[test]
+    fn numbers_print_as_python_prints_them_after_json_loads() {
+        let context: Value = serde_json::from_str(
+            r#"{"big": 18446744073709551617, "inf": 1e400, "dec": 1.50, "f": 2.0, "i": 7, "huge": 1000000000000000000000000000000000000000000}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            render(
+                "{{ big }}|{{ inf }}|{{ dec }}|{{ f }}|{{ i }}|{{ big + 1 }}|{{ huge }}|{{ [huge] }}",
+                context
+            )
+            .unwrap(),
+            "18446744073709551617|inf|1.5|2.0|7|18446744073709551618|\
+             1000000000000000000000000000000000000000000|[1000000000000000000000000000000000000000000]"
+        );
     }
 
     #[test]

@@ -466,6 +466,7 @@ impl Assembler {
                     // The detail may quote a rendered URL or header holding a token: it goes to
                     // the delivery row (netbox_outbox.failed), the log gets only the field.
                     if let Err(rejection) = &built {
+                        counter!(m::REJECTED, "reason" => rejection.field).increment(1);
                         warn!(rule = %rule.name,
                               webhook = %webhook.as_ref().map(|w| w.name.as_str()).unwrap_or("(missing)"),
                               object_type = %object_type, object_id = change.object_id,

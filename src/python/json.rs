@@ -4,6 +4,11 @@
 //!
 //! NetBox sends this as the body of a webhook without a body template; receivers that verify
 //! `X-Hook-Signature` hash these exact bytes.
+//!
+//! Numbers keep the digits PostgreSQL wrote (serde_json's `arbitrary_precision`), and are written
+//! as Python writes what `json.loads` made of them: a literal without `.`, `e` or `E` is an `int`
+//! of any size (`18446744073709551617` stays exact), any other is a `float` (`1.50` becomes
+//! `1.5`, `1e400` becomes `Infinity`), see [`number_form`].
 
 use std::io::{self, Write};
 
@@ -97,6 +102,43 @@ pub fn float_repr(x: f64) -> String {
     out
 }
 
+/// What Python's `json.loads` reads a JSON number literal as.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PyNumber<'a> {
+    /// An `int`: the literal's digits, exact at any size.
+    Int(&'a str),
+    /// A `float`, `inf` when the literal overflows as in Python.
+    Float(f64),
+}
+
+/// Classifies a JSON number literal as Python's `json.loads` does (`int` unless it has a
+/// fraction or an exponent).
+pub fn py_number(literal: &str) -> PyNumber<'_> {
+    if literal.contains(['.', 'e', 'E']) {
+        // Rust, like Python's float(), reads an overflowing literal as infinity
+        PyNumber::Float(literal.parse().unwrap_or(f64::NAN))
+    } else {
+        PyNumber::Int(literal)
+    }
+}
+
+/// `json.dumps(json.loads(literal))` for one number literal: `-0` is the int `0`, floats are
+/// written as `repr` writes them, and the non-finite ones as `NaN`, `Infinity`, `-Infinity`.
+pub fn number_form(literal: &str) -> String {
+    match py_number(literal) {
+        PyNumber::Int(digits) if digits.trim_start_matches('-').bytes().all(|b| b == b'0') => {
+            "0".into()
+        }
+        PyNumber::Int(digits) => digits.into(),
+        PyNumber::Float(x) => match float_repr(x).as_str() {
+            "nan" => "NaN".into(),
+            "inf" => "Infinity".into(),
+            "-inf" => "-Infinity".into(),
+            other => other.into(),
+        },
+    }
+}
+
 struct PythonFormatter;
 
 impl Formatter for PythonFormatter {
@@ -129,13 +171,16 @@ impl Formatter for PythonFormatter {
     }
 
     fn write_f64<W: ?Sized + Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
-        let text = match float_repr(value).as_str() {
-            "nan" => "NaN".to_string(),
-            "inf" => "Infinity".to_string(),
-            "-inf" => "-Infinity".to_string(),
-            other => other.to_string(),
-        };
-        writer.write_all(text.as_bytes())
+        writer.write_all(number_form(&format!("{value:e}")).as_bytes())
+    }
+
+    /// Every `Number` comes here (`arbitrary_precision`): its literal as PostgreSQL wrote it.
+    fn write_number_str<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        value: &str,
+    ) -> io::Result<()> {
+        writer.write_all(number_form(value).as_bytes())
     }
 
     fn write_string_fragment<W: ?Sized + Write>(
@@ -224,6 +269,33 @@ mod tests {
         assert_eq!(
             dumps(&json!({"a": {"b": [1, {"c": "d"}]}})),
             r#"{"a": {"b": [1, {"c": "d"}]}}"#
+        );
+    }
+
+    #[test]
+    fn numbers_beyond_f64_and_u64_are_written_as_python_writes_them() {
+        // python3 -c 'import json; print(json.dumps(json.loads(text)))', the text being what
+        // PostgreSQL's jsonb writes (1e400 in a jsonb prints as 1 and 400 zeros: an int)
+        let big = format!("1{}", "0".repeat(400));
+        let text = format!(
+            r#"{{"u": 18446744073709551617, "neg": -18446744073709551617, "jsonb_1e400": {big}, "inf": 1e400, "ninf": -1e400, "dec": 1.50, "exp": 2E3, "z": -0, "small": 1e-5, "f": 0.30000000000000004}}"#
+        );
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            dumps(&value),
+            format!(
+                r#"{{"u": 18446744073709551617, "neg": -18446744073709551617, "jsonb_1e400": {big}, "inf": Infinity, "ninf": -Infinity, "dec": 1.5, "exp": 2000.0, "z": 0, "small": 1e-05, "f": 0.30000000000000004}}"#
+            )
+        );
+        // numbers made in Rust take the same path
+        assert_eq!(
+            dumps(&json!([1e22, 0.1, -0.0, u64::MAX])),
+            "[1e+22, 0.1, -0.0, 18446744073709551615]"
+        );
+        assert_eq!(py_number("1e400"), PyNumber::Float(f64::INFINITY));
+        assert_eq!(
+            py_number("18446744073709551617"),
+            PyNumber::Int("18446744073709551617")
         );
     }
 }

@@ -1,12 +1,15 @@
 //! Python's equality, ordering, membership and truthiness over JSON values, as NetBox's
 //! condition engine applies them to `json.loads` output.
 //!
-//! serde_json keeps integers and floats apart as Python's `json.loads` does: `1` is an `int`,
-//! `1.0` a `float`, and both equal `true`.
+//! Numbers are told apart as Python's `json.loads` tells them (see [`crate::python::json::py_number`]):
+//! `1` is an `int` of any size, `1.0` and `1e400` (infinity) are `float`s, and `1`, `1.0` and
+//! `true` are equal.
 
 use std::cmp::Ordering;
 
 use serde_json::{Number, Value};
+
+use crate::python::json::{PyNumber, py_number};
 
 /// Python's type of a JSON value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +51,7 @@ impl PyType {
 }
 
 fn is_float(n: &Number) -> bool {
-    n.is_f64()
+    matches!(py_number(n.as_str()), PyNumber::Float(_))
 }
 
 /// A numeric value: Python's bool, int or float.
@@ -61,15 +64,14 @@ enum Num {
 fn number(value: &Value) -> Option<Num> {
     match value {
         Value::Bool(b) => Some(Num::Int(i128::from(*b))),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Some(Num::Int(i128::from(i)))
-            } else if let Some(u) = n.as_u64() {
-                Some(Num::Int(i128::from(u)))
-            } else {
-                n.as_f64().map(Num::Float)
-            }
-        }
+        Value::Number(n) => match py_number(n.as_str()) {
+            PyNumber::Int(digits) => Some(match digits.parse::<i128>() {
+                Ok(i) => Num::Int(i),
+                // beyond i128 (±1.7e38) an int is compared through its nearest float
+                Err(_) => Num::Float(digits.parse().unwrap_or(f64::NAN)),
+            }),
+            PyNumber::Float(x) => Some(Num::Float(x)),
+        },
         _ => None,
     }
 }
@@ -186,6 +188,15 @@ mod tests {
         assert_eq!(PyType::of(&v("1.0")), PyType::Float);
         assert_eq!(PyType::of(&v("1")), PyType::Int);
         assert_eq!(cmp(&v("2"), &v("1.5")), Ok(Ordering::Greater));
+        // ints beyond u64 stay exact; a float literal that overflows is infinity, as in Python
+        assert_eq!(PyType::of(&v("18446744073709551617")), PyType::Int);
+        assert!(!eq(&v("18446744073709551617"), &v("18446744073709551616")));
+        assert_eq!(PyType::of(&v("1e400")), PyType::Float);
+        assert_eq!(
+            cmp(&v("1e400"), &v("18446744073709551617")),
+            Ok(Ordering::Greater)
+        );
+        assert!(truthy(&v("1e400")));
         assert!(cmp(&v("\"a\""), &v("1")).is_err());
         assert!(cmp(&Value::Null, &v("1")).is_err());
     }

@@ -61,3 +61,6 @@ mod postgres_client;
 mod related;
 /// Several sidecars, crashes, shutdowns and per-object order.
 mod resilience;
+/// Silent gaps made visible: stalls in /metrics, /readyz and the documented alerts, TRUNCATE,
+/// one configuration per database, numbers beyond u64 and f64.
+mod stalls;

@@ -324,11 +324,11 @@ fn py_str(value: &Value) -> String {
         Value::Null => "None".into(),
         Value::Bool(true) => "True".into(),
         Value::Bool(false) => "False".into(),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() => crate::python::json::float_repr(f),
-            _ => n.to_string(),
+        Value::Number(n) => match crate::python::json::py_number(n.as_str()) {
+            crate::python::json::PyNumber::Float(f) => crate::python::json::float_repr(f),
+            crate::python::json::PyNumber::Int(_) => crate::python::json::number_form(n.as_str()),
         },
-        other => crate::template::python_str(&minijinja::Value::from_serialize(other)),
+        other => crate::template::python_str(&crate::template::to_jinja(other)),
     }
 }
 
