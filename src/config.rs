@@ -109,6 +109,12 @@ pub struct NetboxConfig {
     pub base_path: String,
     /// Environment variables templates may read with the `env` filter (JINJA_ENVIRONMENT_PARAMS).
     pub template_environment: Vec<String>,
+    /// How much work one template may do (minijinja fuel: roughly one unit per instruction).
+    pub template_fuel: u64,
+    /// How long the sidecar waits for one request's templates before rejecting the delivery.
+    pub template_timeout: Duration,
+    /// The most bytes one template may render.
+    pub template_max_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +201,9 @@ struct RawAssembly {
 struct RawNetbox {
     base_path: Option<String>,
     template_environment: Option<Vec<String>>,
+    template_fuel: Option<usize>,
+    template_timeout: Option<String>,
+    template_max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -389,6 +398,18 @@ impl Config {
             netbox: NetboxConfig {
                 base_path,
                 template_environment: raw.netbox.template_environment.unwrap_or_default(),
+                template_fuel: positive(
+                    "netbox.template_fuel",
+                    raw.netbox.template_fuel.unwrap_or(1_000_000),
+                )? as u64,
+                template_timeout: nonzero(
+                    "netbox.template_timeout",
+                    duration_or("netbox.template_timeout", raw.netbox.template_timeout, "2s")?,
+                )?,
+                template_max_bytes: positive(
+                    "netbox.template_max_bytes",
+                    raw.netbox.template_max_bytes.unwrap_or(1 << 20),
+                )?,
             },
             metrics: MetricsConfig {
                 listen: metrics_listen,
@@ -519,7 +540,16 @@ const KEYS: [(&str, &[&str]); 9] = [
         ],
     ),
     ("assembly", &["poll_interval", "chunk_size", "listen"]),
-    ("netbox", &["base_path", "template_environment"]),
+    (
+        "netbox",
+        &[
+            "base_path",
+            "template_environment",
+            "template_fuel",
+            "template_timeout",
+            "template_max_bytes",
+        ],
+    ),
     ("metrics", &["listen"]),
     ("log", &["format", "level"]),
     ("shutdown", &["grace_period"]),

@@ -81,7 +81,7 @@ impl Assembler {
     pub fn new(config: Config) -> Self {
         Assembler {
             netbox: Netbox::new(config.netbox.clone()),
-            templates: Arc::new(Templates::new(config.netbox.template_environment.clone())),
+            templates: Arc::new(Templates::from_config(&config.netbox)),
             rules: RuleSet::default(),
             rules_read: None,
             config,
