@@ -101,6 +101,8 @@ pub struct AssemblyConfig {
     pub chunk_size: usize,
     /// LISTEN for the capture's notifications; off behind PgBouncer in transaction mode.
     pub listen: bool,
+    /// How often events deferred for an unreadable model are tried again.
+    pub deferred_retry_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +196,7 @@ struct RawAssembly {
     poll_interval: Option<String>,
     chunk_size: Option<usize>,
     listen: Option<bool>,
+    deferred_retry_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -394,6 +397,14 @@ impl Config {
                     raw.assembly.chunk_size.unwrap_or(500),
                 )?,
                 listen: raw.assembly.listen.unwrap_or(true),
+                deferred_retry_interval: nonzero(
+                    "assembly.deferred_retry_interval",
+                    duration_or(
+                        "assembly.deferred_retry_interval",
+                        raw.assembly.deferred_retry_interval,
+                        "30s",
+                    )?,
+                )?,
             },
             netbox: NetboxConfig {
                 base_path,
@@ -539,7 +550,15 @@ const KEYS: [(&str, &[&str]); 9] = [
             "proxy",
         ],
     ),
-    ("assembly", &["poll_interval", "chunk_size", "listen"]),
+    (
+        "assembly",
+        &[
+            "poll_interval",
+            "chunk_size",
+            "listen",
+            "deferred_retry_interval",
+        ],
+    ),
     (
         "netbox",
         &[
