@@ -419,7 +419,8 @@ mod tests {
 
     #[test]
     fn a_runaway_loop_runs_out_of_fuel() {
-        let nested = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+        let nested =
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
         let started = Instant::now();
         let err = limited(100_000, 1 << 20)
             .render(nested, &json!({}))
@@ -434,7 +435,10 @@ mod tests {
         // an ordinary template is far within it
         assert!(
             limited(10_000, 1 << 20)
-                .render("{% for k, v in d|items %}{{ k }}={{ v }};{% endfor %}", &json!({"d": {"a": 1, "b": 2}}))
+                .render(
+                    "{% for k, v in d|items %}{{ k }}={{ v }};{% endfor %}",
+                    &json!({"d": {"a": 1, "b": 2}})
+                )
                 .is_ok()
         );
     }
@@ -442,11 +446,19 @@ mod tests {
     #[test]
     fn output_is_capped() {
         let err = limited(1 << 40, 1000)
-            .render("{% for i in range(100000) %}xxxxxxxxxx{% endfor %}", &json!({}))
+            .render(
+                "{% for i in range(100000) %}xxxxxxxxxx{% endfor %}",
+                &json!({}),
+            )
             .unwrap_err();
-        assert!(err.0.contains("1000 bytes (netbox.template_max_bytes)"), "{err}");
+        assert!(
+            err.0.contains("1000 bytes (netbox.template_max_bytes)"),
+            "{err}"
+        );
         assert_eq!(
-            limited(1 << 40, 10).render("0123456789", &json!({})).unwrap(),
+            limited(1 << 40, 10)
+                .render("0123456789", &json!({}))
+                .unwrap(),
             "0123456789"
         );
     }

@@ -161,9 +161,10 @@ impl Assembler {
     ) -> Result<Vec<Option<TxChange>>, tokio_postgres::Error> {
         let ids: Vec<i64> = deferred.iter().map(|d| d.object_id).collect();
         let mut rows: HashMap<i64, Row> = match self.netbox.table(model) {
-            Some(table) if source::existing_tables(tx, std::slice::from_ref(&table))
-                .await?
-                .contains(&table) =>
+            Some(table)
+                if source::existing_tables(tx, std::slice::from_ref(&table))
+                    .await?
+                    .contains(&table) =>
             {
                 source::live_rows(tx, &table, &ids).await?
             }

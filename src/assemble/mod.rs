@@ -489,8 +489,7 @@ impl Assembler {
         tx: &tokio_postgres::Transaction<'_>,
         txid_floor: i64,
         changes: &[&TxChange],
-    ) -> Result<(Vec<Option<netbox::Rendered>>, BTreeMap<i32, String>), tokio_postgres::Error>
-    {
+    ) -> Result<(Vec<Option<netbox::Rendered>>, BTreeMap<i32, String>), tokio_postgres::Error> {
         let all = netbox::render(tx, &self.netbox, txid_floor, changes.iter().copied());
         if let Ok(rendered) = isolated(tx, all).await? {
             return Ok((rendered.into_iter().map(Some).collect(), BTreeMap::new()));
@@ -663,7 +662,7 @@ impl Assembler {
             let built = built.map_err(|r| r.detail);
             counter!(m::DELIVERIES_CREATED,
                      "webhook" => webhook.as_ref().map(|w| w.name.clone()).unwrap_or_default())
-                .increment(1);
+            .increment(1);
             deliveries.push(NewDelivery {
                 event: event_index,
                 rule_id: rule.id,
@@ -686,9 +685,11 @@ impl Assembler {
 }
 
 /// Builds a request on a blocking thread, so that a slow template never holds up the async
-/// workers (health endpoints, shutdown, delivery). Fuel stops the thread; the sidecar waits at
-/// most `template_timeout` for it, and a template still running then is a rejection (its thread
-/// runs on until its fuel is spent, and its result is dropped).
+/// workers (health endpoints, shutdown, delivery). The thread stops itself: at its fuel, or at
+/// `template_timeout` once the template writes (the error then names the field). The sidecar
+/// waits a second longer than that, as the backstop for a template that neither writes nor
+/// runs out of fuel; its thread then runs on until its fuel is spent, and its result is
+/// dropped.
 async fn build_bounded(
     webhook: Arc<Webhook>,
     context: Value,
@@ -699,7 +700,7 @@ async fn build_bounded(
     let task = tokio::task::spawn_blocking(move || {
         request::build(&webhook, &context, &templates, default_timeout)
     });
-    match tokio::time::timeout(limit, task).await {
+    match tokio::time::timeout(limit + Duration::from_secs(1), task).await {
         Ok(Ok(built)) => built,
         Ok(Err(failed)) => Err(BuildError {
             field: "templates",
@@ -708,8 +709,8 @@ async fn build_bounded(
         Err(_) => Err(BuildError {
             field: "templates",
             message: format!(
-                "rendering took longer than {limit:?} (netbox.template_timeout); simplify the \
-                 templates, or raise the limit"
+                "rendering the webhook's templates did not finish within {limit:?} \
+                 (netbox.template_timeout); simplify them, or raise the limit"
             ),
         }),
     }

@@ -46,6 +46,9 @@ mod capture;
 mod deliver;
 /// Which changes become webhooks, merged, matched and rendered how.
 mod events;
+/// Failure is local: runaway templates, schema drift, revoked grants and failing conditions
+/// cost one delivery or one model's events, never the batch; drift heals without a restart.
+mod local_failure;
 /// Applying the migrations, by the binary and by a DBA with psql.
 mod migrate;
 /// Operating it: commands, SQL cookbook, metrics, least privilege, uninstall.
