@@ -321,15 +321,15 @@ impl Assembler {
             let table = self.netbox.table(*ct);
             // A table dropped since its changes were captured: its rows are gone, and the
             // captured images are all there is (reading it would fail the whole batch).
-            let readable = table.as_ref().filter(|t| existing.contains(*t));
             if let Some(table) = &table
-                && readable.is_none()
+                && !existing.contains(table)
             {
                 warn!(table = %table, objects = ids.len(),
                       "a watched table no longer exists; its changes are rendered from what was captured");
+                continue;
             }
             let read = isolated(tx, async {
-                let rows = match readable {
+                let rows = match &table {
                     Some(table) => source::live_rows(tx, table, ids).await?,
                     None => HashMap::new(),
                 };
