@@ -249,7 +249,30 @@ async fn a_template_with_nested_loops_is_rejected_and_blocks_nothing() {
     sidecar.stop().await;
 }
 
-/// A nested loop that writes nothing runs out of fuel (the default budget).
+/// The netbox-outbox binary with `args` against `db`: its exit code and everything it printed.
+async fn cli(db: &TestDb, args: &[&str]) -> (Option<i32>, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_netbox-outbox"))
+        .args(args)
+        .env_remove("NETBOX_OUTBOX_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("DATABASE_URL", db.url())
+        .output();
+    let output = tokio::time::timeout(WAIT, output)
+        .await
+        .expect("the command ends")
+        .expect("run netbox-outbox");
+    (
+        output.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// A nested loop that writes nothing runs out of fuel (the default budget), in the sidecar and
+/// in `check`, `test-webhook` and `replay --rerender` alike.
 #[tokio::test]
 async fn a_template_that_loops_without_writing_runs_out_of_fuel() {
     let db = TestDb::migrated().await;
@@ -270,6 +293,27 @@ async fn a_template_that_loops_without_writing_runs_out_of_fuel() {
     }
     good_receives(&receiver, "dcim.site", "alpha").await;
     sidecar.stop().await;
+
+    let rejected: i64 = client
+        .query_one(
+            "select id from netbox_outbox.delivery where event_rule_name = 'bad'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let rejected = rejected.to_string();
+    // check warns (a template may fail only for its sample event); the others fail.
+    let (_, said) = cli(&db, &["check"]).await;
+    assert!(said.contains("netbox.template_fuel"), "{said}");
+    for args in [
+        vec!["test-webhook", "bad", "--dry-run"],
+        vec!["replay", "--rerender", "--delivery", &rejected],
+    ] {
+        let (code, said) = cli(&db, &args).await;
+        assert_ne!(code, Some(0), "{args:?}: {said}");
+        assert!(said.contains("netbox.template_fuel"), "{args:?}: {said}");
+    }
 }
 
 /// A template writing more than template_max_bytes (1 MiB by default) is rejected.
