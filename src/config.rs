@@ -103,6 +103,8 @@ pub struct AssemblyConfig {
     pub chunk_size: usize,
     /// LISTEN for the capture's notifications; off behind PgBouncer in transaction mode.
     pub listen: bool,
+    /// How often events deferred for an unreadable model are tried again.
+    pub deferred_retry_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,12 @@ pub struct NetboxConfig {
     pub base_path: String,
     /// Environment variables templates may read with the `env` filter (JINJA_ENVIRONMENT_PARAMS).
     pub template_environment: Vec<String>,
+    /// How much work one template may do (minijinja fuel: roughly one unit per instruction).
+    pub template_fuel: u64,
+    /// How long the sidecar waits for one request's templates before rejecting the delivery.
+    pub template_timeout: Duration,
+    /// The most bytes one template may render.
+    pub template_max_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +199,7 @@ struct RawAssembly {
     poll_interval: Option<String>,
     chunk_size: Option<usize>,
     listen: Option<bool>,
+    deferred_retry_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +207,9 @@ struct RawAssembly {
 struct RawNetbox {
     base_path: Option<String>,
     template_environment: Option<Vec<String>>,
+    template_fuel: Option<usize>,
+    template_timeout: Option<String>,
+    template_max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -388,10 +400,30 @@ impl Config {
                     raw.assembly.chunk_size.unwrap_or(500),
                 )?,
                 listen: raw.assembly.listen.unwrap_or(true),
+                deferred_retry_interval: nonzero(
+                    "assembly.deferred_retry_interval",
+                    duration_or(
+                        "assembly.deferred_retry_interval",
+                        raw.assembly.deferred_retry_interval,
+                        "30s",
+                    )?,
+                )?,
             },
             netbox: NetboxConfig {
                 base_path,
                 template_environment: raw.netbox.template_environment.unwrap_or_default(),
+                template_fuel: positive(
+                    "netbox.template_fuel",
+                    raw.netbox.template_fuel.unwrap_or(1_000_000),
+                )? as u64,
+                template_timeout: nonzero(
+                    "netbox.template_timeout",
+                    duration_or("netbox.template_timeout", raw.netbox.template_timeout, "2s")?,
+                )?,
+                template_max_bytes: positive(
+                    "netbox.template_max_bytes",
+                    raw.netbox.template_max_bytes.unwrap_or(1 << 20),
+                )?,
             },
             metrics: MetricsConfig {
                 listen: metrics_listen,
@@ -492,8 +524,25 @@ const KEYS: [(&str, &[&str]); 9] = [
             "proxy",
         ],
     ),
-    ("assembly", &["poll_interval", "chunk_size", "listen"]),
-    ("netbox", &["base_path", "template_environment"]),
+    (
+        "assembly",
+        &[
+            "poll_interval",
+            "chunk_size",
+            "listen",
+            "deferred_retry_interval",
+        ],
+    ),
+    (
+        "netbox",
+        &[
+            "base_path",
+            "template_environment",
+            "template_fuel",
+            "template_timeout",
+            "template_max_bytes",
+        ],
+    ),
     ("metrics", &["listen", "stall_after"]),
     ("log", &["format", "level"]),
     ("shutdown", &["grace_period"]),

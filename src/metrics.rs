@@ -28,6 +28,10 @@ pub const FAILING_BATCHES: &str = "netbox_outbox_failing_batches";
 pub const BATCH_FAILURES: &str = "netbox_outbox_batch_failures_total";
 pub const REJECTED: &str = "netbox_outbox_deliveries_rejected_total";
 pub const TRUNCATIONS: &str = "netbox_outbox_truncations_total";
+/// Events deferred because their model could not be read (schema drift, a missing grant).
+pub const EVENTS_DEFERRED: &str = "netbox_outbox_events_deferred_total";
+/// Events waiting in netbox_outbox.deferred, as of the last retry (0 when all is well).
+pub const DEFERRED_EVENTS: &str = "netbox_outbox_deferred_events";
 
 /// Registers the descriptions and returns a handle that renders the Prometheus text format.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -53,9 +57,17 @@ fn describe() {
     );
     describe_counter!(
         EVENTS,
-        "Events built from captured changes, by outcome (dispatched, no_rule, filtered)."
+        "Events built from captured changes, by outcome (dispatched, no_rule, filtered, deferred)."
     );
     describe_counter!(EVENTS_DISPATCHED, "Events that matched at least one rule.");
+    describe_counter!(
+        EVENTS_DEFERRED,
+        "Events deferred because their model could not be read or rendered, by model."
+    );
+    describe_gauge!(
+        DEFERRED_EVENTS,
+        "Events waiting for their model to read again (netbox_outbox.deferred)."
+    );
     describe_counter!(
         DELIVERIES_CREATED,
         "Deliveries created, by webhook (rejected ones included)."

@@ -302,7 +302,7 @@ mod tests {
         build(
             w,
             &context(),
-            &Templates::new(vec![]),
+            &Templates::new(vec![], Default::default()),
             Duration::from_secs(60),
         )
     }

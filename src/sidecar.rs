@@ -325,13 +325,18 @@ async fn assemble_loop(
             }
         }
         let db = client.as_mut().expect("connected");
-        let batch = assembler.run_batch(db).await;
+        // Shutdown does not wait for a batch (its templates may take up to their time limit):
+        // dropped, its transaction rolls back, and the next start reads the batch again.
+        let batch = tokio::select! {
+            () = cancel.cancelled() => break,
+            batch = assembler.run_batch(db) => batch,
+        };
         if batch.is_ok() && failures > 0 {
             failures = 0;
             health.set_failing_batches(0);
         }
         match batch {
-            Ok(Batch::Done(report)) if report.changes > 0 => {
+            Ok(Batch::Done(report)) if report.changes > 0 || report.deliveries > 0 => {
                 if report.deliveries > 0 {
                     deliveries_due.notify_one();
                 }
@@ -399,7 +404,11 @@ async fn assemble_loop(
         }
         // Asleep: one more look for changes committed by writers that saw us awake.
         let db = client.as_mut().expect("connected");
-        match assembler.run_batch(db).await {
+        let batch = tokio::select! {
+            () = cancel.cancelled() => break,
+            batch = assembler.run_batch(db) => batch,
+        };
+        match batch {
             Ok(Batch::Done(report)) if report.changes > 0 => {
                 if report.deliveries > 0 {
                     deliveries_due.notify_one();

@@ -3,6 +3,11 @@
 //! undefined variables print as nothing, values print as Python prints them (`None`, `True`,
 //! `{'a': 1}`), `tojson` sorts keys and escapes like Jinja2's, and NetBox's `header_safe` and
 //! `env` filters exist.
+//!
+//! Rendering is bounded ([`Limits`]): a template is a webhook owner's input, and one that loops
+//! for ever or writes gigabytes must cost one rejected delivery, not the sidecar.
+
+use std::time::{Duration, Instant};
 
 use minijinja::value::{Value as JValue, ValueKind};
 use minijinja::{AutoEscape, Environment, Error as JError, ErrorKind, State, UndefinedBehavior};
@@ -15,15 +20,49 @@ use crate::python::json::{PyNumber, dumps_sorted, float_repr, py_number};
 #[error("{0}")]
 pub struct TemplateError(pub String);
 
+/// What one template may cost (`[netbox] template_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// minijinja's fuel: about one unit per instruction, so loops that write nothing stop too.
+    pub fuel: u64,
+    /// Wall-clock time for one template; checked as output is written (fuel is the hard stop).
+    pub timeout: Duration,
+    /// Bytes of output.
+    pub max_bytes: usize,
+}
+
+impl Limits {
+    pub fn of(config: &crate::config::NetboxConfig) -> Self {
+        Limits {
+            fuel: config.template_fuel,
+            timeout: config.template_timeout,
+            max_bytes: config.template_max_bytes,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::of(&crate::config::Config::defaults().netbox)
+    }
+}
+
 /// The rendering environment, built once.
 pub struct Templates {
     env: Environment<'static>,
+    limits: Limits,
 }
 
 impl Templates {
+    /// The environment for a configuration: its `env` patterns and its limits.
+    pub fn from_config(config: &crate::config::NetboxConfig) -> Self {
+        Templates::new(config.template_environment.clone(), Limits::of(config))
+    }
+
     /// `environment_patterns`: the variables the `env` filter may read (JINJA_ENVIRONMENT_PARAMS).
-    pub fn new(environment_patterns: Vec<String>) -> Self {
+    pub fn new(environment_patterns: Vec<String>, limits: Limits) -> Self {
         let mut env = Environment::new();
+        env.set_fuel(Some(limits.fuel));
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_keep_trailing_newline(false);
@@ -48,18 +87,48 @@ impl Templates {
                 _ => JValue::from(()),
             }
         });
-        Templates { env }
+        Templates { env, limits }
     }
 
-    /// Renders `source` with `context` (a JSON object).
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Renders `source` with `context` (a JSON object), within the limits.
     pub fn render(&self, source: &str, context: &Value) -> Result<String, TemplateError> {
         let template = self
             .env
             .template_from_str(source)
             .map_err(|e| TemplateError(describe(&e, source)))?;
-        template
-            .render(to_jinja(context))
-            .map_err(|e| TemplateError(describe(&e, source)))
+        let mut out = BoundedOutput {
+            bytes: Vec::new(),
+            max_bytes: self.limits.max_bytes,
+            deadline: Instant::now() + self.limits.timeout,
+            exceeded: None,
+        };
+        match template.render_captured_to(to_jinja(context), &mut out) {
+            Ok(_) => String::from_utf8(out.bytes)
+                .map_err(|_| TemplateError("the output is not valid UTF-8".into())),
+            Err(e) => Err(TemplateError(match (out.exceeded, e.kind()) {
+                (Some(Exceeded::Bytes), _) => format!(
+                    "the output exceeds {} bytes (netbox.template_max_bytes); render less, or \
+                     raise the limit",
+                    self.limits.max_bytes
+                ),
+                (Some(Exceeded::Time), _) => format!(
+                    "rendering took longer than {:?} (netbox.template_timeout); simplify the \
+                     template, or raise the limit",
+                    self.limits.timeout
+                ),
+                (None, ErrorKind::OutOfFuel) => format!(
+                    "rendering used up its budget of {} instructions (netbox.template_fuel): a \
+                     loop runs too long{}; simplify the template, or raise the limit",
+                    self.limits.fuel,
+                    e.line().map(|l| format!(" (line {l})")).unwrap_or_default()
+                ),
+                (None, _) => describe(&e, source),
+            })),
+        }
     }
 
     /// Checks that `source` parses, without rendering it.
@@ -78,6 +147,41 @@ impl Templates {
             .template_from_str(source)
             .map(|t| t.undeclared_variables(true).into_iter().collect())
             .unwrap_or_default()
+    }
+}
+
+/// Which limit stopped a rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exceeded {
+    Bytes,
+    Time,
+}
+
+/// Collects a rendering's output, failing the write (which stops rendering) past the byte limit
+/// or the deadline.
+struct BoundedOutput {
+    bytes: Vec<u8>,
+    max_bytes: usize,
+    deadline: Instant,
+    exceeded: Option<Exceeded>,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > self.max_bytes {
+            self.exceeded = Some(Exceeded::Bytes);
+        } else if Instant::now() > self.deadline {
+            self.exceeded = Some(Exceeded::Time);
+        }
+        if self.exceeded.is_some() {
+            return Err(std::io::Error::other("template limit exceeded"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -268,7 +372,7 @@ mod tests {
     use super::*;
 
     fn render(source: &str, context: Value) -> Result<String, TemplateError> {
-        Templates::new(vec!["NBO_TEST_*".into()]).render(source, &context)
+        Templates::new(vec!["NBO_TEST_*".into()], Limits::default()).render(source, &context)
     }
 
     #[test]
@@ -336,7 +440,7 @@ mod tests {
             .unwrap(),
             "aX-Evil: 1"
         );
-        let templates = Templates::new(vec!["HO?E".into()]);
+        let templates = Templates::new(vec!["HO?E".into()], Limits::default());
         let home = std::env::var("HOME").unwrap_or_default();
         assert_eq!(
             templates.render("{{ 'HOME' | env }}", &json!({})).unwrap(),
@@ -354,6 +458,86 @@ mod tests {
         assert!(err.0.starts_with("line 1: syntax error"), "{err}");
         let err = render("{{ a | nosuchfilter }}", json!({"a": 1})).unwrap_err();
         assert!(err.0.contains("unknown filter"), "{err}");
-        assert!(Templates::new(vec![]).check("{% for %}").is_err());
+        assert!(
+            Templates::new(vec![], Limits::default())
+                .check("{% for %}")
+                .is_err()
+        );
+    }
+
+    fn limited(fuel: u64, max_bytes: usize) -> Templates {
+        Templates::new(
+            vec![],
+            Limits {
+                fuel,
+                timeout: Duration::from_secs(60),
+                max_bytes,
+            },
+        )
+    }
+
+    #[test]
+    fn a_runaway_loop_runs_out_of_fuel() {
+        let nested =
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+        let started = Instant::now();
+        let err = limited(100_000, 1 << 20)
+            .render(nested, &json!({}))
+            .unwrap_err();
+        assert!(err.0.contains("netbox.template_fuel"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // the default budget stops it too
+        let err = Templates::new(vec![], Limits::default())
+            .render(nested, &json!({}))
+            .unwrap_err();
+        assert!(err.0.contains("netbox.template_fuel"), "{err}");
+        // an ordinary template is far within it
+        assert!(
+            limited(10_000, 1 << 20)
+                .render(
+                    "{% for k, v in d|items %}{{ k }}={{ v }};{% endfor %}",
+                    &json!({"d": {"a": 1, "b": 2}})
+                )
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn output_is_capped() {
+        let err = limited(1 << 40, 1000)
+            .render(
+                "{% for i in range(100000) %}xxxxxxxxxx{% endfor %}",
+                &json!({}),
+            )
+            .unwrap_err();
+        assert!(
+            err.0.contains("1000 bytes (netbox.template_max_bytes)"),
+            "{err}"
+        );
+        assert_eq!(
+            limited(1 << 40, 10)
+                .render("0123456789", &json!({}))
+                .unwrap(),
+            "0123456789"
+        );
+    }
+
+    #[test]
+    fn the_timeout_stops_a_slow_writer() {
+        let templates = Templates::new(
+            vec![],
+            Limits {
+                fuel: 1 << 40,
+                timeout: Duration::from_millis(1),
+                max_bytes: usize::MAX,
+            },
+        );
+        let err = templates
+            .render(
+                "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+                &json!({}),
+            )
+            .unwrap_err();
+        assert!(err.0.contains("netbox.template_timeout"), "{err}");
     }
 }

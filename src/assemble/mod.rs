@@ -7,11 +7,16 @@
 //! rendered and frozen ([`store`]). The batch, its deliveries and the new read position commit
 //! together, in a REPEATABLE READ transaction whose snapshot is the batch's end, so the rows read
 //! for `data` show the objects as of the batch's commits, not as they are when webhooks go out.
+//!
+//! Failure is local: a template, condition or missing webhook rejects one delivery; a model
+//! whose rows or related rows cannot be read (a renamed column, a missing grant) defers that
+//! model's events ([`deferred`]) under a savepoint, and every other model goes on.
 
+pub mod deferred;
 pub mod source;
 pub mod store;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,13 +26,13 @@ use tokio_postgres::{Client, IsolationLevel};
 use tracing::{debug, warn};
 
 use self::source::{BatchReader, Snapshot};
-use self::store::{NewDelivery, NewEvent};
+use self::store::{NewDeferral, NewDelivery, NewEvent};
 use crate::change::history::{ObjectHistory, TxChange};
 use crate::config::Config;
 use crate::metrics as m;
 use crate::netbox::{self, Netbox};
-use crate::request::{self, EventContext};
-use crate::rules::RuleSet;
+use crate::request::{self, BuildError, EventContext, FrozenRequest};
+use crate::rules::{RuleSet, Webhook};
 use crate::template::Templates;
 
 /// The advisory lock that makes one sidecar at a time read changes.
@@ -66,6 +71,8 @@ pub struct Assembler {
     netbox: Netbox,
     rules: RuleSet,
     rules_read: Option<Instant>,
+    /// When deferred events were last tried again.
+    deferred_tried: Option<Instant>,
     templates: Arc<Templates>,
 }
 
@@ -80,9 +87,10 @@ impl Assembler {
     pub fn new(config: Config) -> Self {
         Assembler {
             netbox: Netbox::new(config.netbox.clone()),
-            templates: Arc::new(Templates::new(config.netbox.template_environment.clone())),
+            templates: Arc::new(Templates::from_config(&config.netbox)),
             rules: RuleSet::default(),
             rules_read: None,
+            deferred_tried: None,
             config,
         }
     }
@@ -144,14 +152,22 @@ impl Assembler {
             Some("netbox") => Mode::Netbox,
             _ => Mode::All,
         };
-        if from.xmax == to.xmax && from.xip == to.xip {
+        let retry_due = self
+            .deferred_tried
+            .is_none_or(|t| t.elapsed() >= self.config.assembly.deferred_retry_interval);
+        if from.xmax == to.xmax && from.xip == to.xip && !retry_due {
             tx.rollback().await?;
             return Ok(BatchReport::default());
         }
 
         self.refresh_configuration(&tx, false).await?;
-        let netbox_txs = source::netbox_transactions(&tx, &from, &to).await?;
         let mut report = BatchReport::default();
+        if retry_due {
+            // Before the new changes, so a model fixed since gets its older events out first.
+            report.deliveries += self.retry_deferred(&tx).await?;
+            self.deferred_tried = Some(Instant::now());
+        }
+        let netbox_txs = source::netbox_transactions(&tx, &from, &to).await?;
         // NetBox matches a request's events against the rules as they are when the request
         // ends, so a rule or webhook created just before a change must apply to it: the batch
         // reads changes of NetBox's configuration first and, if there are any, re-reads the
@@ -166,6 +182,7 @@ impl Assembler {
         let mut chunk: Vec<ObjectHistory> = Vec::new();
         let mut events: Vec<NewEvent> = Vec::new();
         let mut deliveries: Vec<NewDelivery> = Vec::new();
+        let mut deferrals: Vec<NewDeferral> = Vec::new();
         loop {
             let next = reader.next_object().await?;
             let end = next.is_none();
@@ -195,12 +212,14 @@ impl Assembler {
                     from.xmin,
                     &mut events,
                     &mut deliveries,
+                    &mut deferrals,
                 )
                 .await?;
                 report.events += events.len() as u64;
-                report.deliveries += store::insert(&tx, &events, &deliveries).await?;
+                report.deliveries += store::insert(&tx, &events, &deliveries, &deferrals).await?;
                 events.clear();
                 deliveries.clear();
+                deferrals.clear();
             }
             if end {
                 break;
@@ -277,6 +296,7 @@ impl Assembler {
         txid_floor: i64,
         events: &mut Vec<NewEvent>,
         deliveries: &mut Vec<NewDelivery>,
+        deferrals: &mut Vec<NewDeferral>,
     ) -> Result<(), tokio_postgres::Error> {
         // The rows and tags as they stand in the batch's snapshot: the state after each
         // object's last change.
@@ -289,26 +309,44 @@ impl Assembler {
         }
         let mut live_rows: HashMap<(i32, i64), crate::change::Row> = HashMap::new();
         let mut live_tags: HashMap<(i32, i64), BTreeSet<i64>> = HashMap::new();
+        // Models whose rows could not be read or rendered, with the database's reason.
+        let mut failing: BTreeMap<i32, String> = BTreeMap::new();
         let tables: Vec<String> = by_type
             .keys()
             .filter_map(|ct| self.netbox.table(*ct))
             .collect();
         let existing = source::existing_tables(tx, &tables).await?;
         for (ct, ids) in &by_type {
-            if let Some(table) = self.netbox.table(*ct) {
-                // A table dropped since its changes were captured: its rows are gone, and the
-                // captured images are all there is (reading it would fail the whole batch).
-                if !existing.contains(&table) {
-                    warn!(table = %table, objects = ids.len(),
-                          "a watched table no longer exists; its changes are rendered from what was captured");
-                    continue;
-                }
-                for (id, row) in source::live_rows(tx, &table, ids).await? {
-                    live_rows.insert((*ct, id), row);
-                }
+            let table = self.netbox.table(*ct);
+            // A table dropped since its changes were captured: its rows are gone, and the
+            // captured images are all there is (reading it would fail the whole batch).
+            if let Some(table) = &table
+                && !existing.contains(table)
+            {
+                warn!(table = %table, objects = ids.len(),
+                      "a watched table no longer exists; its changes are rendered from what was captured");
+                continue;
             }
-            for (id, tags) in source::live_tags(tx, *ct, ids).await? {
-                live_tags.insert((*ct, id), tags);
+            let read = isolated(tx, async {
+                let rows = match &table {
+                    Some(table) => source::live_rows(tx, table, ids).await?,
+                    None => HashMap::new(),
+                };
+                Ok((rows, source::live_tags(tx, *ct, ids).await?))
+            })
+            .await?;
+            match read {
+                Ok((rows, tags)) => {
+                    for (id, row) in rows {
+                        live_rows.insert((*ct, id), row);
+                    }
+                    for (id, tags) in tags {
+                        live_tags.insert((*ct, id), tags);
+                    }
+                }
+                Err(reason) => {
+                    failing.insert(*ct, reason);
+                }
             }
         }
 
@@ -319,6 +357,9 @@ impl Assembler {
             if !self.netbox.is_watched(h.content_type_id) {
                 continue;
             }
+            // Without its current row, a model that could not be read merges as if its objects
+            // were gone: its events are deferred rather than judged as noise or vanished.
+            let unread = failing.contains_key(&h.content_type_id);
             for change in h.merge(
                 live_rows.remove(&key),
                 live_tags.remove(&key).unwrap_or_default(),
@@ -327,11 +368,11 @@ impl Assembler {
                     .netbox
                     .table(change.content_type_id)
                     .unwrap_or_default();
-                if change.is_noise(|column| self.netbox.is_ignored(&table, column)) {
+                if !unread && change.is_noise(|column| self.netbox.is_ignored(&table, column)) {
                     counter!(m::EVENTS, "outcome" => "noise").increment(1);
                     continue;
                 }
-                if change.vanished() {
+                if !unread && change.vanished() {
                     // Nothing captured says what the object looked like after this change, so
                     // any payload would be made up (NetBox would not have sent one either:
                     // TRUNCATE and dropped tables bypass its signals).
@@ -346,7 +387,8 @@ impl Assembler {
                 let emit = match mode {
                     Mode::All => true,
                     Mode::Netbox => {
-                        change.logged_by_netbox() || (netbox_tx && change.last_updated_moved())
+                        change.logged_by_netbox()
+                            || (netbox_tx && (unread || change.last_updated_moved()))
                     }
                 };
                 if !emit {
@@ -362,23 +404,26 @@ impl Assembler {
 
         // Build data and snapshots for the events some rule may match (NetBox builds data lazily
         // too, only when a rule matches).
-        let wanted: Vec<usize> = changes
+        let wanted: Vec<&TxChange> = changes
             .iter()
-            .enumerate()
-            .filter(|(_, c)| self.rules.watches(c.content_type_id))
-            .map(|(i, _)| i)
+            .filter(|c| {
+                self.rules.watches(c.content_type_id) && !failing.contains_key(&c.content_type_id)
+            })
             .collect();
-        let rendered = netbox::render(
-            tx,
-            &self.netbox,
-            txid_floor,
-            wanted.iter().map(|&i| &changes[i]),
-        )
-        .await?;
-        let mut rendered_by_index: HashMap<usize, netbox::Rendered> =
-            wanted.into_iter().zip(rendered).collect();
+        let (rendered, render_failures) = self.render_isolated(tx, txid_floor, &wanted).await?;
+        let wanted: Vec<(i32, i64, i64)> = wanted
+            .iter()
+            .map(|c| (c.content_type_id, c.object_id, c.seq))
+            .collect();
+        let mut rendered_by_change: HashMap<(i32, i64, i64), netbox::Rendered> = wanted
+            .into_iter()
+            .zip(rendered)
+            .filter_map(|(key, r)| Some((key, r?)))
+            .collect();
+        failing.extend(render_failures);
+        self.report_failing(&failing, &changes);
 
-        for (index, change) in changes.into_iter().enumerate() {
+        for change in changes {
             let object_type = self
                 .netbox
                 .object_type(change.content_type_id)
@@ -386,118 +431,33 @@ impl Assembler {
             let (request_id, user_name, origin) = attribution(&change, netbox_txs);
             let event_index = events.len();
             let mut delivered = 0;
-            if let Some(rendered) = rendered_by_index.remove(&index) {
+            let rendered =
+                rendered_by_change.remove(&(change.content_type_id, change.object_id, change.seq));
+            if let Some(rendered) = rendered {
                 let request_block =
                     request_block(&change, &rendered, &request_id, &user_name, &self.netbox);
-                let mut condition_data = rendered.data.clone();
-                condition_data.insert("snapshots".into(), rendered.snapshots.clone());
-                let action = change.action;
-                for rule in self
-                    .rules
-                    .candidates(action.event_type(), change.content_type_id)
-                {
-                    let bad_conditions = |error: &dyn std::fmt::Display| Rejection {
-                        field: "conditions",
-                        detail: format!(
-                            "event rule {:?}: conditions: {error}; fix the rule's conditions in \
-                             NetBox, then send what was rejected again: netbox-outbox replay --rerender",
-                            rule.name
-                        ),
-                    };
-                    let verdict = match &rule.conditions {
-                        Err(malformed) => Err(bad_conditions(malformed)),
-                        Ok(conditions) => match conditions.eval(&condition_data) {
-                            Ok(true) => Ok(()),
-                            Ok(false) => continue,
-                            Err(invalid) => Err(bad_conditions(&invalid)),
-                        },
-                    };
-                    let webhook = rule.webhook.clone();
-                    let timeout = webhook
-                        .as_ref()
-                        .and_then(|w| w.timeout_seconds)
-                        .filter(|t| *t > 0)
-                        .map_or(self.config.delivery.default_timeout, |t| {
-                            Duration::from_secs(t as u64)
-                        });
-                    let built = match (verdict, &webhook) {
-                        (Err(reason), _) => Err(reason),
-                        (Ok(()), None) => Err(Rejection {
-                            field: "webhook",
-                            detail: format!(
-                                "webhook {} of event rule {:?} does not exist; point the rule at a \
-                                 webhook or disable it in NetBox (then netbox-outbox replay \
-                                 --rerender sends what was rejected)",
-                                rule.webhook_id, rule.name
-                            ),
-                        }),
-                        (Ok(()), Some(webhook)) => {
-                            let format = self
-                                .config
-                                .delivery
-                                .payload_format_by_webhook
-                                .get(&webhook.name)
-                                .copied()
-                                .unwrap_or(self.config.delivery.payload_format);
-                            let context = EventContext {
-                                event: action.word().to_string(),
-                                timestamp: netbox::format::timestamp_now(),
-                                object_type: object_type.clone(),
-                                data: merge_action_data(&rule.action_data, &rendered.data),
-                                request: request_block.clone(),
-                                snapshots: rendered.snapshots.clone(),
-                            };
-                            request::build(
-                                webhook,
-                                &context.to_value(format),
-                                &self.templates,
-                                self.config.delivery.default_timeout,
-                            )
-                            .map_err(|e| Rejection {
-                                field: e.field,
-                                detail: format!(
-                                    "webhook {:?}: {e}; fix the webhook in NetBox, then send what \
-                                     was rejected again: netbox-outbox replay --rerender",
-                                    webhook.name
-                                ),
-                            })
-                        }
-                    };
-                    // The detail may quote a rendered URL or header holding a token: it goes to
-                    // the delivery row (netbox_outbox.failed), the log gets only the field.
-                    if let Err(rejection) = &built {
-                        counter!(m::REJECTED, "reason" => rejection.field).increment(1);
-                        warn!(rule = %rule.name,
-                              webhook = %webhook.as_ref().map(|w| w.name.as_str()).unwrap_or("(missing)"),
-                              object_type = %object_type, object_id = change.object_id,
-                              field = rejection.field,
-                              "delivery rejected: the reason is in netbox_outbox.failed");
-                    }
-                    let built = built.map_err(|r| r.detail);
-                    counter!(m::DELIVERIES_CREATED,
-                             "webhook" => webhook.as_ref().map(|w| w.name.clone()).unwrap_or_default())
-                        .increment(1);
-                    delivered += 1;
-                    deliveries.push(NewDelivery {
-                        event: event_index,
-                        rule_id: rule.id,
-                        rule_name: rule.name.clone(),
-                        webhook_id: rule.webhook_id,
-                        webhook_name: webhook.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
-                        content_type_id: change.content_type_id,
-                        object_id: change.object_id,
-                        seq: change.seq,
-                        timeout_ms: timeout.as_millis().min(i32::MAX as u128) as i32,
-                        ssl_verification: webhook
-                            .as_ref()
-                            .is_none_or(|w| w.ssl_verification || w.ca_file_path.is_some()),
-                        ca_file_path: webhook.as_ref().and_then(|w| w.ca_file_path.clone()),
-                        request: built,
-                    });
-                }
+                let built = self
+                    .deliveries_for(&change, &rendered, &object_type, request_block, event_index)
+                    .await;
+                delivered = built.len() as i32;
+                deliveries.extend(built);
+            } else if let Some(reason) = failing.get(&change.content_type_id)
+                && self.rules.watches(change.content_type_id)
+            {
+                let (rules, webhooks) = self.candidate_names(&change);
+                deferrals.push(NewDeferral {
+                    event: event_index,
+                    reason: deferral_reason(&object_type, reason),
+                    event_rules: rules,
+                    webhooks,
+                });
+                counter!(m::EVENTS, "outcome" => "deferred").increment(1);
+                counter!(m::EVENTS_DEFERRED, "model" => object_type.clone()).increment(1);
             }
-            counter!(m::EVENTS, "outcome" => if delivered > 0 { "dispatched" } else { "no_rule" })
-                .increment(1);
+            if !failing.contains_key(&change.content_type_id) || delivered > 0 {
+                counter!(m::EVENTS, "outcome" => if delivered > 0 { "dispatched" } else { "no_rule" })
+                    .increment(1);
+            }
             if delivered > 0 {
                 counter!(m::EVENTS_DISPATCHED).increment(1);
             }
@@ -517,6 +477,280 @@ impl Assembler {
         }
         Ok(())
     }
+
+    /// Renders `data` and `snapshots` for `changes`. All are rendered together (one lookup
+    /// query per related table for the whole chunk); if a lookup fails (a renamed column, a
+    /// missing grant), each model is rendered again on its own, so the failure stays with the
+    /// model whose recipe needs the missing column or table. Returns each change's rendering,
+    /// or None if its model failed, and each failed model's reason.
+    async fn render_isolated(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        txid_floor: i64,
+        changes: &[&TxChange],
+    ) -> Result<(Vec<Option<netbox::Rendered>>, BTreeMap<i32, String>), tokio_postgres::Error> {
+        let all = netbox::render(tx, &self.netbox, txid_floor, changes.iter().copied());
+        if let Ok(rendered) = isolated(tx, all).await? {
+            return Ok((rendered.into_iter().map(Some).collect(), BTreeMap::new()));
+        }
+        let mut out: Vec<Option<netbox::Rendered>> = changes.iter().map(|_| None).collect();
+        let mut failures = BTreeMap::new();
+        let models: BTreeSet<i32> = changes.iter().map(|c| c.content_type_id).collect();
+        for model in models {
+            let indices: Vec<usize> = (0..changes.len())
+                .filter(|&i| changes[i].content_type_id == model)
+                .collect();
+            let one = netbox::render(
+                tx,
+                &self.netbox,
+                txid_floor,
+                indices.iter().map(|&i| changes[i]),
+            );
+            match isolated(tx, one).await? {
+                Ok(rendered) => {
+                    for (i, r) in indices.into_iter().zip(rendered) {
+                        out[i] = Some(r);
+                    }
+                }
+                Err(reason) => {
+                    failures.insert(model, reason);
+                }
+            }
+        }
+        Ok((out, failures))
+    }
+
+    /// One log line per failing model and chunk, naming the model, its objects, the rules and
+    /// webhooks waiting on it, and the reason (the database's words: no payload data).
+    fn report_failing(&self, failing: &BTreeMap<i32, String>, changes: &[TxChange]) {
+        for (model, reason) in failing {
+            let deferred: Vec<&TxChange> = changes
+                .iter()
+                .filter(|c| c.content_type_id == *model)
+                .collect();
+            let Some(first) = deferred.first() else {
+                continue;
+            };
+            if !self.rules.watches(*model) {
+                continue;
+            }
+            let (rules, webhooks) = self.candidate_names(first);
+            let objects: Vec<String> = deferred.iter().map(|c| c.object_id.to_string()).collect();
+            warn!(model = %self.netbox.object_type(*model).unwrap_or_default(),
+                  objects = %objects.join(","), rules = %rules, webhooks = %webhooks,
+                  reason = %reason,
+                  "events deferred: the model's rows could not be read; they are retried every \
+                   assembly.deferred_retry_interval and sent once it reads again (see \
+                   netbox_outbox.failed); every other model goes on");
+        }
+    }
+
+    /// The names of the rules (and their webhooks) that watch a change's model, comma-separated.
+    fn candidate_names(&self, change: &TxChange) -> (String, String) {
+        let rules: Vec<&crate::rules::Rule> = self
+            .rules
+            .candidates(change.action.event_type(), change.content_type_id)
+            .collect();
+        let names = rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>();
+        let webhooks = rules
+            .iter()
+            .filter_map(|r| r.webhook.as_ref().map(|w| w.name.as_str()))
+            .collect::<BTreeSet<_>>();
+        (
+            names.join(", "),
+            webhooks.into_iter().collect::<Vec<_>>().join(", "),
+        )
+    }
+
+    /// The deliveries of one event: one per rule whose conditions hold, each with its request
+    /// built, or rejected with the reason (a bad condition, template or webhook fails that
+    /// delivery only).
+    async fn deliveries_for(
+        &self,
+        change: &TxChange,
+        rendered: &netbox::Rendered,
+        object_type: &str,
+        request_block: Map<String, Value>,
+        event_index: usize,
+    ) -> Vec<NewDelivery> {
+        let mut deliveries = Vec::new();
+        let mut condition_data = rendered.data.clone();
+        condition_data.insert("snapshots".into(), rendered.snapshots.clone());
+        let action = change.action;
+        for rule in self
+            .rules
+            .candidates(action.event_type(), change.content_type_id)
+        {
+            let bad_conditions = |error: &dyn std::fmt::Display| Rejection {
+                field: "conditions",
+                detail: format!(
+                    "event rule {:?}: conditions: {error}; fix the rule's conditions in \
+                     NetBox, then send what was rejected again: netbox-outbox replay --rerender",
+                    rule.name
+                ),
+            };
+            let verdict = match &rule.conditions {
+                Err(malformed) => Err(bad_conditions(malformed)),
+                Ok(conditions) => match conditions.eval(&condition_data) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => continue,
+                    Err(invalid) => Err(bad_conditions(&invalid)),
+                },
+            };
+            let webhook = rule.webhook.clone();
+            let timeout = webhook
+                .as_ref()
+                .and_then(|w| w.timeout_seconds)
+                .filter(|t| *t > 0)
+                .map_or(self.config.delivery.default_timeout, |t| {
+                    Duration::from_secs(t as u64)
+                });
+            let built = match (verdict, &webhook) {
+                (Err(reason), _) => Err(reason),
+                (Ok(()), None) => Err(Rejection {
+                    field: "webhook",
+                    detail: format!(
+                        "webhook {} of event rule {:?} does not exist; point the rule at a \
+                         webhook or disable it in NetBox (then netbox-outbox replay \
+                         --rerender sends what was rejected)",
+                        rule.webhook_id, rule.name
+                    ),
+                }),
+                (Ok(()), Some(webhook)) => {
+                    let format = self
+                        .config
+                        .delivery
+                        .payload_format_by_webhook
+                        .get(&webhook.name)
+                        .copied()
+                        .unwrap_or(self.config.delivery.payload_format);
+                    let context = EventContext {
+                        event: action.word().to_string(),
+                        timestamp: netbox::format::timestamp_now(),
+                        object_type: object_type.to_string(),
+                        data: merge_action_data(&rule.action_data, &rendered.data),
+                        request: request_block.clone(),
+                        snapshots: rendered.snapshots.clone(),
+                    };
+                    build_bounded(
+                        webhook.clone(),
+                        context.to_value(format),
+                        self.templates.clone(),
+                        self.config.delivery.default_timeout,
+                    )
+                    .await
+                    .map_err(|e| Rejection {
+                        field: e.field,
+                        detail: format!(
+                            "webhook {:?}: {e}; fix the webhook in NetBox, then send what \
+                             was rejected again: netbox-outbox replay --rerender",
+                            webhook.name
+                        ),
+                    })
+                }
+            };
+            // The detail may quote a rendered URL or header holding a token: it goes to
+            // the delivery row (netbox_outbox.failed), the log gets only the field.
+            if let Err(rejection) = &built {
+                counter!(m::REJECTED, "reason" => rejection.field).increment(1);
+                warn!(rule = %rule.name,
+                      webhook = %webhook.as_ref().map(|w| w.name.as_str()).unwrap_or("(missing)"),
+                      object_type = %object_type, object_id = change.object_id,
+                      field = rejection.field,
+                      "delivery rejected: the reason is in netbox_outbox.failed");
+            }
+            let built = built.map_err(|r| r.detail);
+            counter!(m::DELIVERIES_CREATED,
+                     "webhook" => webhook.as_ref().map(|w| w.name.clone()).unwrap_or_default())
+            .increment(1);
+            deliveries.push(NewDelivery {
+                event: event_index,
+                rule_id: rule.id,
+                rule_name: rule.name.clone(),
+                webhook_id: rule.webhook_id,
+                webhook_name: webhook.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
+                content_type_id: change.content_type_id,
+                object_id: change.object_id,
+                seq: change.seq,
+                timeout_ms: timeout.as_millis().min(i32::MAX as u128) as i32,
+                ssl_verification: webhook
+                    .as_ref()
+                    .is_none_or(|w| w.ssl_verification || w.ca_file_path.is_some()),
+                ca_file_path: webhook.as_ref().and_then(|w| w.ca_file_path.clone()),
+                request: built,
+            });
+        }
+        deliveries
+    }
+}
+
+/// Builds a request on a blocking thread, so that a slow template never holds up the async
+/// workers (health endpoints, shutdown, delivery). The thread stops itself: at its fuel, or at
+/// `template_timeout` once the template writes (the error then names the field). The sidecar
+/// waits a second longer than that, as the backstop for a template that neither writes nor
+/// runs out of fuel; its thread then runs on until its fuel is spent, and its result is
+/// dropped.
+async fn build_bounded(
+    webhook: Arc<Webhook>,
+    context: Value,
+    templates: Arc<Templates>,
+    default_timeout: Duration,
+) -> Result<FrozenRequest, BuildError> {
+    let limit = templates.limits().timeout;
+    let task = tokio::task::spawn_blocking(move || {
+        request::build(&webhook, &context, &templates, default_timeout)
+    });
+    match tokio::time::timeout(limit + Duration::from_secs(1), task).await {
+        Ok(Ok(built)) => built,
+        Ok(Err(failed)) => Err(BuildError {
+            field: "templates",
+            message: format!("rendering failed unexpectedly ({failed}); please report it"),
+        }),
+        Err(_) => Err(BuildError {
+            field: "templates",
+            message: format!(
+                "rendering the webhook's templates did not finish within {limit:?} \
+                 (netbox.template_timeout); simplify them, or raise the limit"
+            ),
+        }),
+    }
+}
+
+/// Runs `work` under a savepoint of the batch's transaction. A database error in it (a renamed
+/// column, a missing grant, a table gone) would abort the whole transaction; rolled back to the
+/// savepoint, it becomes the caller's to pin on one model. Errors without an SQLSTATE (a lost
+/// connection) still fail the batch.
+async fn isolated<T>(
+    tx: &tokio_postgres::Transaction<'_>,
+    work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<Result<T, String>, tokio_postgres::Error> {
+    tx.batch_execute("savepoint netbox_outbox_model").await?;
+    match work.await {
+        Ok(value) => {
+            tx.batch_execute("release savepoint netbox_outbox_model")
+                .await?;
+            Ok(Ok(value))
+        }
+        Err(e) => match e.as_db_error() {
+            Some(db) => {
+                let reason = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+                tx.batch_execute("rollback to savepoint netbox_outbox_model")
+                    .await?;
+                Ok(Err(reason))
+            }
+            None => Err(e),
+        },
+    }
+}
+
+/// The reason stored for a deferred event: what failed, and what to do.
+fn deferral_reason(object_type: &str, cause: &str) -> String {
+    format!(
+        "{object_type} could not be read: {cause}; a column or table its payload needs is gone \
+         or not granted to the sidecar's role (a NetBox upgrade, a missing GRANT). The event is \
+         kept and sent once the model reads again (retried every \
+         assembly.deferred_retry_interval), with data as the object stands then"
+    )
 }
 
 /// Why a delivery could not be built: the field at fault (all a log line may show) and the

@@ -1,5 +1,6 @@
-//! Writing what a batch produced: events, deliveries (with their frozen requests), and the new
-//! read position. All in the batch's transaction, so a batch is processed exactly once.
+//! Writing what a batch produced: events, deliveries (with their frozen requests), events
+//! deferred for their model, and the new read position. All in the batch's transaction, so a
+//! batch is processed exactly once.
 
 use std::time::SystemTime;
 
@@ -43,15 +44,49 @@ pub struct NewDelivery {
     pub ca_file_path: Option<String>,
 }
 
-/// Inserts events and their deliveries; returns the number of deliveries stored.
+/// An event whose model could not be read or rendered: stored without deliveries until a retry
+/// renders it (see [`super::deferred`]).
+#[derive(Debug, Clone)]
+pub struct NewDeferral {
+    /// Index of its event in the batch's event list.
+    pub event: usize,
+    pub reason: String,
+    /// The rules (and webhooks) that may match it, comma-separated, for the operator.
+    pub event_rules: String,
+    pub webhooks: String,
+}
+
+/// Inserts events, their deliveries and deferrals; returns the number of deliveries stored.
 pub async fn insert(
     tx: &Transaction<'_>,
     events: &[NewEvent],
     deliveries: &[NewDelivery],
+    deferrals: &[NewDeferral],
 ) -> Result<u64, tokio_postgres::Error> {
     if events.is_empty() {
         return Ok(0);
     }
+    let ids = insert_events(tx, events).await?;
+    if !deferrals.is_empty() {
+        let event_ids: Vec<i64> = deferrals.iter().map(|d| ids[d.event]).collect();
+        let reasons: Vec<&str> = deferrals.iter().map(|d| d.reason.as_str()).collect();
+        let rules: Vec<&str> = deferrals.iter().map(|d| d.event_rules.as_str()).collect();
+        let webhooks: Vec<&str> = deferrals.iter().map(|d| d.webhooks.as_str()).collect();
+        tx.execute(
+            "insert into netbox_outbox.deferred (event_id, reason, event_rules, webhooks)
+             select * from unnest($1::bigint[], $2::text[], $3::text[], $4::text[])",
+            &[&event_ids, &reasons, &rules, &webhooks],
+        )
+        .await?;
+    }
+    insert_deliveries(tx, &ids, deliveries).await
+}
+
+/// Inserts events; returns their ids, in order.
+async fn insert_events(
+    tx: &Transaction<'_>,
+    events: &[NewEvent],
+) -> Result<Vec<i64>, tokio_postgres::Error> {
     let ids: Vec<i64> = tx
         .query(
             "select nextval(pg_get_serial_sequence('netbox_outbox.event', 'id')) from generate_series(1, $1::bigint)",
@@ -86,7 +121,16 @@ pub async fn insert(
         ],
     )
     .await?;
+    Ok(ids)
+}
 
+/// Inserts deliveries (with their requests) for events already stored: `ids[d.event]` is each
+/// one's event id. Returns the number stored.
+pub async fn insert_deliveries(
+    tx: &Transaction<'_>,
+    ids: &[i64],
+    deliveries: &[NewDelivery],
+) -> Result<u64, tokio_postgres::Error> {
     if deliveries.is_empty() {
         return Ok(0);
     }

@@ -315,7 +315,7 @@ async fn webhooks(
             skipped.name, skipped.id, skipped.reason
         )));
     }
-    let templates = Templates::new(config.netbox.template_environment.clone());
+    let templates = Templates::from_config(&config.netbox);
     let sender = Sender::new(config.delivery.clone());
     let context = sample_context();
     let mut seen = std::collections::HashSet::new();

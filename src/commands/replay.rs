@@ -280,7 +280,7 @@ pub async fn rerender(
     let rules = crate::rules::RuleSet::load(&*client, true, None)
         .await?
         .unwrap_or_default();
-    let templates = crate::template::Templates::new(config.netbox.template_environment.clone());
+    let templates = crate::template::Templates::from_config(&config.netbox);
     for id in ids {
         let row = client
             .query_one(

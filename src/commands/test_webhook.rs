@@ -135,7 +135,7 @@ pub async fn run(
         "netbox-outbox test-webhook",
     )
     .await?;
-    let templates = Templates::new(config.netbox.template_environment.clone());
+    let templates = Templates::from_config(&config.netbox);
     let built = request::build(
         &webhook,
         &context,

@@ -50,6 +50,9 @@ mod events;
 /// a host clock behind the database's, redirects, and SIGTERM with a request held: each shows
 /// its local outcome in the delivery log while an unrelated webhook is delivered.
 mod hostile_receivers;
+/// Failure is local: runaway templates, schema drift, revoked grants and failing conditions
+/// cost one delivery or one model's events, never the batch; drift heals without a restart.
+mod local_failure;
 /// Applying the migrations, by the binary and by a DBA with psql.
 mod migrate;
 /// Operating it: commands, SQL cookbook, metrics, least privilege, uninstall.
