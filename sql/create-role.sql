@@ -9,8 +9,7 @@
 
 \if :{?role}
 \else
-    \echo 'sql/create-role.sql: give the role name: psql -v role=netbox_outbox ...'
-    \quit
+    do $$ begin raise exception 'sql/create-role.sql: give the role name: psql -v role=netbox_outbox ...'; end $$;
 \endif
 
 -- An ordinary login role: no superuser, no CREATEROLE, no CREATEDB, no inherited privileges.

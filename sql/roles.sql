@@ -17,8 +17,7 @@
 
 \if :{?role}
 \else
-    \echo 'sql/roles.sql: give the sidecar''s role name: psql -v role=netbox_outbox ...'
-    \quit
+    do $$ begin raise exception 'sql/roles.sql: give the sidecar''s role name: psql -v role=netbox_outbox ...'; end $$;
 \endif
 
 select * from netbox_outbox.grant_sidecar(:'role');
