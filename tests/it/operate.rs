@@ -615,6 +615,54 @@ async fn the_sidecar_runs_with_the_least_privilege_role() {
         .unwrap();
 }
 
+/// The NetBox tables the sidecar's role may read are the catalogue's (every model's table and
+/// many-to-many table, src/netbox/catalogue/) plus the three it reads beyond them, no more: a
+/// new catalogue (a NetBox upgrade) that renders another table fails here until a migration adds
+/// it to netbox_outbox.sidecar_grant.
+#[tokio::test]
+async fn the_sidecar_reads_exactly_the_catalogue() {
+    fn tables(value: &serde_json::Value, into: &mut std::collections::BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("table", serde_json::Value::String(t)) => {
+                            into.insert(format!("public.{t}"));
+                        }
+                        _ => tables(v, into),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| tables(v, into)),
+            _ => {}
+        }
+    }
+    let catalogue: serde_json::Value = serde_json::from_str(include_str!(
+        "../../src/netbox/catalogue/netbox-4.7.3.json"
+    ))
+    .unwrap();
+    let mut expected = std::collections::BTreeSet::new();
+    tables(&catalogue, &mut expected);
+    for beyond in ["core_objecttype", "core_objectchange", "dcim_cablepath"] {
+        expected.insert(format!("public.{beyond}"));
+    }
+    let db = TestDb::migrated().await;
+    let granted: std::collections::BTreeSet<String> = db
+        .client()
+        .await
+        .query(
+            "select object_name from netbox_outbox.sidecar_grant
+             where object_kind = 'table' and object_name like 'public.%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(granted, expected);
+}
+
 /// The role setup refuses a role that does not exist and a superuser, saying what to do.
 #[tokio::test]
 async fn the_role_setup_names_a_missing_or_superuser_role() {
