@@ -624,7 +624,16 @@ async fn nobody_attaches_the_capture_to_a_table_of_their_own() {
         .unwrap();
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(&client, "sites", &["dcim.site"], &ALL_EVENTS, hook, "null", "null").await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
     let sidecar = Sidecar::start(&db, test_config(""));
 
     let attacker = db.database.with_user(&role).connect().await.unwrap();
@@ -677,7 +686,10 @@ async fn nobody_attaches_the_capture_to_a_table_of_their_own() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(mode, "all", "the attacker's cast ran as the capture's owner");
+    assert_eq!(
+        mode, "all",
+        "the attacker's cast ran as the capture's owner"
+    );
     let foreign: i64 = client
         .query_one(
             "select count(*) from netbox_outbox.change where db_user = $1",

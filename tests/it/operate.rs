@@ -498,7 +498,11 @@ async fn the_sidecar_runs_with_the_least_privilege_role() {
         .await
         .unwrap();
     for _ in 0..2 {
-        let created = psql_file(&db, "create-role.sql", &[("role", &role), ("password", "secret")]);
+        let created = psql_file(
+            &db,
+            "create-role.sql",
+            &[("role", &role), ("password", "secret")],
+        );
         assert!(created.status.success(), "{}", err(&created));
         let granted = psql_file(&db, "roles.sql", &[("role", &role)]);
         assert!(granted.status.success(), "{}", err(&granted));
@@ -532,7 +536,12 @@ async fn the_sidecar_runs_with_the_least_privilege_role() {
         .iter()
         .map(|r| r.json())
         .find(|body| body["object_type"] == "users.owner")
-        .unwrap_or_else(|| panic!("the owner's webhook: {:?}", received.iter().map(|r| r.json()).collect::<Vec<_>>()));
+        .unwrap_or_else(|| {
+            panic!(
+                "the owner's webhook: {:?}",
+                received.iter().map(|r| r.json()).collect::<Vec<_>>()
+            )
+        });
     assert_eq!(owner["data"]["users"][0]["username"], "alice");
     assert!(
         received
@@ -565,7 +574,11 @@ async fn the_sidecar_runs_with_the_least_privilege_role() {
     denied(&as_sidecar, "select * from django_session").await;
     denied(&as_sidecar, "select password from users_user").await;
     denied(&as_sidecar, "select row_to_json(u) from users_user u").await;
-    denied(&as_sidecar, "insert into dcim_site (name, slug) values ('x', 'x')").await;
+    denied(
+        &as_sidecar,
+        "insert into dcim_site (name, slug) values ('x', 'x')",
+    )
+    .await;
     // Forging captured history, switching the capture off, changing what is watched.
     denied(
         &as_sidecar,
@@ -637,10 +650,8 @@ async fn the_sidecar_reads_exactly_the_catalogue() {
             _ => {}
         }
     }
-    let catalogue: serde_json::Value = serde_json::from_str(include_str!(
-        "../../src/netbox/catalogue/netbox-4.7.3.json"
-    ))
-    .unwrap();
+    let catalogue: serde_json::Value =
+        serde_json::from_str(include_str!("../../src/netbox/catalogue/netbox-4.7.3.json")).unwrap();
     let mut expected = std::collections::BTreeSet::new();
     tables(&catalogue, &mut expected);
     for beyond in ["core_objecttype", "core_objectchange", "dcim_cablepath"] {
