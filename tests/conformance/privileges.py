@@ -9,7 +9,7 @@ docs/install.md says, with a NetBox table owner that is not a superuser:
 3. the owner grants it (sql/roles.sql), twice: the second run must change nothing;
 
 then runs the sidecar as that role and checks that it delivers a webhook for a site NetBox's ORM
-creates, and that the role cannot read users_token, django_session or users_user.password, cannot
+creates, that `netbox-outbox check` passes as that role, and that the role cannot read users_token, django_session or users_user.password, cannot
 write netbox_outbox.change or the capture's settings, and cannot call watch() or unwatch().
 Exit status: 0 when every check passes, 1 when one fails, 2 when the set-up failed. The last line
 is `privileges: N passed, M failed`.
@@ -17,6 +17,7 @@ is `privileges: N passed, M failed`.
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -166,6 +167,13 @@ def main():
               any(b.get('object_type') == 'dcim.site' and b.get('data', {}).get('name') == 'least privilege'
                   for b in bodies),
               f'received {len(bodies)} webhooks; sidecar log: {workdir / "sidecar.log"}')
+        # netbox-outbox check, as the role: everything it reads is granted
+        done = subprocess.run([str(binary), 'check', '--offline', '--config', str(config)], env=sidecar_env,
+                              capture_output=True, text=True, timeout=120)
+        output = done.stdout + done.stderr
+        (workdir / 'check.log').write_text(f'exit {done.returncode}\n{output}')
+        check('netbox-outbox check runs as the role', 'permission denied' not in output and done.returncode in (0, 5),
+              output[-2000:])
     finally:
         sidecar.stop()
         receiver.stop()
