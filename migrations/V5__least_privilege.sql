@@ -18,6 +18,26 @@
 --     PRIVILEGES, which would also cover NetBox's future token tables.
 -- docs/install.md says which role runs what; docs/privileges.md explains the choices.
 
+-- Nothing in this schema is granted by default any more: the roles.sql of before V5 set default
+-- privileges here for the sidecar's role (write on every new table, EXECUTE on every new
+-- function), which would hand it the tables and functions below, and with them its own grants.
+do $$
+declare
+    d record;
+begin
+    for d in select distinct a.grantee,
+                    case x.defaclobjtype when 'r' then 'tables' when 'S' then 'sequences'
+                                         when 'f' then 'functions' when 'T' then 'types' end as kind
+             from pg_default_acl x cross join lateral aclexplode(x.defaclacl) a
+             where x.defaclrole = current_user::regrole
+               and x.defaclnamespace = 'netbox_outbox'::regnamespace
+               and x.defaclobjtype in ('r', 'S', 'f', 'T') loop
+        execute format('alter default privileges in schema netbox_outbox revoke all on %s from %s',
+                       d.kind, case when d.grantee = 0 then 'public' else d.grantee::regrole::text end);
+    end loop;
+end
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- What the sidecar may do: one row per object. Later migrations add rows for the functions and
 -- views they give the sidecar; refresh_grants() turns the list into grants.
@@ -424,5 +444,21 @@ revoke all on function netbox_outbox.summarize_capture() from public;
 revoke all on function netbox_outbox.refresh_grants() from public;
 revoke all on function netbox_outbox.grant_sidecar(text) from public;
 
--- Sidecar roles recorded before this migration do not exist (the old roles.sql recorded none):
--- whoever ran it runs grant_sidecar() once, which also takes back what it granted too much.
+-- A sidecar role set up with the roles.sql of before V5 (recognisable by what it was given: the
+-- right to call claim() and to insert deliveries, granted to it by name) is recorded now and cut
+-- down to the list at once, rather than keeping write access to the capture until someone
+-- re-runs roles.sql.
+insert into netbox_outbox.sidecar_role (role_name)
+select r.rolname
+from pg_roles r
+where not r.rolsuper
+  and r.oid <> current_user::regrole
+  and exists (select 1 from pg_proc p cross join lateral aclexplode(p.proacl) a
+              where p.oid = 'netbox_outbox.claim(bigint[], bigint[], bigint, uuid)'::regprocedure
+                and a.grantee = r.oid)
+  and exists (select 1 from pg_class c cross join lateral aclexplode(c.relacl) a
+              where c.oid = 'netbox_outbox.delivery'::regclass and a.grantee = r.oid
+                and a.privilege_type = 'INSERT')
+on conflict do nothing;
+
+select count(*) from netbox_outbox.refresh_grants();

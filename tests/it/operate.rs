@@ -674,6 +674,74 @@ async fn the_sidecar_reads_exactly_the_catalogue() {
     assert_eq!(granted, expected);
 }
 
+/// An installation upgraded from before V5 has a sidecar role set up by the old roles.sql (every
+/// NetBox table, write on every table of ours, EXECUTE on every function, default privileges for
+/// new ones). The migration records it and cuts it down to the list at once: it keeps what it
+/// needs, loses the capture's write access and the password hashes, and gets nothing of V5's own
+/// tables and functions through the old default privileges.
+#[tokio::test]
+async fn the_v5_migration_cuts_an_old_sidecar_role_down() {
+    let db = TestDb::bare().await;
+    let client = db.client().await;
+    let role = format!("nbo_old_sidecar_{}", db.name);
+    let apply = |path: String, vars: Vec<(&'static str, String)>| {
+        let mut psql = Command::new("psql");
+        psql.arg(db.url())
+            .args(["-q", "-1", "-v", "ON_ERROR_STOP=1"]);
+        for (name, value) in vars {
+            psql.arg("-v").arg(format!("{name}={value}"));
+        }
+        let done = psql.arg("-f").arg(&path).output().expect("run psql");
+        assert!(done.status.success(), "{path}: {}", err(&done));
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    for version in [
+        "V1__capture",
+        "V2__delivery",
+        "V3__operator_views",
+        "V4__summarize_capture",
+    ] {
+        apply(format!("{root}/migrations/{version}.sql"), vec![]);
+    }
+    apply(
+        format!("{root}/tests/fixtures/roles_before_v5.sql"),
+        vec![("role", role.clone()), ("password", "'secret'".into())],
+    );
+    apply(format!("{root}/migrations/V5__least_privilege.sql"), vec![]);
+
+    let rights: Vec<bool> = client
+        .query_one(
+            "select array[
+                 has_table_privilege($1, 'public.dcim_site', 'select'),
+                 has_column_privilege($1, 'public.users_user', 'username', 'select'),
+                 has_function_privilege($1, 'netbox_outbox.claim(bigint[], bigint[], bigint, uuid)', 'execute'),
+                 has_table_privilege($1, 'netbox_outbox.delivery', 'insert'),
+                 has_column_privilege($1, 'public.users_user', 'password', 'select'),
+                 has_table_privilege($1, 'netbox_outbox.change', 'insert'),
+                 has_table_privilege($1, 'netbox_outbox.setting', 'update'),
+                 has_function_privilege($1, 'netbox_outbox.watch(text)', 'execute'),
+                 has_table_privilege($1, 'netbox_outbox.sidecar_grant', 'insert'),
+                 has_function_privilege($1, 'netbox_outbox.refresh_grants()', 'execute'),
+                 exists (select 1 from pg_default_acl d, aclexplode(d.defaclacl) a where a.grantee = $1::regrole)]",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rights,
+        [
+            true, true, true, true, false, false, false, false, false, false, false
+        ],
+        "kept: read a site, a user's name, claim, insert deliveries; lost: password hashes, write \
+         the capture or its settings, watch, write its own grants, refresh grants, default privileges"
+    );
+    client
+        .batch_execute(&format!("drop owned by {role}; drop role {role}"))
+        .await
+        .unwrap();
+}
+
 /// The role setup refuses a role that does not exist and a superuser, saying what to do.
 #[tokio::test]
 async fn the_role_setup_names_a_missing_or_superuser_role() {
