@@ -313,10 +313,11 @@ async fn rows_by_column(
     let found = client
         .query_one(
             "select r is not null, coalesce(has_table_privilege(r, 'select'), false),
-                    array(select quote_ident(a.attname) from pg_attribute a
-                          where a.attrelid = r and a.attnum > 0 and not a.attisdropped
-                            and has_column_privilege(r, a.attnum, 'select')
-                          order by a.attnum)
+                    case when has_table_privilege(r, 'select') then '{}'::text[]
+                         else array(select quote_ident(a.attname) from pg_attribute a
+                                    where a.attrelid = r and a.attnum > 0 and not a.attisdropped
+                                      and has_column_privilege(r, a.attnum, 'select')
+                                    order by a.attnum) end
              from to_regclass($1) r",
             &[&format!("public.{}", quote_ident(table))],
         )
