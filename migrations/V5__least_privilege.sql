@@ -177,6 +177,12 @@ insert into netbox_outbox.sidecar_grant (object_kind, object_name, privileges, r
     ('function', 'netbox_outbox.claim(bigint[], bigint[], bigint, uuid)', '{execute}', 'lease due deliveries'),
     ('function', 'netbox_outbox.record(bigint[], integer[], timestamp with time zone[], integer[], integer[], text[], text[], text[], timestamp with time zone[], uuid)',
      '{execute}', 'log attempts and finish deliveries'),
+    -- V6's (already on main when this was written; a row waits harmlessly until its function exists)
+    ('function', 'netbox_outbox.record(bigint[], integer[], bigint[], integer[], integer[], text[], text[], text[], bigint[], timestamp with time zone[], bigint, uuid)',
+     '{execute}', 'log attempts and finish deliveries, by the database''s clock (V6)'),
+    ('function', 'netbox_outbox.record_batch(bigint[], integer[], bigint[], integer[], integer[], text[], text[], text[], bigint[], timestamp with time zone[], bigint, uuid)',
+     '{execute}', 'called by record() with the caller''s rights (V6)'),
+    ('function', 'netbox_outbox.pauses()', '{execute}', 'webhook pauses by the database''s clock (V6)'),
     ('function', 'netbox_outbox.sync()', '{execute}', 're-install capture triggers (owner rights)'),
     ('function', 'netbox_outbox.prune()', '{execute}', 'retention (owner rights)'),
     ('function', 'netbox_outbox.prune_deliveries(integer)', '{execute}', 'retention of deliveries (owner rights)'),
