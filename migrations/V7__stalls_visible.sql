@@ -178,6 +178,16 @@ begin
             for each row execute function netbox_outbox.capture_changelog();
         action := 'installed'; table_name := 'core_objectchange'; return next;
     end if;
+
+    -- 4. the sidecars' privileges (V5): tables NetBox's migrations created or recreated get
+    -- their grants back. A failure here (a table owned by another role) must not stop the
+    -- triggers' repair above, so it is a warning.
+    begin
+        return query select 'grant: ' || g.action, g.object from netbox_outbox.refresh_grants() g;
+    exception when others then
+        raise warning 'netbox_outbox: could not refresh the sidecar''s grants: %', sqlerrm
+            using hint = 'Run sql/roles.sql as the role that applied the migrations.';
+    end;
 end
 $$;
 revoke all on function netbox_outbox.sync() from public;
@@ -214,3 +224,9 @@ comment on column netbox_outbox.sidecar.fingerprint is
 
 -- Existing installs: TRUNCATE triggers on every watched table now.
 select count(*) from netbox_outbox.sync();
+
+-- What the sidecar's role may call from this migration (V5's list; sync() applies it).
+insert into netbox_outbox.sidecar_grant (object_kind, object_name, privileges, reason) values
+    ('function', 'netbox_outbox.read_lag()', '{execute}', 'unread changes for /metrics and /readyz'),
+    ('function', 'netbox_outbox.report_truncations()', '{execute}', 'truncations of watched tables, logged and counted')
+on conflict do nothing;

@@ -37,3 +37,8 @@ join netbox_outbox.event e on e.id = f.event_id;
 
 comment on view netbox_outbox.failed is
     'Dead and rejected deliveries, and deferred events (their model could not be rendered yet), with the reason.';
+
+-- The sidecar keeps this table itself (V5's list; sync() applies it).
+insert into netbox_outbox.sidecar_grant (object_kind, object_name, privileges, reason) values
+    ('table', 'netbox_outbox.deferred', '{select,insert,update,delete}', 'deferred events: recorded, retried, and removed once delivered')
+on conflict do nothing;

@@ -1,30 +1,23 @@
--- A least-privilege role for the netbox-outbox sidecar, separate from the role that applies the
--- migrations (NetBox's database owner, or a DBA).
+-- Step 2 of the sidecar's role setup: grant the sidecar's role exactly what it needs, and take
+-- back anything more (what this file granted before netbox-outbox's V5 migration included every
+-- NetBox table). Run by the role that applied the migrations (NetBox's table owner, or the DBA
+-- who applied them), after the migrations and again after every NetBox or netbox-outbox upgrade:
 --
--- Run as the owner of NetBox's tables, after the migrations, with a role name and a password:
---   psql "$OWNER_DATABASE_URL" -v ON_ERROR_STOP=1 -v role=netbox_outbox -v password="'change-me'" -f sql/roles.sql
--- Then run the sidecar with DATABASE_URL=postgres://netbox_outbox:change-me@host/netbox
+--   psql "$OWNER_DATABASE_URL" -v ON_ERROR_STOP=1 -v role=netbox_outbox -f sql/roles.sql
 --
--- What the sidecar may do with it:
---   * read NetBox's tables (event rules, webhooks, custom fields, and the objects it renders);
---     never write them;
---   * read and write its own schema, netbox_outbox;
---   * call netbox_outbox.sync() and prune(), which run with their owner's rights to re-install
---     capture triggers and truncate old day slots.
+-- Step 1, creating the role, is sql/create-role.sql (needs CREATEROLE). What the role may do is
+-- the table netbox_outbox.sidecar_grant (docs/privileges.md):
+--   * read the NetBox tables the payload catalogue renders (users_user without the password
+--     hash), NetBox's event rules, webhooks, custom fields, tags, config contexts, content and
+--     object types and change log; never tokens, sessions or anything else;
+--   * read the captured changes and the capture's settings, change them only through sync(),
+--     prune() and summarize_capture() (owner rights);
+--   * write its own delivery state: events, deliveries, requests, attempts, webhook pauses.
+-- The sidecar's sync() re-applies this every minute for tables NetBox's migrations create.
 
-create role :"role" login password :password;
+\if :{?role}
+\else
+    do $$ begin raise exception 'sql/roles.sql: give the sidecar''s role name: psql -v role=netbox_outbox ...'; end $$;
+\endif
 
--- NetBox: read only.
-grant usage on schema public to :"role";
-grant select on all tables in schema public to :"role";
--- Tables NetBox's future migrations create (run as the role that owns NetBox's tables).
-alter default privileges in schema public grant select on tables to :"role";
-
--- netbox-outbox's own schema.
-grant usage on schema netbox_outbox to :"role";
-grant select, insert, update, delete on all tables in schema netbox_outbox to :"role";
-grant usage, select on all sequences in schema netbox_outbox to :"role";
-grant execute on all functions in schema netbox_outbox to :"role";
-alter default privileges in schema netbox_outbox grant select, insert, update, delete on tables to :"role";
-alter default privileges in schema netbox_outbox grant usage, select on sequences to :"role";
-alter default privileges in schema netbox_outbox grant execute on functions to :"role";
+select * from netbox_outbox.grant_sidecar(:'role');

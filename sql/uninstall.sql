@@ -4,8 +4,10 @@
 --
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f sql/uninstall.sql
 --
--- Stop every sidecar first. Then, if you created the sidecar's role (sql/roles.sql):
+-- Stop every sidecar first. Then, if you created the sidecar's role (sql/create-role.sql), as a
+-- superuser or CREATEROLE role, in this database:
 --   drop owned by netbox_outbox; drop role netbox_outbox;
+-- (drop owned also takes back its grants on NetBox's tables; the schema's removal takes the rest.)
 
 begin;
 

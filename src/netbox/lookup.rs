@@ -300,7 +300,9 @@ async fn tables_exist(
 }
 
 /// `select row_to_json(t) from <table> t where <column> = any($ids) [and <ct column> = $ct]`,
-/// returning (the column's value, the row).
+/// returning (the column's value, the row). Of a table the role may read only some columns of
+/// (users_user, whose password hash the sidecar's role is not granted: docs/privileges.md), the
+/// row holds those columns: a whole-row reference would need them all.
 async fn rows_by_column(
     client: &impl GenericClient,
     table: &str,
@@ -308,27 +310,40 @@ async fn rows_by_column(
     content_type: Option<&(String, i32)>,
     values: &[i64],
 ) -> Result<Vec<(i64, Row)>, tokio_postgres::Error> {
-    let exists: bool = client
+    let found = client
         .query_one(
-            "select to_regclass($1) is not null",
+            "select r is not null, coalesce(has_table_privilege(r, 'select'), false),
+                    case when has_table_privilege(r, 'select') then '{}'::text[]
+                         else array(select quote_ident(a.attname) from pg_attribute a
+                                    where a.attrelid = r and a.attnum > 0 and not a.attisdropped
+                                      and has_column_privilege(r, a.attnum, 'select')
+                                    order by a.attnum) end
+             from to_regclass($1) r",
             &[&format!("public.{}", quote_ident(table))],
         )
-        .await?
-        .get(0);
-    if !exists {
+        .await?;
+    if !found.get::<_, bool>(0) {
         return Ok(Vec::new());
     }
+    let source = if found.get::<_, bool>(1) {
+        format!("public.{}", quote_ident(table))
+    } else {
+        let readable: Vec<String> = found.get(2);
+        format!(
+            "(select {} from public.{})",
+            readable.join(", "),
+            quote_ident(table)
+        )
+    };
     let sql = match content_type {
         None => format!(
-            "select t.{col}::bigint, row_to_json(t)::text from public.{table} t where t.{col} = any($1::bigint[])",
+            "select t.{col}::bigint, row_to_json(t)::text from {source} t where t.{col} = any($1::bigint[])",
             col = quote_ident(column),
-            table = quote_ident(table)
         ),
         Some((ct_column, _)) => format!(
-            "select t.{col}::bigint, row_to_json(t)::text from public.{table} t
+            "select t.{col}::bigint, row_to_json(t)::text from {source} t
              where t.{col} = any($1::bigint[]) and t.{ct} = $2",
             col = quote_ident(column),
-            table = quote_ident(table),
             ct = quote_ident(ct_column)
         ),
     };

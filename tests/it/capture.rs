@@ -1,6 +1,11 @@
 //! The SQL capture: what the triggers write into netbox_outbox.change, and what they leave out.
 
+use std::time::Duration;
+
+use netbox_outbox::receiver::Receiver;
+
 use crate::support::db::{Captured, TestDb, captured, content_type, insert_site};
+use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
 
 fn kinds(rows: &[Captured]) -> Vec<&str> {
     rows.iter().map(|r| r.kind.as_str()).collect()
@@ -595,4 +600,186 @@ async fn full_brin_ranges_of_the_capture_are_summarized_on_request() {
         .unwrap()
         .get(0);
     assert_eq!(again, 0);
+}
+
+/// A role that may use our schema (an operator's, say) and create tables of its own: before V5 it
+/// could attach the owner-rights capture() to its own table, write whatever it liked into the
+/// captured history, and have a cast of its own to json run as the migrations' owner when
+/// capture() turned its row into JSON. Now EXECUTE on the capture functions is not PUBLIC's, so
+/// the trigger cannot be created: nothing is captured from its table, its cast never runs (it
+/// would have switched the capture off), and the sidecar delivers NetBox's changes meanwhile.
+#[tokio::test]
+async fn nobody_attaches_the_capture_to_a_table_of_their_own() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let role = format!("nbo_attacker_{}", db.name);
+    client
+        .batch_execute(&format!(
+            "create role {role} login;
+             grant usage on schema netbox_outbox to {role};
+             grant select on all tables in schema netbox_outbox to {role};
+             create schema {role} authorization {role};"
+        ))
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await.unwrap();
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    rule(
+        &client,
+        "sites",
+        &["dcim.site"],
+        &ALL_EVENTS,
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    let sidecar = Sidecar::start(&db, test_config(""));
+
+    let attacker = db.database.with_user(&role).connect().await.unwrap();
+    // A type whose cast to json runs SQL of the attacker's, with the rights of whoever runs the
+    // cast: as capture()'s owner it would switch the capture off.
+    attacker
+        .batch_execute(&format!(
+            "set search_path = {role};
+             create type evil as (x int);
+             create function evil_to_json(evil) returns json language plpgsql as $$
+             begin
+                 update netbox_outbox.setting set value = 'netbox' where name = 'capture_mode';
+                 return '{{}}'::json;
+             end $$;
+             create cast (evil as json) with function evil_to_json(evil);
+             create table mine (id bigint, v evil);"
+        ))
+        .await
+        .unwrap();
+    for function in ["capture('1')", "capture_tag()", "capture_changelog()"] {
+        let error = attacker
+            .batch_execute(&format!(
+                "create trigger hijack after insert or update or delete on {role}.mine
+                 for each row execute function netbox_outbox.{function}"
+            ))
+            .await
+            .expect_err("attaching an owner-rights capture function must be refused");
+        let message = error.as_db_error().unwrap().message().to_string();
+        assert!(
+            message.contains("permission denied for function netbox_outbox.capture"),
+            "{function}: {message}"
+        );
+    }
+    attacker
+        .batch_execute(&format!(
+            "insert into {role}.mine values (1, row(1)); update {role}.mine set id = 2; delete from {role}.mine;"
+        ))
+        .await
+        .unwrap();
+
+    // Meanwhile NetBox's changes are captured and delivered as ever.
+    insert_site(&client, "alpha").await;
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(20)).await.len(), 1);
+    sidecar.stop().await;
+    let mode: String = client
+        .query_one(
+            "select value from netbox_outbox.setting where name = 'capture_mode'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        mode, "all",
+        "the attacker's cast ran as the capture's owner"
+    );
+    let foreign: i64 = client
+        .query_one(
+            "select count(*) from netbox_outbox.change where db_user = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(foreign, 0, "rows of the attacker's table were captured");
+    drop(attacker);
+    client
+        .batch_execute(&format!(
+            "drop schema {role} cascade; drop owned by {role}; drop role {role}"
+        ))
+        .await
+        .unwrap();
+}
+
+/// No function of ours is executable by PUBLIC; EXECUTE goes to the roles that need it by name.
+/// Security definer functions pin their search path, except capture(), which qualifies every
+/// name instead (a_hostile_search_path_cannot_hijack_the_capture).
+#[tokio::test]
+async fn no_function_of_ours_is_executable_by_public() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let public: Vec<String> = client
+        .query(
+            "select p.oid::regprocedure::text from pg_proc p
+             where p.pronamespace = 'netbox_outbox'::regnamespace
+               and has_function_privilege('public', p.oid, 'execute')
+             order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(public, Vec::<String>::new());
+    let unpinned: Vec<String> = client
+        .query(
+            "select p.oid::regprocedure::text from pg_proc p
+             where p.pronamespace = 'netbox_outbox'::regnamespace and p.prosecdef
+               and not exists (select 1 from unnest(p.proconfig) c where c like 'search_path=%')
+             order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(unpinned, ["netbox_outbox.capture()"]);
+}
+
+/// NetBox's own role (not the one that installed us) runs NetBox's migrations: the DDL event
+/// trigger still re-installs the capture on a table it recreates, though that role may not call
+/// sync() itself.
+#[tokio::test]
+async fn a_table_netbox_s_role_recreates_is_watched_again() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let role = format!("nbo_netbox_{}", db.name);
+    client
+        .batch_execute(&format!(
+            "create role {role} login;
+             grant create on schema public to {role};
+             alter table users_owner owner to {role};"
+        ))
+        .await
+        .unwrap();
+    let netbox = db.database.with_user(&role).connect().await.unwrap();
+    netbox
+        .batch_execute(
+            "begin;
+             create table users_owner_new (like users_owner including all);
+             drop table users_owner;
+             alter table users_owner_new rename to users_owner;
+             commit;
+             insert into users_owner (name) values ('after upgrade');",
+        )
+        .await
+        .unwrap();
+    drop(netbox);
+    let rows = captured(&client).await;
+    assert_eq!(kinds(&rows), ["I"]);
+    client
+        .batch_execute(&format!(
+            "drop table users_owner; drop owned by {role}; drop role {role}"
+        ))
+        .await
+        .unwrap();
 }
