@@ -42,3 +42,6 @@ comment on view netbox_outbox.failed is
 insert into netbox_outbox.sidecar_grant (object_kind, object_name, privileges, reason) values
     ('table', 'netbox_outbox.deferred', '{select,insert,update,delete}', 'deferred events: recorded, retried, and removed once delivered')
 on conflict do nothing;
+-- a retried event gets its delivery count
+update netbox_outbox.sidecar_grant set privileges = '{select,insert,update}'
+ where object_kind = 'table' and object_name = 'netbox_outbox.event';

@@ -14,24 +14,24 @@
 //! answers after its timeout), never zero times. Each request carries a stable delivery id so
 //! receivers can drop duplicates.
 
-pub mod assemble;
-pub mod change;
+pub(crate) mod assemble;
+pub(crate) mod change;
 pub mod cli;
-pub mod commands;
-pub mod condition;
+pub(crate) mod commands;
+pub(crate) mod condition;
 pub mod config;
 pub mod db;
 pub mod deliver;
-pub mod health;
-pub mod metrics;
+pub(crate) mod health;
+pub(crate) mod metrics;
 pub mod migrations;
-pub mod netbox;
-pub mod python;
+pub mod netbox; // pub(crate) once the typed catalogue lands
+pub(crate) mod python;
 pub mod receiver;
-pub mod request;
-pub mod rules;
+pub(crate) mod request;
+pub(crate) mod rules;
 pub mod sidecar;
-pub mod template;
+pub(crate) mod template;
 pub mod wakeup;
 
 /// An error and its causes on one line, for logs: `outer: cause: root cause`.

@@ -164,8 +164,3 @@ pub fn script(migrations: &[Migration]) -> String {
     }
     out
 }
-
-/// Whether the database carries every migration this binary knows.
-pub async fn is_current(client: &Client) -> Result<bool, MigrationError> {
-    Ok(pending(client).await?.is_empty())
-}

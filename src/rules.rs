@@ -55,7 +55,6 @@ impl fmt::Debug for Webhook {
 pub struct Rule {
     pub id: i64,
     pub name: String,
-    pub action_type: String,
     pub event_types: Vec<String>,
     pub object_types: BTreeSet<i32>,
     pub conditions: Result<Conditions, MalformedConditions>,
@@ -166,7 +165,6 @@ impl RuleSet {
 struct RawRule {
     id: i64,
     name: String,
-    action_type: String,
     event_types: Vec<String>,
     conditions: Option<Value>,
     action_data: Option<Value>,
@@ -263,7 +261,6 @@ impl RawRule {
             }),
             webhook_id: self.webhook_id.unwrap_or_default(),
             name: self.name,
-            action_type: self.action_type,
             event_types: self.event_types,
             object_types: self.object_types.into_iter().collect(),
         }

@@ -142,13 +142,4 @@ impl WakeUp {
         }
         Ok(())
     }
-
-    /// Whether a notification is waiting (without blocking).
-    pub fn pending(&mut self) -> bool {
-        let mut any = false;
-        while self.notifications.try_recv().is_ok() {
-            any = true;
-        }
-        any
-    }
 }

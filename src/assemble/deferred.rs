@@ -212,7 +212,6 @@ impl Assembler {
                     tag_changes: 0,
                     request: None,
                     db_user: d.user_name.clone(),
-                    application_name: String::new(),
                 })
             })
             .collect())

@@ -41,8 +41,8 @@ impl Snapshot {
     }
 }
 
-const CHANGE_COLUMNS: &str = "id, txid, captured_at, content_type_id, object_id, kind::text, db_user, \
-                              application_name, request, before::text, tag_id";
+/// `content_type_id` and `object_id` (3 and 4) key the rows by object ([`key`]).
+const CHANGE_COLUMNS: &str = "id, txid, captured_at, content_type_id, object_id, kind::text, db_user, request, before::text, tag_id";
 
 /// The rows of a batch: committed in `to`, not yet committed in `from`; those of the content
 /// types in `$5` (NetBox's own configuration: rules, webhooks, custom fields) first.
@@ -202,14 +202,11 @@ fn change_from(row: &Row) -> Option<Change> {
         id: row.get(0),
         txid: row.get(1),
         captured_at: row.get(2),
-        content_type_id: row.get(3),
-        object_id: row.get(4),
         kind: ChangeKind::from_code(row.get::<_, &str>(5))?,
         db_user: row.get(6),
-        application_name: row.get(7),
-        request: row.get(8),
-        before: parse_row(row.get::<_, Option<String>>(9).as_deref()),
-        tag_id: row.get(10),
+        request: row.get(7),
+        before: parse_row(row.get::<_, Option<String>>(8).as_deref()),
+        tag_id: row.get(9),
     })
 }
 

@@ -54,11 +54,8 @@ pub struct Change {
     pub id: i64,
     pub txid: i64,
     pub captured_at: SystemTime,
-    pub content_type_id: i32,
-    pub object_id: i64,
     pub kind: ChangeKind,
     pub db_user: String,
-    pub application_name: String,
     pub request: Option<String>,
     pub before: Option<Row>,
     pub tag_id: Option<i64>,
@@ -159,7 +156,6 @@ pub struct TxChange {
     /// The NetBox plugin's request context, if any change carried one.
     pub request: Option<String>,
     pub db_user: String,
-    pub application_name: String,
 }
 
 impl TxChange {
@@ -391,9 +387,6 @@ impl Group {
                 .find_map(|c| c.request.clone())
                 .or_else(|| changelog.iter().find_map(|e| e.request.clone())),
             db_user: first.map(|c| c.db_user.clone()).unwrap_or_default(),
-            application_name: first
-                .map(|c| c.application_name.clone())
-                .unwrap_or_default(),
             changelog,
         }
     }

@@ -240,7 +240,6 @@ pub async fn context_for(
         tag_changes: 0,
         request: None,
         db_user: "netbox-outbox".into(),
-        application_name: String::new(),
     };
     let rendered = netbox::render(client, netbox, 0, std::iter::once(&change))
         .await?

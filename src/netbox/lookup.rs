@@ -150,11 +150,6 @@ impl Lookups {
         self.deleted_checked.contains(&(content_type_id, id))
     }
 
-    /// Seeds the cache with a row already at hand.
-    pub fn put(&mut self, table: &str, id: i64, row: Option<Row>) {
-        self.rows.insert((table.to_string(), id), row);
-    }
-
     /// Fetches everything `needs` lists.
     pub async fn fetch(
         &mut self,

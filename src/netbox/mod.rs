@@ -20,12 +20,9 @@ pub use self::render::{Rendered, render};
 /// A custom field definition (extras_customfield).
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct CustomField {
-    pub id: i64,
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
-    pub group_name: String,
-    pub weight: i64,
     pub related_object_type_id: Option<i32>,
     /// `[value, label]` pairs of the field's choice set.
     #[serde(default)]
@@ -76,8 +73,8 @@ impl Netbox {
                         netbox_outbox.ignored_columns(to_regclass(format('public.%I', w.table_name))))), '[]')
                       from netbox_outbox.watch w where w.watched)::text,
                    (select coalesce(json_agg(json_build_object(
-                        'id', cf.id, 'name', cf.name, 'type', cf.type, 'group_name', cf.group_name,
-                        'weight', cf.weight, 'related_object_type_id', cf.related_object_type_id,
+                        'name', cf.name, 'type', cf.type,
+                        'related_object_type_id', cf.related_object_type_id,
                         'choices', (select coalesce(json_agg(json_build_array(s.extra_choices[i][1],
                                                                                s.extra_choices[i][2]) order by i), '[]')
                                     from extras_customfieldchoiceset s, generate_subscripts(s.extra_choices, 1) i

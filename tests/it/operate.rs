@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use netbox_outbox::receiver::{Receiver, Reply};
 
-use crate::support::db::{TestDb, insert_site};
+use crate::support::db::{TestDb, insert_site, psql_file};
 use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
 use crate::support::wait::eventually;
 
@@ -446,18 +446,6 @@ async fn metrics_and_health_endpoints() {
 }
 
 /// Runs one of sql/*.sql as the database's owner (psql, as the docs say), with `-v` variables.
-fn psql_file(db: &TestDb, file: &str, vars: &[(&str, &str)]) -> Output {
-    let mut psql = Command::new("psql");
-    psql.arg(db.url()).args(["-q", "-v", "ON_ERROR_STOP=1"]);
-    for (name, value) in vars {
-        psql.arg("-v").arg(format!("{name}={value}"));
-    }
-    psql.arg("-f")
-        .arg(format!("{}/sql/{file}", env!("CARGO_MANIFEST_DIR")))
-        .output()
-        .expect("run psql")
-}
-
 /// The message of a statement the sidecar's role must not be allowed to run.
 async fn denied(client: &tokio_postgres::Client, sql: &str) -> String {
     let error = client

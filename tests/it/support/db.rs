@@ -260,3 +260,39 @@ pub async fn insert_site(client: &Client, name: &str) -> i64 {
         .expect("insert site")
         .get(0)
 }
+
+/// Runs one of `sql/*.sql` with psql as the test database's owner, with `-v name=value`
+/// variables, as a DBA following docs/install.md would.
+pub fn psql_file(db: &TestDb, file: &str, vars: &[(&str, &str)]) -> std::process::Output {
+    let mut psql = std::process::Command::new("psql");
+    psql.arg(db.url()).args(["-q", "-v", "ON_ERROR_STOP=1"]);
+    for (name, value) in vars {
+        psql.arg("-v").arg(format!("{name}={value}"));
+    }
+    psql.arg("-f")
+        .arg(format!("{}/sql/{file}", env!("CARGO_MANIFEST_DIR")))
+        .output()
+        .expect("run psql")
+}
+
+/// The sidecar's least-privilege role, set up as docs/install.md says (sql/create-role.sql,
+/// then sql/roles.sql), named after the test database (roles are cluster-wide). Drop it with
+/// `drop owned by ...; drop role ...` at the end of the test.
+pub fn least_privilege_role(db: &TestDb) -> String {
+    let role = format!("nbo_sidecar_{}", db.name);
+    for (file, vars) in [
+        (
+            "create-role.sql",
+            vec![("role", role.as_str()), ("password", "secret")],
+        ),
+        ("roles.sql", vec![("role", role.as_str())]),
+    ] {
+        let out = psql_file(db, file, &vars);
+        assert!(
+            out.status.success(),
+            "sql/{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    role
+}
