@@ -1,6 +1,8 @@
 //! The model catalogue: what NetBox 4.7.3's REST serializers and snapshot encoder do for each
 //! model, generated from NetBox itself by `tools/catalogue/generate.py` and embedded here as
-//! data (`src/netbox/catalogue/netbox-4.7.3.json`). See tools/catalogue/README.md for the schema.
+//! data (`src/netbox/catalogue/netbox-4.7.3.json`), read into types so that a value the renderer
+//! does not know is refused when the catalogue loads instead of rendering as a silent `null`.
+//! See tools/catalogue/README.md for the schema.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -9,6 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 const EMBEDDED: &str = include_str!("catalogue/netbox-4.7.3.json");
+const EMBEDDED_NAME: &str = "src/netbox/catalogue/netbox-4.7.3.json";
 
 /// The whole catalogue.
 #[derive(Debug, Deserialize)]
@@ -63,7 +66,7 @@ pub struct Column {
     #[serde(default)]
     pub field: Option<String>,
     #[serde(default)]
-    pub format: Option<String>,
+    pub format: Option<ColumnFormat>,
     #[serde(default)]
     pub scale: Option<u32>,
     #[serde(default)]
@@ -72,17 +75,157 @@ pub struct Column {
     pub fk_model: Option<String>,
 }
 
+/// What a serializer field is (the README's "Serializer field specs").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldKind {
+    Pk,
+    ApiUrl,
+    UiUrl,
+    Display,
+    Value,
+    Choice,
+    Fk,
+    M2m,
+    ContentType,
+    ContentTypes,
+    Gfk,
+    Tags,
+    CustomFields,
+    Count,
+    Annotation,
+    Related,
+    Method,
+    /// The kinds below only describe the shape of a `related` or `method` field's value (its
+    /// `render` spec); a serializer never lists them as a field of its own.
+    ///
+    /// One nested object (the brief form unless `fields`/`variant` say otherwise); also the
+    /// kind of the specs the renderer builds itself for nested objects.
+    #[default]
+    Nested,
+    NestedMany,
+    GenericObjects,
+    MappingList,
+}
+
+impl FieldKind {
+    /// Whether the kind only describes a `render` spec (see [`FieldKind::Nested`]).
+    pub fn is_render_shape(self) -> bool {
+        matches!(
+            self,
+            FieldKind::Nested
+                | FieldKind::NestedMany
+                | FieldKind::GenericObjects
+                | FieldKind::MappingList
+        )
+    }
+}
+
+/// How a column's value is written in REST `data` (the README's "Value formats").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    Str,
+    Int,
+    Bool,
+    Date,
+    Json,
+    Uuid,
+    Duration,
+    Cidr,
+    Decimal,
+    Datetime,
+    Inet,
+    Mac,
+    Timezone,
+    FileUrl,
+    Array,
+    /// Only as an `item_format` (an array of PostgreSQL int ranges).
+    IntRange,
+}
+
+/// How a column's value is written in a snapshot (the README's "Snapshot formats").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotFormat {
+    Str,
+    Int,
+    Bool,
+    Date,
+    Json,
+    Uuid,
+    Duration,
+    Cidr,
+    File,
+    Binary,
+    ArrayList,
+    Decimal,
+    Datetime,
+    Inet,
+    Mac,
+    Timezone,
+    ArrayJson,
+}
+
+/// A column's model field type, as display templates need it for `str()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnFormat {
+    Str,
+    Int,
+    Bool,
+    Date,
+    Json,
+    Uuid,
+    Duration,
+    Cidr,
+    File,
+    Binary,
+    Array,
+    Decimal,
+    Datetime,
+    Inet,
+    Mac,
+    Timezone,
+}
+
+/// What an `annotation` field gives when the queryset annotation is absent (always, for us).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenMissing {
+    /// The key is left out.
+    Omit,
+    /// The field's `default`.
+    Default,
+}
+
+/// An m2m field rendered as one column of its targets instead of nested objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RenderAs {
+    /// ConfigContext `tags`: the tags' slugs.
+    Slug,
+}
+
+impl RenderAs {
+    pub fn column(self) -> &'static str {
+        match self {
+            RenderAs::Slug => "slug",
+        }
+    }
+}
+
 /// One key of a serialized object.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Field {
     pub name: String,
-    pub kind: String,
+    pub kind: FieldKind,
     #[serde(default)]
     pub column: Option<String>,
     #[serde(default)]
-    pub format: Option<String>,
+    pub format: Option<ValueFormat>,
     #[serde(default)]
-    pub item_format: Option<String>,
+    pub item_format: Option<ValueFormat>,
     #[serde(default)]
     pub scale: Option<u32>,
     #[serde(default)]
@@ -113,29 +256,116 @@ pub struct Field {
     pub many: Option<bool>,
     #[serde(default)]
     pub render: Option<Box<Field>>,
+    /// For a `method`: the recipe that reproduces NetBox's Python.
     #[serde(default)]
-    pub derive: Option<Value>,
+    pub derive: Option<Derive>,
     #[serde(default)]
-    pub when_missing: Option<String>,
+    pub when_missing: Option<WhenMissing>,
     #[serde(default)]
     pub default: Option<Value>,
     #[serde(default)]
     pub item_fields: Vec<Field>,
-    /// For an m2m: `slug` or `pk` renders that column instead of nested objects.
+    /// For an m2m: render that column of the targets instead of nested objects.
     #[serde(default, rename = "as")]
-    pub render_as: Option<String>,
+    pub render_as: Option<RenderAs>,
 }
 
-impl Field {
-    /// A derive spec's string attribute.
-    pub fn derive_str(&self, key: &str) -> Option<&str> {
-        self.derive.as_ref()?.get(key)?.as_str()
-    }
+/// The recipe of a `method` field (the README's "`derive` recipes"). The keys every recipe
+/// reads the same way are typed here; the rest are column and table names, read by name.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Derive {
+    pub kind: DeriveKind,
+    #[serde(default)]
+    pub format: Option<ValueFormat>,
+    #[serde(default)]
+    pub part: Option<PortPart>,
+    #[serde(default)]
+    pub order_by: Vec<OrderBy>,
+    #[serde(default)]
+    pub exists: Option<Exists>,
+    #[serde(default)]
+    pub columns: Vec<String>,
+    #[serde(default)]
+    pub not_columns: Vec<String>,
+    #[serde(flatten)]
+    pub params: HashMap<String, Value>,
+}
 
-    pub fn derive_kind(&self) -> Option<&str> {
-        self.derive_str("kind")
+impl Derive {
+    /// A string parameter (a column, table or model name).
+    pub fn param(&self, key: &str) -> Option<String> {
+        self.params.get(key)?.as_str().map(str::to_string)
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeriveKind {
+    PreferIpv4,
+    IpFamily,
+    PathDepth,
+    AnyTruthy,
+    GfkColumnEqualsPk,
+    LegacyPortMappings,
+    CableEndTerminations,
+    CachedColumn,
+    Column,
+    ArrayLength,
+    FkColumn,
+    ParentBay,
+    GenericCount,
+    GenericFirst,
+}
+
+/// Which half of a Service's legacy `(protocol, ports)` a field shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortPart {
+    Protocol,
+    Ports,
+}
+
+/// `any_truthy`'s "a row of `table` has `fk_column` = pk".
+#[derive(Debug, Clone, Deserialize)]
+pub struct Exists {
+    pub table: String,
+    pub fk_column: String,
+}
+
+/// The `method` fields without a recipe that the renderer computes by name (in
+/// `render/cabling.rs`), from the cable tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cabling {
+    LinkPeers,
+    LinkPeersType,
+    ConnectedEndpoints,
+    ConnectedEndpointsType,
+    ConnectedEndpointsReachable,
+}
+
+impl Cabling {
+    pub fn of(field_name: &str) -> Option<Self> {
+        Self::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(
+            field_name,
+        ))
+        .ok()
+    }
+}
+
+/// `method` fields NetBox computes from Python objects the database does not hold (a script's
+/// class, a plugin's action provider, module bay type sets): rendered as `null`, by decision
+/// (tools/catalogue/README.md). Any other `method` without a recipe is refused at load.
+pub const PYTHON_ONLY: &[(&str, &str)] = &[
+    ("dcim.module", "is_bay_compatible"),
+    ("dcim.modulebay", "is_module_compatible"),
+    ("extras.customfield", "data_type"),
+    ("extras.customfieldchoiceset", "choices_count"),
+    ("extras.eventrule", "action_is_available"),
+    ("extras.script", "description"),
+    ("extras.script", "vars"),
+    ("extras.script", "result"),
+];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Through {
@@ -161,16 +391,28 @@ pub struct OrderBy {
     pub desc: bool,
 }
 
+/// What a snapshot key other than a plain column or local m2m is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotKind {
+    /// The raw stored `custom_field_data`.
+    CustomFields,
+    /// The sorted tag names.
+    Tags,
+    /// Cable's `serialize_object` override: the ids of its A or B terminations.
+    CableTerminations,
+}
+
 /// One key of a snapshot (`serialize_object`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct SnapshotField {
     pub name: String,
     #[serde(default)]
-    pub kind: Option<String>,
+    pub kind: Option<SnapshotKind>,
     #[serde(default)]
     pub column: Option<String>,
     #[serde(default)]
-    pub format: Option<String>,
+    pub format: Option<SnapshotFormat>,
     #[serde(default)]
     pub scale: Option<u32>,
     #[serde(default)]
@@ -187,16 +429,46 @@ pub struct SnapshotField {
 /// How `str(obj)` is built.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Display {
-    pub kind: String,
+    pub kind: DisplayKind,
     #[serde(default)]
     pub template: Option<String>,
     #[serde(default)]
     pub cases: Vec<DisplayCase>,
     /// Related objects a template refers to (`{=name}`, `{name.column}`).
     #[serde(default)]
-    pub refs: HashMap<String, Value>,
+    pub refs: HashMap<String, DisplayRef>,
+    /// Sub-templates (`{$name}`).
     #[serde(default)]
-    pub vars: HashMap<String, Value>,
+    pub vars: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisplayKind {
+    /// One `template`.
+    Template,
+    /// The first of `cases` whose `when` expressions are all truthy.
+    Cases,
+}
+
+/// A related object a display template refers to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DisplayRef {
+    /// The row of `model` whose id is in `column`.
+    Fk { column: String, model: String },
+    /// The row a generic foreign key points at.
+    Gfk { ct_column: String, id_column: String },
+    /// The first row of `model` (by `order_by`) pointing here through a generic relation.
+    FirstRelated {
+        model: String,
+        ct_column: String,
+        id_column: String,
+        #[serde(default)]
+        ct_model: Option<String>,
+        #[serde(default)]
+        order_by: Vec<OrderBy>,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,15 +478,93 @@ pub struct DisplayCase {
     pub template: String,
 }
 
-/// The embedded catalogue, parsed once.
+/// A catalogue the renderer cannot interpret, naming where and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the model catalogue {source_name} is invalid: {location}: {problem}; fix the generator \
+     (tools/catalogue/generate.py) and regenerate it, or teach the renderer the new value"
+)]
+pub struct CatalogueError {
+    pub source_name: String,
+    /// `model dcim.device, field status (serializer[3].kind)`, or the JSON path.
+    pub location: String,
+    pub problem: String,
+}
+
+/// The embedded catalogue, parsed and checked once. It is part of the binary, so a bad one is a
+/// build defect: the unit test `the_embedded_catalogue_loads` catches it before it ships.
 pub fn catalogue() -> &'static Catalogue {
     static CATALOGUE: OnceLock<Catalogue> = OnceLock::new();
-    CATALOGUE.get_or_init(|| {
-        serde_json::from_str(EMBEDDED).expect("the embedded model catalogue is valid JSON")
+    CATALOGUE.get_or_init(|| match Catalogue::parse(EMBEDDED_NAME, EMBEDDED) {
+        Ok(catalogue) => catalogue,
+        Err(error) => panic!("{error}"),
     })
 }
 
 impl Catalogue {
+    /// Reads a catalogue, refusing any kind, derive, format or other value the renderer does
+    /// not know (with the model, field and value), and any field the renderer could only
+    /// render as `null`.
+    pub fn parse(source_name: &str, json: &str) -> Result<Catalogue, CatalogueError> {
+        let error = |location: String, problem: String| CatalogueError {
+            source_name: source_name.to_string(),
+            location,
+            problem,
+        };
+        let raw: Value =
+            serde_json::from_str(json).map_err(|e| error("the file".into(), e.to_string()))?;
+        let catalogue: Catalogue = serde_path_to_error::deserialize(&raw).map_err(|e| {
+            let location = locate(&raw, e.path());
+            error(location, e.into_inner().to_string())
+        })?;
+        catalogue
+            .check()
+            .map_err(|(location, problem)| error(location, problem))?;
+        Ok(catalogue)
+    }
+
+    /// What types alone cannot say: render-shape kinds used as fields, and methods without a
+    /// recipe the renderer knows.
+    fn check(&self) -> Result<(), (String, String)> {
+        let mut names: Vec<&String> = self.models.keys().collect();
+        names.sort();
+        for name in names {
+            let model = &self.models[name];
+            let mut lists: Vec<(String, &Vec<Field>)> = vec![
+                ("serializer".into(), &model.serializer),
+                ("brief".into(), &model.brief),
+            ];
+            lists.extend(model.variants.iter().map(|(v, f)| (format!("variants.{v}"), f)));
+            for (list, fields) in lists {
+                for (i, field) in fields.iter().enumerate() {
+                    let at = || format!("model {name}, field {} ({list}[{i}])", field.name);
+                    if field.kind.is_render_shape() {
+                        return Err((
+                            at(),
+                            format!(
+                                "kind {:?} only describes a `render` spec, not a field",
+                                field.kind
+                            ),
+                        ));
+                    }
+                    if field.kind == FieldKind::Method
+                        && field.derive.is_none()
+                        && Cabling::of(&field.name).is_none()
+                        && !PYTHON_ONLY.contains(&(name.as_str(), field.name.as_str()))
+                    {
+                        return Err((
+                            at(),
+                            "a `method` field without a `derive` recipe the renderer knows \
+                             (it would render as null)"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn model(&self, name: &str) -> Option<&Model> {
         self.models.get(name)
     }
@@ -229,13 +579,52 @@ impl Catalogue {
     }
 }
 
+/// A JSON path in the catalogue as "model M, field F (path)": the model is the key under
+/// `models`, the field the innermost object on the way that has a `name`.
+fn locate(raw: &Value, path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut node = Some(raw);
+    let mut model: Option<String> = None;
+    let mut field: Option<String> = None;
+    let mut below_model: Vec<String> = Vec::new();
+    for (i, segment) in path.iter().enumerate() {
+        node = match (segment, node) {
+            (Segment::Map { key }, Some(n)) => {
+                if i == 1 && model.is_none() {
+                    model = Some(key.clone());
+                } else if model.is_some() {
+                    below_model.push(key.clone());
+                }
+                n.get(key)
+            }
+            (Segment::Seq { index }, Some(n)) => {
+                if let Some(last) = below_model.last_mut() {
+                    last.push_str(&format!("[{index}]"));
+                }
+                n.get(index)
+            }
+            _ => None,
+        };
+        if model.is_some()
+            && let Some(name) = node.and_then(|n| n.get("name")).and_then(Value::as_str)
+        {
+            field = Some(name.to_string());
+        }
+    }
+    match (model, field) {
+        (Some(m), Some(f)) => format!("model {m}, field {f} ({})", below_model.join(".")),
+        (Some(m), None) => format!("model {m} ({})", below_model.join(".")),
+        _ => format!("at {path}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_embedded_catalogue_covers_netbox_models() {
-        let c = catalogue();
+    fn the_embedded_catalogue_loads() {
+        let c = Catalogue::parse(EMBEDDED_NAME, EMBEDDED).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.netbox_version, "4.7.3");
         assert!(c.models.values().filter(|m| m.event_rules).count() >= 127);
         let device = c.model("dcim.device").expect("dcim.device");
@@ -245,6 +634,77 @@ mod tests {
         assert_eq!(
             c.choice_label("DeviceStatusChoices", &Value::from("active")),
             Some("Active")
+        );
+    }
+
+    /// The embedded catalogue with one value of one field of dcim.device replaced.
+    fn with_device_field(name: &str, edit: impl FnOnce(&mut Value)) -> Result<Catalogue, String> {
+        let mut raw: Value = serde_json::from_str(EMBEDDED).unwrap();
+        let fields = raw["models"]["dcim.device"]["serializer"]
+            .as_array_mut()
+            .unwrap();
+        let field = fields.iter_mut().find(|f| f["name"] == name).unwrap();
+        edit(field);
+        Catalogue::parse("test.json", &raw.to_string()).map_err(|e| e.to_string())
+    }
+
+    fn assert_names(error: Result<Catalogue, String>, wanted: &[&str]) {
+        let message = error.expect_err("the catalogue is refused");
+        for w in wanted {
+            assert!(message.contains(w), "{w:?} not in {message:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_kind_is_refused_naming_model_field_and_value() {
+        assert_names(
+            with_device_field("status", |f| f["kind"] = "choise".into()),
+            &["test.json", "dcim.device", "field status", "`choise`"],
+        );
+    }
+
+    #[test]
+    fn an_unknown_derive_is_refused_naming_model_field_and_value() {
+        assert_names(
+            with_device_field("parent_device", |f| {
+                f["derive"]["kind"] = "parent_bays".into()
+            }),
+            &["dcim.device", "field parent_device", "`parent_bays`"],
+        );
+    }
+
+    #[test]
+    fn an_unknown_format_is_refused_naming_model_field_and_value() {
+        assert_names(
+            with_device_field("serial", |f| f["format"] = "string".into()),
+            &["dcim.device", "field serial", "`string`"],
+        );
+        let mut raw: Value = serde_json::from_str(EMBEDDED).unwrap();
+        raw["models"]["dcim.site"]["snapshot"][1]["format"] = "datetim".into();
+        let message = Catalogue::parse("t.json", &raw.to_string())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            message.contains("dcim.site") && message.contains("`datetim`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_method_without_a_known_recipe_is_refused() {
+        assert_names(
+            with_device_field("parent_device", |f| {
+                f.as_object_mut().unwrap().remove("derive");
+            }),
+            &["dcim.device", "field parent_device", "without a `derive` recipe"],
+        );
+    }
+
+    #[test]
+    fn a_render_shape_is_refused_as_a_field() {
+        assert_names(
+            with_device_field("serial", |f| f["kind"] = "nested_many".into()),
+            &["dcim.device", "field serial", "NestedMany"],
         );
     }
 }
