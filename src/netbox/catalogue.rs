@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 const EMBEDDED: &str = include_str!("catalogue/netbox-4.7.3.json");
@@ -76,7 +76,7 @@ pub struct Column {
 }
 
 /// What a serializer field is (the README's "Serializer field specs").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldKind {
     Pk,
@@ -122,7 +122,7 @@ impl FieldKind {
 }
 
 /// How a column's value is written in REST `data` (the README's "Value formats").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ValueFormat {
     Str,
@@ -145,7 +145,7 @@ pub enum ValueFormat {
 }
 
 /// How a column's value is written in a snapshot (the README's "Snapshot formats").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotFormat {
     Str,
@@ -168,7 +168,7 @@ pub enum SnapshotFormat {
 }
 
 /// A column's model field type, as display templates need it for `str()`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ColumnFormat {
     Str,
@@ -190,7 +190,7 @@ pub enum ColumnFormat {
 }
 
 /// What an `annotation` field gives when the queryset annotation is absent (always, for us).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenMissing {
     /// The key is left out.
@@ -200,7 +200,7 @@ pub enum WhenMissing {
 }
 
 /// An m2m field rendered as one column of its targets instead of nested objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RenderAs {
     /// ConfigContext `tags`: the tags' slugs.
@@ -298,7 +298,7 @@ impl Derive {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeriveKind {
     PreferIpv4,
@@ -318,7 +318,7 @@ pub enum DeriveKind {
 }
 
 /// Which half of a Service's legacy `(protocol, ports)` a field shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PortPart {
     Protocol,
@@ -334,7 +334,7 @@ pub struct Exists {
 
 /// The `method` fields without a recipe that the renderer computes by name (in
 /// `render/cabling.rs`), from the cable tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cabling {
     LinkPeers,
@@ -346,9 +346,9 @@ pub enum Cabling {
 
 impl Cabling {
     pub fn of(field_name: &str) -> Option<Self> {
-        Self::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(
-            field_name,
-        ))
+        Self::deserialize(
+            serde::de::value::StrDeserializer::<serde::de::value::Error>::new(field_name),
+        )
         .ok()
     }
 }
@@ -392,7 +392,7 @@ pub struct OrderBy {
 }
 
 /// What a snapshot key other than a plain column or local m2m is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotKind {
     /// The raw stored `custom_field_data`.
@@ -442,7 +442,7 @@ pub struct Display {
     pub vars: HashMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DisplayKind {
     /// One `template`.
@@ -458,7 +458,10 @@ pub enum DisplayRef {
     /// The row of `model` whose id is in `column`.
     Fk { column: String, model: String },
     /// The row a generic foreign key points at.
-    Gfk { ct_column: String, id_column: String },
+    Gfk {
+        ct_column: String,
+        id_column: String,
+    },
     /// The first row of `model` (by `order_by`) pointing here through a generic relation.
     FirstRelated {
         model: String,
@@ -534,7 +537,12 @@ impl Catalogue {
                 ("serializer".into(), &model.serializer),
                 ("brief".into(), &model.brief),
             ];
-            lists.extend(model.variants.iter().map(|(v, f)| (format!("variants.{v}"), f)));
+            lists.extend(
+                model
+                    .variants
+                    .iter()
+                    .map(|(v, f)| (format!("variants.{v}"), f)),
+            );
             for (list, fields) in lists {
                 for (i, field) in fields.iter().enumerate() {
                     let at = || format!("model {name}, field {} ({list}[{i}])", field.name);
@@ -620,6 +628,8 @@ fn locate(raw: &Value, path: &serde_path_to_error::Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt;
+
     use super::*;
 
     #[test]
@@ -696,7 +706,11 @@ mod tests {
             with_device_field("parent_device", |f| {
                 f.as_object_mut().unwrap().remove("derive");
             }),
-            &["dcim.device", "field parent_device", "without a `derive` recipe"],
+            &[
+                "dcim.device",
+                "field parent_device",
+                "without a `derive` recipe",
+            ],
         );
     }
 
@@ -706,5 +720,154 @@ mod tests {
             with_device_field("serial", |f| f["kind"] = "nested_many".into()),
             &["dcim.device", "field serial", "NestedMany"],
         );
+    }
+
+    /// The variant names a serde enum accepts, as its `Deserialize` declares them.
+    fn variants<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        #[derive(Debug)]
+        struct Found(Vec<String>);
+        impl fmt::Display for Found {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+        impl std::error::Error for Found {}
+        impl serde::de::Error for Found {
+            fn custom<M: fmt::Display>(_: M) -> Self {
+                Found(Vec::new())
+            }
+        }
+        struct Capture;
+        impl<'de> serde::Deserializer<'de> for Capture {
+            type Error = Found;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Found> {
+                Err(Found(Vec::new()))
+            }
+            fn deserialize_enum<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                variants: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Found> {
+                Err(Found(variants.iter().map(|v| v.to_string()).collect()))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+                struct identifier ignored_any
+            }
+        }
+        match T::deserialize(Capture) {
+            Err(Found(names)) => names,
+            Ok(_) => unreachable!(),
+        }
+    }
+
+    fn name(value: impl Serialize) -> String {
+        serde_json::to_value(value)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Every value the renderer knows is one some model of the embedded catalogue uses: a variant
+    /// nothing uses is dead code to delete (or to document here as reserved).
+    #[test]
+    fn every_variant_is_used_by_the_embedded_catalogue() {
+        use std::collections::BTreeSet;
+        let c = catalogue();
+        let mut used: HashMap<&str, BTreeSet<String>> = HashMap::new();
+        let mut add = |set: &'static str, value: String| {
+            used.entry(set).or_default().insert(value);
+        };
+        fn walk(f: &Field, add: &mut dyn FnMut(&'static str, String)) {
+            add("FieldKind", name(f.kind));
+            f.format
+                .iter()
+                .chain(&f.item_format)
+                .for_each(|v| add("ValueFormat", name(v)));
+            f.when_missing
+                .iter()
+                .for_each(|v| add("WhenMissing", name(v)));
+            f.render_as.iter().for_each(|v| add("RenderAs", name(v)));
+            if let Some(d) = &f.derive {
+                add("DeriveKind", name(d.kind));
+                d.format.iter().for_each(|v| add("ValueFormat", name(v)));
+                d.part.iter().for_each(|v| add("PortPart", name(v)));
+            }
+            if f.kind == FieldKind::Method && f.derive.is_none() {
+                Cabling::of(&f.name)
+                    .iter()
+                    .for_each(|v| add("Cabling", name(v)));
+            }
+            if let Some(r) = &f.render {
+                walk(r, add);
+            }
+            for i in &f.item_fields {
+                walk(i, add);
+            }
+        }
+        for model in c.models.values() {
+            let lists = [&model.serializer, &model.brief]
+                .into_iter()
+                .chain(model.variants.values());
+            for f in lists.flatten() {
+                walk(f, &mut add);
+            }
+            for s in &model.snapshot {
+                s.kind.iter().for_each(|v| add("SnapshotKind", name(v)));
+                s.format.iter().for_each(|v| add("SnapshotFormat", name(v)));
+            }
+            for col in model.columns.values() {
+                col.format.iter().for_each(|v| add("ColumnFormat", name(v)));
+            }
+            add("DisplayKind", name(model.display.kind));
+            for r in model.display.refs.values() {
+                let kind = match r {
+                    DisplayRef::Fk { .. } => "fk",
+                    DisplayRef::Gfk { .. } => "gfk",
+                    DisplayRef::FirstRelated { .. } => "first_related",
+                };
+                add("DisplayRef", kind.to_string());
+            }
+        }
+        let declared: [(&str, Vec<String>); 12] = [
+            ("FieldKind", variants::<FieldKind>()),
+            ("ValueFormat", variants::<ValueFormat>()),
+            ("SnapshotFormat", variants::<SnapshotFormat>()),
+            ("ColumnFormat", variants::<ColumnFormat>()),
+            ("WhenMissing", variants::<WhenMissing>()),
+            ("RenderAs", variants::<RenderAs>()),
+            ("DeriveKind", variants::<DeriveKind>()),
+            ("PortPart", variants::<PortPart>()),
+            ("Cabling", variants::<Cabling>()),
+            ("SnapshotKind", variants::<SnapshotKind>()),
+            ("DisplayKind", variants::<DisplayKind>()),
+            (
+                "DisplayRef",
+                vec!["fk".into(), "gfk".into(), "first_related".into()],
+            ),
+        ];
+        for (set, names) in declared {
+            assert!(!names.is_empty(), "{set} has variants");
+            for n in names {
+                assert!(
+                    used.get(set).is_some_and(|u| u.contains(&n)),
+                    "{set}::{n} is used by no model of the embedded catalogue"
+                );
+            }
+        }
+        // and every method NetBox computes from Python alone is still in the catalogue
+        for (model, field) in PYTHON_ONLY {
+            let m = c.model(model).unwrap_or_else(|| panic!("{model}"));
+            assert!(
+                m.serializer
+                    .iter()
+                    .chain(&m.brief)
+                    .any(|f| f.name == *field),
+                "{model}.{field} is no longer in the catalogue"
+            );
+        }
     }
 }

@@ -54,10 +54,12 @@ impl Renderer<'_> {
                 .connected_endpoints(row)
                 .first()
                 .map_or(Value::Null, |(t, _)| Value::String(t.clone())),
-            Cabling::ConnectedEndpointsReachable => Value::Bool(self.cable_path(row).is_some_and(|p| {
-                p.get("is_complete").and_then(Value::as_bool) == Some(true)
-                    && p.get("is_active").and_then(Value::as_bool) == Some(true)
-            })),
+            Cabling::ConnectedEndpointsReachable => {
+                Value::Bool(self.cable_path(row).is_some_and(|p| {
+                    p.get("is_complete").and_then(Value::as_bool) == Some(true)
+                        && p.get("is_active").and_then(Value::as_bool) == Some(true)
+                }))
+            }
         }
     }
 

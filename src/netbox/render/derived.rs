@@ -160,11 +160,9 @@ impl Renderer<'_> {
                     Value::Object(Map::new())
                 }
             }
-            DeriveKind::Column => format_value(
-                &get(&s("column").unwrap_or_default()),
-                derive.format,
-                None,
-            ),
+            DeriveKind::Column => {
+                format_value(&get(&s("column").unwrap_or_default()), derive.format, None)
+            }
             DeriveKind::ArrayLength => Value::from(
                 get(&s("column").unwrap_or_default())
                     .as_array()

@@ -100,12 +100,7 @@ impl Ctx<'_> {
 
     fn base(&mut self, r: &mut Renderer<'_>, base: &str) -> Base {
         if let Some(var) = base.strip_prefix('$') {
-            let template = self
-                .spec
-                .vars
-                .get(var)
-                .cloned()
-                .unwrap_or_default();
+            let template = self.spec.vars.get(var).cloned().unwrap_or_default();
             return Base::Text(self.template(r, &template));
         }
         if let Some(path) = base.strip_prefix('=') {
@@ -302,10 +297,12 @@ fn column_format(
 fn column_str(value: &Value, format: Option<ColumnFormat>, scale: Option<u32>) -> String {
     match (value, format) {
         (Value::Null, _) => "None".into(),
-        (_, Some(ColumnFormat::Decimal)) => match crate::netbox::format::decimal_snapshot(value, scale) {
-            Value::String(s) => s,
-            other => py_str(&other),
-        },
+        (_, Some(ColumnFormat::Decimal)) => {
+            match crate::netbox::format::decimal_snapshot(value, scale) {
+                Value::String(s) => s,
+                other => py_str(&other),
+            }
+        }
         (_, Some(ColumnFormat::Inet)) => py_str(&crate::netbox::format::inet(value)),
         (Value::String(s), Some(ColumnFormat::Mac)) => s.to_uppercase(),
         (_, Some(ColumnFormat::Datetime)) => match value

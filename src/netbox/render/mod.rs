@@ -89,23 +89,9 @@ pub async fn render<'c>(
     let mut pass = 0;
     loop {
         pass += 1;
-        let mut needs = Needs::default();
-        let mut out = Vec::with_capacity(changes.len());
-        for change in &changes {
-            let mut own = Needs::default();
-            let mut rendered = render_pass(netbox, &lookups, &mut own, change);
-            if pass >= MAX_PASSES && !own.is_empty() && rendered.incomplete.is_none() {
-                rendered.incomplete = Some(RenderError::NeedsUnmet {
-                    model: object_type_name(netbox, change),
-                    object_id: change.object_id,
-                    passes: pass,
-                    missing: describe(&own),
-                });
-            }
-            merge(&mut needs, own);
-            out.push(rendered);
-        }
-        if needs.is_empty() || pass >= MAX_PASSES {
+        let last = pass >= MAX_PASSES;
+        let (out, needs) = render_all(netbox, &lookups, &changes, last.then_some(pass));
+        if needs.is_empty() || last {
             for error in out.iter().filter_map(|r| r.incomplete.as_ref()) {
                 tracing::warn!(reason = error.kind(), "{error}");
             }
@@ -115,8 +101,38 @@ pub async fn render<'c>(
     }
 }
 
+/// One pass over every change, from what `lookups` holds, with what the pass lacked. On the
+/// last pass (`last_pass`: its number), a change that still lacks something is incomplete.
+pub(crate) fn render_all(
+    netbox: &Netbox,
+    lookups: &Lookups,
+    changes: &[&TxChange],
+    last_pass: Option<usize>,
+) -> (Vec<Rendered>, Needs) {
+    let mut needs = Needs::default();
+    let mut out = Vec::with_capacity(changes.len());
+    for change in changes {
+        let mut own = Needs::default();
+        let mut rendered = render_pass(netbox, lookups, &mut own, change);
+        if let Some(passes) = last_pass
+            && !own.is_empty()
+            && rendered.incomplete.is_none()
+        {
+            rendered.incomplete = Some(RenderError::NeedsUnmet {
+                model: object_type_name(netbox, change),
+                object_id: change.object_id,
+                passes,
+                missing: describe(&own),
+            });
+        }
+        merge(&mut needs, own);
+        out.push(rendered);
+    }
+    (out, needs)
+}
+
 /// One change rendered from what `lookups` holds, recording in `needs` what it lacked.
-pub(crate) fn render_pass(
+fn render_pass(
     netbox: &Netbox,
     lookups: &Lookups,
     needs: &mut Needs,
@@ -159,30 +175,49 @@ fn merge(into: &mut Needs, from: Needs) {
 /// What `needs` lists, briefly (the first few of each sort), for a reason an operator reads.
 fn describe(needs: &Needs) -> String {
     const SHOWN: usize = 3;
-    fn some<T>(label: &str, items: impl ExactSizeIterator<Item = T>, show: impl Fn(T) -> String) -> Option<String> {
+    fn some<T>(
+        label: &str,
+        items: impl ExactSizeIterator<Item = T>,
+        show: impl Fn(T) -> String,
+    ) -> Option<String> {
         let total = items.len();
         if total == 0 {
             return None;
         }
         let shown: Vec<String> = items.take(SHOWN).map(show).collect();
-        let more = if total > SHOWN { format!(" and {} more", total - SHOWN) } else { String::new() };
+        let more = if total > SHOWN {
+            format!(" and {} more", total - SHOWN)
+        } else {
+            String::new()
+        };
         Some(format!("{label} {}{more}", shown.join(", ")))
     }
     [
-        some("rows", needs.rows.iter(), |(table, id)| format!("{table} id {id}")),
+        some("rows", needs.rows.iter(), |(table, id)| {
+            format!("{table} id {id}")
+        }),
         some("related rows", needs.related.iter(), |(key, value)| {
             format!("{} where {} = {value}", key.table, key.column)
         }),
         some("deleted rows", needs.deleted.iter(), |(ct, id)| {
             format!("content type {ct} id {id}")
         }),
-        some("config contexts", needs.config_contexts.iter(), |_| "of a scope".into()),
+        some("config contexts", needs.config_contexts.iter(), |_| {
+            "of a scope".into()
+        }),
         some("objects as of a change", needs.as_of.iter(), |k| {
             format!("content type {} id {}", k.content_type_id, k.object_id)
         }),
-        some("rows deleted in the transaction", needs.deleted_in_tx.iter(), |k| {
-            format!("content type {} where {} = {}", k.content_type_id, k.column, k.value)
-        }),
+        some(
+            "rows deleted in the transaction",
+            needs.deleted_in_tx.iter(),
+            |k| {
+                format!(
+                    "content type {} where {} = {}",
+                    k.content_type_id, k.column, k.value
+                )
+            },
+        ),
     ]
     .into_iter()
     .flatten()
@@ -375,7 +410,8 @@ impl Renderer<'_> {
     /// Records that a field of the change cannot be rendered (which fails the change: see
     /// [`RenderError`]) and gives the null that stands in for it meanwhile.
     pub(crate) fn unrenderable(&mut self, model: &str, field: &Field, why: &str) -> Value {
-        self.problems.push(format!("{model} field {}: {why}", field.name));
+        self.problems
+            .push(format!("{model} field {}: {why}", field.name));
         Value::Null
     }
 
@@ -408,4 +444,107 @@ impl Renderer<'_> {
     }
 
     // ---- snapshots ------------------------------------------------------------------------
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+    use std::time::SystemTime;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::NetboxConfig;
+
+    const DEVICE: i32 = 10;
+    const FRONT_PORT: i32 = 11;
+
+    /// A NetBox that knows two content types and nothing else.
+    fn netbox() -> Netbox {
+        let mut netbox = Netbox::new(NetboxConfig {
+            base_path: String::new(),
+            template_environment: Vec::new(),
+        });
+        netbox.content_types = HashMap::from([
+            (DEVICE, "dcim.device".to_string()),
+            (FRONT_PORT, "dcim.frontport".to_string()),
+        ]);
+        netbox.by_name = netbox
+            .content_types
+            .iter()
+            .map(|(id, name)| (name.clone(), *id))
+            .collect();
+        netbox.watched = HashSet::from([DEVICE, FRONT_PORT]);
+        netbox
+    }
+
+    fn created(content_type_id: i32, row: Value) -> TxChange {
+        let Value::Object(row) = row else {
+            unreachable!()
+        };
+        TxChange {
+            txid: 0,
+            content_type_id,
+            object_id: row["id"].as_i64().unwrap(),
+            seq: 1,
+            committed_at: SystemTime::now(),
+            action: Action::Created,
+            pre_row: None,
+            post_row: Some(row),
+            deleted_row: None,
+            pre_tags: BTreeSet::new(),
+            post_tags: BTreeSet::new(),
+            changelog: Vec::new(),
+            row_changes: 1,
+            tag_changes: 0,
+            request: None,
+            db_user: "netbox".into(),
+            application_name: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_render_whose_needs_cannot_be_met_reports_incomplete() {
+        let netbox = netbox();
+        // the device's site (and role, type) are rows the lookups never got
+        let device = created(
+            DEVICE,
+            json!({"id": 7, "name": "sw1", "site_id": 3, "role_id": 4, "device_type_id": 5,
+                   "status": "active", "custom_field_data": {}}),
+        );
+        let lookups = Lookups::new(0);
+
+        let (rendered, needs) = render_all(&netbox, &lookups, &[&device], None);
+        assert!(!needs.is_empty());
+        assert_eq!(
+            rendered[0].incomplete, None,
+            "a pass before the last one may lack rows"
+        );
+
+        let (rendered, _) = render_all(&netbox, &lookups, &[&device], Some(MAX_PASSES));
+        let error = rendered[0].incomplete.clone().expect("incomplete");
+        assert_eq!(error.kind(), "needs_unmet");
+        let reason = error.to_string();
+        for wanted in ["dcim.device 7", "after 8 passes", "dcim_site id 3"] {
+            assert!(reason.contains(wanted), "{wanted:?} not in {reason:?}");
+        }
+    }
+
+    #[test]
+    fn a_field_the_renderer_cannot_produce_fails_the_change() {
+        let netbox = netbox();
+        // FrontPort `rear_ports` lists dcim.portmapping rows, a model the catalogue lacks
+        let port = created(
+            FRONT_PORT,
+            json!({"id": 9, "name": "fp1", "device_id": 7, "type": "8p8c", "positions": 1,
+                   "custom_field_data": {}}),
+        );
+        let (rendered, _) = render_all(&netbox, &Lookups::new(0), &[&port], None);
+        let error = rendered[0].incomplete.clone().expect("incomplete");
+        assert_eq!(error.kind(), "unrenderable");
+        let reason = error.to_string();
+        for wanted in ["dcim.frontport 9", "rear_ports", "dcim.portmapping"] {
+            assert!(reason.contains(wanted), "{wanted:?} not in {reason:?}");
+        }
+    }
 }
