@@ -474,6 +474,69 @@ pub enum DisplayRef {
     },
 }
 
+/// A Python string filter in a display expression (`{base|filter:arg}`), see
+/// `render/display.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisplayFilter {
+    Label,
+    Replace,
+    Capitalize,
+    Basename,
+    Removeprefix,
+    Localdate,
+    LocaltimeHm,
+    AsnWithAsdot,
+    IpRangeName,
+    PythonModuleName,
+}
+
+impl DisplayFilter {
+    /// The filter a `name:arg` part names.
+    pub fn of(filter: &str) -> Option<Self> {
+        let name = filter.split_once(':').map_or(filter, |(name, _)| name);
+        Self::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(name))
+            .ok()
+    }
+}
+
+impl Display {
+    /// Every expression of the spec: the `{...}` placeholders of its templates and
+    /// sub-templates, and the cases' `when` expressions.
+    pub fn expressions(&self) -> Vec<&str> {
+        let templates = self
+            .template
+            .iter()
+            .chain(self.cases.iter().map(|c| &c.template))
+            .chain(self.vars.values());
+        let mut out: Vec<&str> = Vec::new();
+        for template in templates {
+            let mut rest = template.as_str();
+            while let Some(start) = rest.find('{') {
+                let Some(end) = rest[start..].find('}') else {
+                    break;
+                };
+                out.push(&rest[start + 1..start + end]);
+                rest = &rest[start + end + 1..];
+            }
+        }
+        out.extend(
+            self.cases
+                .iter()
+                .flat_map(|c| c.when.iter().map(String::as_str)),
+        );
+        out
+    }
+
+    /// The filters of every expression (the parts after `|`).
+    pub fn filters(&self) -> Vec<&str> {
+        self.expressions()
+            .into_iter()
+            .flat_map(|e| e.split('|').skip(1))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct DisplayCase {
     #[serde(default)]
@@ -533,6 +596,17 @@ impl Catalogue {
         names.sort();
         for name in names {
             let model = &self.models[name];
+            if let Some(filter) = model
+                .display
+                .filters()
+                .into_iter()
+                .find(|f| DisplayFilter::of(f).is_none())
+            {
+                return Err((
+                    format!("model {name}, display"),
+                    format!("unknown filter `{filter}` in a display template"),
+                ));
+            }
             let mut lists: Vec<(String, &Vec<Field>)> = vec![
                 ("serializer".into(), &model.serializer),
                 ("brief".into(), &model.brief),
@@ -823,6 +897,9 @@ mod tests {
                 col.format.iter().for_each(|v| add("ColumnFormat", name(v)));
             }
             add("DisplayKind", name(model.display.kind));
+            for f in model.display.filters() {
+                add("DisplayFilter", name(DisplayFilter::of(f).unwrap()));
+            }
             for r in model.display.refs.values() {
                 let kind = match r {
                     DisplayRef::Fk { .. } => "fk",
@@ -832,7 +909,8 @@ mod tests {
                 add("DisplayRef", kind.to_string());
             }
         }
-        let declared: [(&str, Vec<String>); 12] = [
+        let declared: [(&str, Vec<String>); 13] = [
+            ("DisplayFilter", variants::<DisplayFilter>()),
             ("FieldKind", variants::<FieldKind>()),
             ("ValueFormat", variants::<ValueFormat>()),
             ("SnapshotFormat", variants::<SnapshotFormat>()),
@@ -869,5 +947,18 @@ mod tests {
                 "{model}.{field} is no longer in the catalogue"
             );
         }
+    }
+
+    #[test]
+    fn an_unknown_display_filter_is_refused() {
+        let mut raw: Value = serde_json::from_str(EMBEDDED).unwrap();
+        raw["models"]["dcim.site"]["display"]["template"] = "{name|upper}".into();
+        let message = Catalogue::parse("t.json", &raw.to_string())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            message.contains("model dcim.site, display") && message.contains("`upper`"),
+            "{message}"
+        );
     }
 }

@@ -6,7 +6,9 @@ use serde_json::Value;
 
 use super::Renderer;
 use crate::change::Row;
-use crate::netbox::catalogue::{ColumnFormat, Display, DisplayKind, DisplayRef, Model};
+use crate::netbox::catalogue::{
+    ColumnFormat, Display, DisplayFilter, DisplayKind, DisplayRef, Model,
+};
 use crate::netbox::lookup::{Found, RelatedKey};
 
 /// `str(obj)` of a row of `model`.
@@ -210,9 +212,15 @@ impl Ctx<'_> {
     }
 
     fn filter(&mut self, r: &mut Renderer<'_>, filter: &str, base: &Base, text: String) -> String {
-        let (name, arg) = filter.split_once(':').unwrap_or((filter, ""));
-        match name {
-            "label" => {
+        let arg = filter.split_once(':').map_or("", |(_, arg)| arg);
+        let Some(known) = DisplayFilter::of(filter) else {
+            // refused when the catalogue loads (Catalogue::check)
+            r.problems
+                .push(format!("{} display: unknown filter `{filter}`", self.name));
+            return text;
+        };
+        match known {
+            DisplayFilter::Label => {
                 let value = match base {
                     Base::Column(v, ..) => v.clone(),
                     _ => Value::String(text.clone()),
@@ -222,11 +230,11 @@ impl Ctx<'_> {
                     .map(str::to_string)
                     .unwrap_or(text)
             }
-            "replace" => {
+            DisplayFilter::Replace => {
                 let (old, new) = arg.split_once(':').unwrap_or((arg, ""));
                 text.replace(old, new)
             }
-            "capitalize" => {
+            DisplayFilter::Capitalize => {
                 let mut chars = text.chars();
                 match chars.next() {
                     Some(first) => first
@@ -236,9 +244,8 @@ impl Ctx<'_> {
                     None => text,
                 }
             }
-            "strip" => text.trim().to_string(),
-            "basename" => text.rsplit('/').next().unwrap_or_default().to_string(),
-            "removeprefix" => {
+            DisplayFilter::Basename => text.rsplit('/').next().unwrap_or_default().to_string(),
+            DisplayFilter::Removeprefix => {
                 let prefix = match arg.strip_prefix('$') {
                     Some(_) => match self.base(r, arg) {
                         Base::Text(t) => t,
@@ -250,23 +257,23 @@ impl Ctx<'_> {
                     .map(str::to_string)
                     .unwrap_or(text)
             }
-            "localdate" => text.get(0..10).unwrap_or(&text).to_string(),
-            "localtime_hm" => match crate::netbox::format::Timestamp::parse(&text) {
+            DisplayFilter::Localdate => text.get(0..10).unwrap_or(&text).to_string(),
+            DisplayFilter::LocaltimeHm => match crate::netbox::format::Timestamp::parse(&text) {
                 Some(ts) => format!("{:02}:{:02}", ts.time.0, ts.time.1),
                 None => text,
             },
-            "asn_with_asdot" => match text.parse::<u64>() {
+            DisplayFilter::AsnWithAsdot => match text.parse::<u64>() {
                 Ok(n) if n >= 65536 => format!("{n} ({}.{})", n / 65536, n % 65536),
                 _ => text,
             },
-            "ip_range_name" => {
+            DisplayFilter::IpRangeName => {
                 let end = match self.base(r, arg) {
                     Base::Column(v, f, s) => column_str(&v, f, s),
                     _ => String::new(),
                 };
                 ip_range_name(&text, &end)
             }
-            "python_module_name" => {
+            DisplayFilter::PythonModuleName => {
                 let file = text.rsplit('/').next().unwrap_or_default();
                 if file == "__init__.py" {
                     text.rsplit('/').nth(1).unwrap_or_default().to_string()
@@ -276,7 +283,6 @@ impl Ctx<'_> {
                         .to_string()
                 }
             }
-            _ => text,
         }
     }
 }
