@@ -410,8 +410,11 @@ impl Renderer<'_> {
     /// Records that a field of the change cannot be rendered (which fails the change: see
     /// [`RenderError`]) and gives the null that stands in for it meanwhile.
     pub(crate) fn unrenderable(&mut self, model: &str, field: &Field, why: &str) -> Value {
-        self.problems
-            .push(format!("{model} field {}: {why}", field.name));
+        self.problems.push(if field.name.is_empty() {
+            format!("{model}: {why}")
+        } else {
+            format!("{model} field {}: {why}", field.name)
+        });
         Value::Null
     }
 
