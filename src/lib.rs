@@ -25,7 +25,7 @@ pub mod deliver;
 pub(crate) mod health;
 pub(crate) mod metrics;
 pub mod migrations;
-pub mod netbox; // pub(crate) once the typed catalogue lands
+pub(crate) mod netbox;
 pub(crate) mod python;
 pub mod receiver;
 pub(crate) mod request;

@@ -32,6 +32,8 @@ pub const TRUNCATIONS: &str = "netbox_outbox_truncations_total";
 pub const EVENTS_DEFERRED: &str = "netbox_outbox_events_deferred_total";
 /// Events waiting in netbox_outbox.deferred, as of the last retry (0 when all is well).
 pub const DEFERRED_EVENTS: &str = "netbox_outbox_deferred_events";
+/// Changes the renderer could not build as NetBox would (rejected, never sent with nulls).
+pub const RENDER_INCOMPLETE: &str = "netbox_outbox_render_incomplete_total";
 
 /// Registers the descriptions and returns a handle that renders the Prometheus text format.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -67,6 +69,11 @@ fn describe() {
     describe_gauge!(
         DEFERRED_EVENTS,
         "Events waiting for their model to read again (netbox_outbox.deferred)."
+    );
+    describe_counter!(
+        RENDER_INCOMPLETE,
+        "Changes that could not be rendered as NetBox would (rejected, never sent with nulls), by \
+         reason (needs_unmet, unrenderable)."
     );
     describe_counter!(
         DELIVERIES_CREATED,

@@ -577,6 +577,9 @@ impl Assembler {
         let mut condition_data = rendered.data.clone();
         condition_data.insert("snapshots".into(), rendered.snapshots.clone());
         let action = change.action;
+        if let Some(incomplete) = &rendered.incomplete {
+            counter!(m::RENDER_INCOMPLETE, "reason" => incomplete.kind()).increment(1);
+        }
         for rule in self
             .rules
             .candidates(action.event_type(), change.content_type_id)
@@ -590,6 +593,16 @@ impl Assembler {
                 ),
             };
             let verdict = match &rule.conditions {
+                // Conditions over data that could not be built as NetBox would cannot be
+                // trusted either: every candidate rule gets the rejection.
+                _ if rendered.incomplete.is_some() => Err(Rejection {
+                    field: "data",
+                    detail: format!(
+                        "{}; regenerate or fix the model catalogue (tools/catalogue), then send \
+                         what was rejected again: netbox-outbox replay --rerender",
+                        rendered.incomplete.as_ref().expect("checked")
+                    ),
+                }),
                 Err(malformed) => Err(bad_conditions(malformed)),
                 Ok(conditions) => match conditions.eval(&condition_data) {
                     Ok(true) => Ok(()),

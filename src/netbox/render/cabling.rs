@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::Renderer;
 use super::nested::{RowSource, sort_rows};
 use crate::change::Row;
-use crate::netbox::catalogue::{Field, Model};
+use crate::netbox::catalogue::{Cabling, Field, Model};
 use crate::netbox::lookup::{Found, RelatedKey};
 
 const CABLE_PATH_TABLE: &str = "dcim_cablepath";
@@ -22,18 +22,18 @@ impl Renderer<'_> {
         &mut self,
         name: &str,
         model: &Model,
-        field: &str,
+        field: Cabling,
         row: &Row,
         depth: usize,
     ) -> Value {
         match field {
             // CabledObjectSerializer.get_link_peers: [] without peers, else each peer nested
-            "link_peers" => {
+            Cabling::LinkPeers => {
                 let peers = self.link_peers(name, model, row);
                 Value::Array(self.nested_nodes(&peers, depth))
             }
             // only objects with a cable have a peer type (a wireless link has none)
-            "link_peers_type" => {
+            Cabling::LinkPeersType => {
                 if row.get("cable_id").is_none_or(Value::is_null) {
                     return Value::Null;
                 }
@@ -42,7 +42,7 @@ impl Renderer<'_> {
                     .map_or(Value::Null, |(t, _)| Value::String(t.clone()))
             }
             // ConnectedEndpointsSerializer: null without endpoints
-            "connected_endpoints" => {
+            Cabling::ConnectedEndpoints => {
                 let endpoints = self.connected_endpoints(row);
                 if endpoints.is_empty() {
                     Value::Null
@@ -50,15 +50,16 @@ impl Renderer<'_> {
                     Value::Array(self.nested_nodes(&endpoints, depth))
                 }
             }
-            "connected_endpoints_type" => self
+            Cabling::ConnectedEndpointsType => self
                 .connected_endpoints(row)
                 .first()
                 .map_or(Value::Null, |(t, _)| Value::String(t.clone())),
-            "connected_endpoints_reachable" => Value::Bool(self.cable_path(row).is_some_and(|p| {
-                p.get("is_complete").and_then(Value::as_bool) == Some(true)
-                    && p.get("is_active").and_then(Value::as_bool) == Some(true)
-            })),
-            _ => Value::Null,
+            Cabling::ConnectedEndpointsReachable => {
+                Value::Bool(self.cable_path(row).is_some_and(|p| {
+                    p.get("is_complete").and_then(Value::as_bool) == Some(true)
+                        && p.get("is_active").and_then(Value::as_bool) == Some(true)
+                }))
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use super::Renderer;
 use super::nested::{RowSource, nested_fields, sort_rows};
 use super::values::{format_value, legacy_port_mappings};
 use crate::change::{Action, Row};
-use crate::netbox::catalogue::{Field, Model, OrderBy};
+use crate::netbox::catalogue::{Cabling, DeriveKind, Field, Model, PYTHON_ONLY, PortPart};
 use crate::netbox::config_context::{self, Scope};
 use crate::netbox::lookup::{DeletedKey, Found, RelatedKey};
 
@@ -25,15 +25,21 @@ impl Renderer<'_> {
         depth: usize,
     ) -> Value {
         let get = |c: &str| row.get(c).cloned().unwrap_or(Value::Null);
-        let derive = field.derive.as_ref();
-        let s = |k: &str| {
-            derive
-                .and_then(|d| d.get(k))
-                .and_then(Value::as_str)
-                .map(str::to_string)
+        let Some(derive) = field.derive.as_ref() else {
+            // Methods the catalogue has no recipe for: computed here by name, or rendered as
+            // null by decision when NetBox computes them from Python objects alone (any other
+            // is refused when the catalogue loads).
+            if let Some(cabling) = Cabling::of(&field.name) {
+                return self.cabling(name, model, cabling, row, depth);
+            }
+            if PYTHON_ONLY.contains(&(name, field.name.as_str())) {
+                return Value::Null;
+            }
+            return self.unrenderable(name, field, "a `method` without a recipe");
         };
-        match field.derive_kind() {
-            Some("prefer_ipv4") => {
+        let s = |k: &str| derive.param(k);
+        match derive.kind {
+            DeriveKind::PreferIpv4 => {
                 let v4 = get(&s("ipv4_column").unwrap_or_default());
                 let v6 = get(&s("ipv6_column").unwrap_or_default());
                 let chosen = if !v6.is_null() { v6 } else { v4 };
@@ -48,7 +54,7 @@ impl Renderer<'_> {
                     _ => Value::Null,
                 }
             }
-            Some("ip_family") => {
+            DeriveKind::IpFamily => {
                 let text = get(&s("column").unwrap_or_default());
                 let family = match text.as_str() {
                     Some(t) if t.contains(':') => 6,
@@ -60,13 +66,12 @@ impl Renderer<'_> {
                     field.render.as_ref().and_then(|r| r.choices.as_deref()),
                 )
             }
-            Some("path_depth") => match get(&s("column").unwrap_or_default()).as_str() {
+            DeriveKind::PathDepth => match get(&s("column").unwrap_or_default()).as_str() {
                 Some(path) if !path.is_empty() => Value::from(path.split('.').count() as i64 - 1),
                 _ => Value::from(0),
             },
-            Some("any_truthy") => {
-                let columns = derive_list(derive, "columns");
-                let not_columns = derive_list(derive, "not_columns");
+            DeriveKind::AnyTruthy => {
+                let (columns, not_columns) = (&derive.columns, &derive.not_columns);
                 let mut any = columns
                     .iter()
                     .any(|c| crate::python::value::truthy(&get(c)))
@@ -74,16 +79,12 @@ impl Renderer<'_> {
                         .iter()
                         .any(|c| !crate::python::value::truthy(&get(c)));
                 if !any
-                    && let Some(exists) = derive.and_then(|d| d.get("exists"))
-                    && let (Some(table), Some(fk), Some(id)) = (
-                        exists.get("table").and_then(Value::as_str),
-                        exists.get("fk_column").and_then(Value::as_str),
-                        Self::id_of(row, model),
-                    )
+                    && let Some(exists) = &derive.exists
+                    && let Some(id) = Self::id_of(row, model)
                 {
                     let key = RelatedKey {
-                        table: table.to_string(),
-                        column: fk.to_string(),
+                        table: exists.table.clone(),
+                        column: exists.fk_column.clone(),
                         content_type: None,
                     };
                     match self.lookups.related(&key, id) {
@@ -95,7 +96,7 @@ impl Renderer<'_> {
                 }
                 Value::Bool(any)
             }
-            Some("gfk_column_equals_pk") => {
+            DeriveKind::GfkColumnEqualsPk => {
                 let (Some(ct_col), Some(id_col), Some(column)) =
                     (s("ct_column"), s("id_column"), s("column"))
                 else {
@@ -117,7 +118,7 @@ impl Renderer<'_> {
                     None => Value::Bool(false),
                 }
             }
-            Some("legacy_port_mappings") => {
+            DeriveKind::LegacyPortMappings => {
                 let mappings: Vec<String> = get(&s("column").unwrap_or_default())
                     .as_array()
                     .map(|a| {
@@ -127,7 +128,7 @@ impl Renderer<'_> {
                     })
                     .unwrap_or_default();
                 let (protocol, ports) = legacy_port_mappings(&mappings);
-                if s("part").as_deref() == Some("protocol") {
+                if derive.part == Some(PortPart::Protocol) {
                     match protocol {
                         Some(p) => self.choice(
                             &Value::String(p),
@@ -139,8 +140,8 @@ impl Renderer<'_> {
                     ports
                 }
             }
-            Some("cable_end_terminations") => self.cable_terminations(field, row, model, depth),
-            Some("cached_column") => {
+            DeriveKind::CableEndTerminations => self.cable_terminations(field, row, model, depth),
+            DeriveKind::CachedColumn => {
                 let column = s("column").unwrap_or_default();
                 // NetBox reads the cache of the copy it loaded before the change: the request's
                 // own invalidation (an UPDATE in the same transaction) does not reach that copy.
@@ -159,17 +160,15 @@ impl Renderer<'_> {
                     Value::Object(Map::new())
                 }
             }
-            Some("column") => format_value(
-                &get(&s("column").unwrap_or_default()),
-                s("format").as_deref(),
-                None,
-            ),
-            Some("array_length") => Value::from(
+            DeriveKind::Column => {
+                format_value(&get(&s("column").unwrap_or_default()), derive.format, None)
+            }
+            DeriveKind::ArrayLength => Value::from(
                 get(&s("column").unwrap_or_default())
                     .as_array()
                     .map_or(0, Vec::len) as i64,
             ),
-            Some("fk_column") => {
+            DeriveKind::FkColumn => {
                 let target = get(&s("fk_column").unwrap_or_default()).as_i64();
                 match (target, s("model")) {
                     (Some(id), Some(target_model)) => match self.row_of(&target_model, id) {
@@ -178,7 +177,7 @@ impl Renderer<'_> {
                                 .get(&s("column").unwrap_or_default())
                                 .cloned()
                                 .unwrap_or(Value::Null),
-                            s("format").as_deref(),
+                            derive.format,
                             None,
                         ),
                         None => Value::Null,
@@ -186,8 +185,8 @@ impl Renderer<'_> {
                     _ => Value::Null,
                 }
             }
-            Some("parent_bay") => self.parent_bay(field, row, depth),
-            Some("generic_count") | Some("generic_first") => {
+            DeriveKind::ParentBay => self.parent_bay(field, row, depth),
+            DeriveKind::GenericCount | DeriveKind::GenericFirst => {
                 let (Some(ct), Some(id)) =
                     (self.netbox.content_type_id(name), Self::id_of(row, model))
                 else {
@@ -213,7 +212,7 @@ impl Renderer<'_> {
                         return Value::Null;
                     }
                 };
-                if field.derive_kind() == Some("generic_count") {
+                if derive.kind == DeriveKind::GenericCount {
                     return Value::from(rows.len() as i64);
                 }
                 let Some(target_name) = s("model") else {
@@ -223,16 +222,12 @@ impl Renderer<'_> {
                     return Value::Null;
                 };
                 let mut rows = rows;
-                let order: Vec<OrderBy> = derive
-                    .and_then(|d| d.get("order_by"))
-                    .and_then(|o| serde_json::from_value(o.clone()).ok())
-                    .unwrap_or_default();
                 sort_rows(
                     &mut rows,
-                    if order.is_empty() {
+                    if derive.order_by.is_empty() {
                         &target.ordering
                     } else {
-                        &order
+                        &derive.order_by
                     },
                 );
                 match rows.first() {
@@ -248,18 +243,6 @@ impl Renderer<'_> {
                     None => Value::Null,
                 }
             }
-            // Methods the catalogue has no recipe for, reproduced here (see cabling.rs).
-            None => match field.name.as_str() {
-                "link_peers"
-                | "link_peers_type"
-                | "connected_endpoints"
-                | "connected_endpoints_type"
-                | "connected_endpoints_reachable" => {
-                    self.cabling(name, model, &field.name, row, depth)
-                }
-                _ => Value::Null,
-            },
-            _ => Value::Null,
         }
     }
 
@@ -284,12 +267,7 @@ impl Renderer<'_> {
         depth: usize,
     ) -> Value {
         let derive = field.derive.as_ref();
-        let s = |k: &str| {
-            derive
-                .and_then(|d| d.get(k))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
+        let s = |k: &str| derive.and_then(|d| d.param(k));
         let (
             Some(table),
             Some(fk),
@@ -343,11 +321,7 @@ impl Renderer<'_> {
             };
         }
         rows.retain(|r| r.get(&end_column).and_then(Value::as_str) == Some(end.as_str()));
-        let order: Vec<OrderBy> = derive
-            .and_then(|d| d.get("order_by"))
-            .and_then(|o| serde_json::from_value(o.clone()).ok())
-            .unwrap_or_default();
-        sort_rows(&mut rows, &order);
+        sort_rows(&mut rows, derive.map_or(&[][..], |d| &d.order_by));
         let mut out = Vec::new();
         for t in rows {
             let (Some(ct), Some(target)) = (
@@ -377,12 +351,7 @@ impl Renderer<'_> {
     /// Device `parent_device`: the device whose bay holds this one, plus that bay.
     pub(crate) fn parent_bay(&mut self, field: &Field, row: &Row, depth: usize) -> Value {
         let derive = field.derive.as_ref();
-        let s = |k: &str| {
-            derive
-                .and_then(|d| d.get(k))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
+        let s = |k: &str| derive.and_then(|d| d.param(k));
         let (Some(table), Some(installed), Some(device_col)) =
             (s("table"), s("installed_column"), s("device_column"))
         else {
@@ -437,16 +406,4 @@ impl Renderer<'_> {
         }
         Value::Object(parent)
     }
-}
-
-pub(crate) fn derive_list(derive: Option<&Value>, key: &str) -> Vec<String> {
-    derive
-        .and_then(|d| d.get(key))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -6,16 +6,18 @@ use serde_json::Value;
 
 use super::Renderer;
 use crate::change::Row;
-use crate::netbox::catalogue::{Display, Model, OrderBy};
+use crate::netbox::catalogue::{
+    ColumnFormat, Display, DisplayFilter, DisplayKind, DisplayRef, Model,
+};
 use crate::netbox::lookup::{Found, RelatedKey};
 
 /// `str(obj)` of a row of `model`.
 pub fn display(r: &mut Renderer<'_>, name: &str, model: &Model, row: &Row) -> String {
     let spec = &model.display;
     let mut ctx = Ctx { name, row, spec };
-    match spec.kind.as_str() {
-        "template" => ctx.template(r, spec.template.as_deref().unwrap_or_default()),
-        "cases" => {
+    match spec.kind {
+        DisplayKind::Template => ctx.template(r, spec.template.as_deref().unwrap_or_default()),
+        DisplayKind::Cases => {
             for case in &spec.cases {
                 if case.when.iter().all(|e| ctx.truthy(r, e)) {
                     return ctx.template(r, &case.template);
@@ -23,7 +25,6 @@ pub fn display(r: &mut Renderer<'_>, name: &str, model: &Model, row: &Row) -> St
             }
             String::new()
         }
-        _ => fallback(name, row),
     }
 }
 
@@ -43,7 +44,7 @@ struct Ctx<'a> {
 /// A resolved expression base.
 enum Base {
     /// A raw column value with its format and scale.
-    Column(Value, Option<String>, Option<u32>),
+    Column(Value, Option<ColumnFormat>, Option<u32>),
     /// A referenced object: present or not, and its display.
     Object(Option<String>),
     Text(String),
@@ -77,7 +78,7 @@ impl Ctx<'_> {
         let (base, filters) = Self::split(expression);
         let resolved = self.base(r, base);
         let mut text = match &resolved {
-            Base::Column(value, format, scale) => column_str(value, format.as_deref(), *scale),
+            Base::Column(value, format, scale) => column_str(value, *format, *scale),
             Base::Object(display) => display.clone().unwrap_or_else(|| "None".into()),
             Base::Text(t) => t.clone(),
         };
@@ -101,13 +102,7 @@ impl Ctx<'_> {
 
     fn base(&mut self, r: &mut Renderer<'_>, base: &str) -> Base {
         if let Some(var) = base.strip_prefix('$') {
-            let template = self
-                .spec
-                .vars
-                .get(var)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let template = self.spec.vars.get(var).cloned().unwrap_or_default();
             return Base::Text(self.template(r, &template));
         }
         if let Some(path) = base.strip_prefix('=') {
@@ -148,12 +143,10 @@ impl Ctx<'_> {
             Some((prefix, _)) => self.resolve(r, prefix)?,
             None => (self.name.to_string(), self.row.clone()),
         };
-        let kind = spec.get("kind").and_then(Value::as_str).unwrap_or("fk");
-        let s = |k: &str| spec.get(k).and_then(Value::as_str);
-        match kind {
-            "fk" => {
-                let id = parent_row.get(s("column")?)?.as_i64()?;
-                let model = s("model")?.to_string();
+        match spec {
+            DisplayRef::Fk { column, model } => {
+                let id = parent_row.get(column)?.as_i64()?;
+                let model = model.clone();
                 if model == "contenttypes.contenttype" {
                     let name = r.netbox.object_type(id as i32)?;
                     let mut row = Row::new();
@@ -165,24 +158,32 @@ impl Ctx<'_> {
                 let row = r.row_of(&model, id)?;
                 Some((model, row))
             }
-            "gfk" => {
-                let ct = parent_row.get(s("ct_column")?)?.as_i64()?;
-                let id = parent_row.get(s("id_column")?)?.as_i64()?;
+            DisplayRef::Gfk {
+                ct_column,
+                id_column,
+            } => {
+                let ct = parent_row.get(ct_column)?.as_i64()?;
+                let id = parent_row.get(id_column)?.as_i64()?;
                 let model = r.netbox.object_type(ct as i32)?;
                 let row = r.row_of(&model, id)?;
                 Some((model, row))
             }
-            "first_related" => {
-                let model_name = s("model")?.to_string();
-                let model = r.catalogue.model(&model_name)?;
+            DisplayRef::FirstRelated {
+                model: model_name,
+                ct_column,
+                id_column,
+                ct_model,
+                order_by: order,
+            } => {
+                let model = r.catalogue.model(model_name)?;
                 let ct = r
                     .netbox
-                    .content_type_id(s("ct_model").unwrap_or(&parent_name))?;
+                    .content_type_id(ct_model.as_deref().unwrap_or(&parent_name))?;
                 let id = parent_row.get("id")?.as_i64()?;
                 let key = RelatedKey {
                     table: model.table.clone(),
-                    column: s("id_column")?.to_string(),
-                    content_type: Some((s("ct_column")?.to_string(), ct)),
+                    column: id_column.clone(),
+                    content_type: Some((ct_column.clone(), ct)),
                 };
                 let mut rows = match r.lookups.related(&key, id) {
                     Found::Yes(rows) => rows.to_vec(),
@@ -191,12 +192,8 @@ impl Ctx<'_> {
                         return None;
                     }
                 };
-                let order: Vec<OrderBy> = spec
-                    .get("order_by")
-                    .and_then(|o| serde_json::from_value(o.clone()).ok())
-                    .unwrap_or_default();
                 rows.sort_by(|a, b| {
-                    for o in &order {
+                    for o in order {
                         let x = a.get(&o.column).unwrap_or(&Value::Null);
                         let y = b.get(&o.column).unwrap_or(&Value::Null);
                         let ord =
@@ -209,16 +206,21 @@ impl Ctx<'_> {
                     std::cmp::Ordering::Equal
                 });
                 let first = rows.into_iter().next()?;
-                Some((model_name, first))
+                Some((model_name.clone(), first))
             }
-            _ => None,
         }
     }
 
     fn filter(&mut self, r: &mut Renderer<'_>, filter: &str, base: &Base, text: String) -> String {
-        let (name, arg) = filter.split_once(':').unwrap_or((filter, ""));
-        match name {
-            "label" => {
+        let arg = filter.split_once(':').map_or("", |(_, arg)| arg);
+        let Some(known) = DisplayFilter::of(filter) else {
+            // refused when the catalogue loads (Catalogue::check)
+            r.problems
+                .push(format!("{} display: unknown filter `{filter}`", self.name));
+            return text;
+        };
+        match known {
+            DisplayFilter::Label => {
                 let value = match base {
                     Base::Column(v, ..) => v.clone(),
                     _ => Value::String(text.clone()),
@@ -228,11 +230,11 @@ impl Ctx<'_> {
                     .map(str::to_string)
                     .unwrap_or(text)
             }
-            "replace" => {
+            DisplayFilter::Replace => {
                 let (old, new) = arg.split_once(':').unwrap_or((arg, ""));
                 text.replace(old, new)
             }
-            "capitalize" => {
+            DisplayFilter::Capitalize => {
                 let mut chars = text.chars();
                 match chars.next() {
                     Some(first) => first
@@ -242,9 +244,8 @@ impl Ctx<'_> {
                     None => text,
                 }
             }
-            "strip" => text.trim().to_string(),
-            "basename" => text.rsplit('/').next().unwrap_or_default().to_string(),
-            "removeprefix" => {
+            DisplayFilter::Basename => text.rsplit('/').next().unwrap_or_default().to_string(),
+            DisplayFilter::Removeprefix => {
                 let prefix = match arg.strip_prefix('$') {
                     Some(_) => match self.base(r, arg) {
                         Base::Text(t) => t,
@@ -256,23 +257,23 @@ impl Ctx<'_> {
                     .map(str::to_string)
                     .unwrap_or(text)
             }
-            "localdate" => text.get(0..10).unwrap_or(&text).to_string(),
-            "localtime_hm" => match crate::netbox::format::Timestamp::parse(&text) {
+            DisplayFilter::Localdate => text.get(0..10).unwrap_or(&text).to_string(),
+            DisplayFilter::LocaltimeHm => match crate::netbox::format::Timestamp::parse(&text) {
                 Some(ts) => format!("{:02}:{:02}", ts.time.0, ts.time.1),
                 None => text,
             },
-            "asn_with_asdot" => match text.parse::<u64>() {
+            DisplayFilter::AsnWithAsdot => match text.parse::<u64>() {
                 Ok(n) if n >= 65536 => format!("{n} ({}.{})", n / 65536, n % 65536),
                 _ => text,
             },
-            "ip_range_name" => {
+            DisplayFilter::IpRangeName => {
                 let end = match self.base(r, arg) {
-                    Base::Column(v, f, s) => column_str(&v, f.as_deref(), s),
+                    Base::Column(v, f, s) => column_str(&v, f, s),
                     _ => String::new(),
                 };
                 ip_range_name(&text, &end)
             }
-            "python_module_name" => {
+            DisplayFilter::PythonModuleName => {
                 let file = text.rsplit('/').next().unwrap_or_default();
                 if file == "__init__.py" {
                     text.rsplit('/').nth(1).unwrap_or_default().to_string()
@@ -282,30 +283,35 @@ impl Ctx<'_> {
                         .to_string()
                 }
             }
-            _ => text,
         }
     }
 }
 
 /// A column's format and scale, from the catalogue.
-fn column_format(r: &Renderer<'_>, model: &str, column: &str) -> (Option<String>, Option<u32>) {
+fn column_format(
+    r: &Renderer<'_>,
+    model: &str,
+    column: &str,
+) -> (Option<ColumnFormat>, Option<u32>) {
     r.catalogue
         .model(model)
         .and_then(|m| m.columns.get(column))
-        .map_or((None, None), |c| (c.format.clone(), c.scale))
+        .map_or((None, None), |c| (c.format, c.scale))
 }
 
 /// `str()` of a Django value from its row form.
-fn column_str(value: &Value, format: Option<&str>, scale: Option<u32>) -> String {
+fn column_str(value: &Value, format: Option<ColumnFormat>, scale: Option<u32>) -> String {
     match (value, format) {
         (Value::Null, _) => "None".into(),
-        (_, Some("decimal")) => match crate::netbox::format::decimal_snapshot(value, scale) {
-            Value::String(s) => s,
-            other => py_str(&other),
-        },
-        (_, Some("inet")) => py_str(&crate::netbox::format::inet(value)),
-        (Value::String(s), Some("mac")) => s.to_uppercase(),
-        (_, Some("datetime")) => match value
+        (_, Some(ColumnFormat::Decimal)) => {
+            match crate::netbox::format::decimal_snapshot(value, scale) {
+                Value::String(s) => s,
+                other => py_str(&other),
+            }
+        }
+        (_, Some(ColumnFormat::Inet)) => py_str(&crate::netbox::format::inet(value)),
+        (Value::String(s), Some(ColumnFormat::Mac)) => s.to_uppercase(),
+        (_, Some(ColumnFormat::Datetime)) => match value
             .as_str()
             .and_then(crate::netbox::format::Timestamp::parse)
         {
@@ -377,17 +383,17 @@ mod tests {
     #[test]
     fn column_strings_are_pythons() {
         assert_eq!(
-            column_str(&Value::from(12.5), Some("decimal"), Some(2)),
+            column_str(&Value::from(12.5), Some(ColumnFormat::Decimal), Some(2)),
             "12.50"
         );
         assert_eq!(
-            column_str(&Value::from("10.0.0.1"), Some("inet"), None),
+            column_str(&Value::from("10.0.0.1"), Some(ColumnFormat::Inet), None),
             "10.0.0.1/32"
         );
         assert_eq!(column_str(&Value::Null, None, None), "None");
         assert_eq!(column_str(&Value::from(true), None, None), "True");
         assert_eq!(
-            column_str(&Value::from("aa:bb"), Some("mac"), None),
+            column_str(&Value::from("aa:bb"), Some(ColumnFormat::Mac), None),
             "AA:BB"
         );
     }

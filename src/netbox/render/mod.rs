@@ -25,7 +25,7 @@ use tokio_postgres::GenericClient;
 use self::nested::RowSource;
 use self::values::format_value;
 use super::Netbox;
-use super::catalogue::{Catalogue, Field, Model, catalogue};
+use super::catalogue::{Catalogue, Field, FieldKind, Model, WhenMissing, catalogue};
 use super::lookup::{Lookups, Needs};
 use crate::change::{Action, Row, TxChange};
 
@@ -34,12 +34,50 @@ use crate::change::{Action, Row, TxChange};
 pub struct Rendered {
     pub data: Map<String, Value>,
     pub snapshots: Value,
+    /// Why `data` or `snapshots` is not what NetBox would send, if it is not: the assembler
+    /// stores a rejected delivery with this reason instead of sending it.
+    pub incomplete: Option<RenderError>,
+}
+
+/// Why a change could not be rendered as NetBox would have: the model, the object and what was
+/// missing. The delivery must not go out (it would carry nulls NetBox would not send).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// Rows it needed were still missing after [`MAX_PASSES`] fetches.
+    #[error(
+        "{model} {object_id} could not be rendered: still missing after {passes} passes: \
+         {missing}"
+    )]
+    NeedsUnmet {
+        model: String,
+        object_id: i64,
+        passes: usize,
+        missing: String,
+    },
+    /// A field the catalogue describes but the renderer cannot produce.
+    #[error("{model} {object_id} could not be rendered: {}", problems.join("; "))]
+    Unrenderable {
+        model: String,
+        object_id: i64,
+        problems: Vec<String>,
+    },
+}
+
+impl RenderError {
+    /// A short label for the reason, for a metric (`netbox_outbox_render_incomplete_total`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RenderError::NeedsUnmet { .. } => "needs_unmet",
+            RenderError::Unrenderable { .. } => "unrenderable",
+        }
+    }
 }
 
 /// How many passes rendering may take before giving up on what is still missing.
 const MAX_PASSES: usize = 8;
 
-/// Renders data and snapshots for each change.
+/// Renders data and snapshots for each change; a change that cannot be rendered fully carries
+/// the reason in [`Rendered::incomplete`] (and is logged).
 pub async fn render<'c>(
     client: &impl GenericClient,
     netbox: &Netbox,
@@ -50,26 +88,141 @@ pub async fn render<'c>(
     let mut lookups = Lookups::new(batch_txid_floor);
     let mut pass = 0;
     loop {
-        let mut needs = Needs::default();
-        let out: Vec<Rendered> = changes
-            .iter()
-            .map(|change| {
-                let mut r = Renderer {
-                    netbox,
-                    catalogue: catalogue(),
-                    lookups: &lookups,
-                    needs: &mut needs,
-                    context: ChangeContext::of(change),
-                };
-                r.change(change)
-            })
-            .collect();
         pass += 1;
-        if needs.is_empty() || pass >= MAX_PASSES {
+        let last = pass >= MAX_PASSES;
+        let (out, needs) = render_all(netbox, &lookups, &changes, last.then_some(pass));
+        if needs.is_empty() || last {
+            for error in out.iter().filter_map(|r| r.incomplete.as_ref()) {
+                tracing::warn!(reason = error.kind(), "{error}");
+            }
             return Ok(out);
         }
         lookups.fetch(client, needs, |ct| netbox.table(ct)).await?;
     }
+}
+
+/// One pass over every change, from what `lookups` holds, with what the pass lacked. On the
+/// last pass (`last_pass`: its number), a change that still lacks something is incomplete.
+pub(crate) fn render_all(
+    netbox: &Netbox,
+    lookups: &Lookups,
+    changes: &[&TxChange],
+    last_pass: Option<usize>,
+) -> (Vec<Rendered>, Needs) {
+    let mut needs = Needs::default();
+    let mut out = Vec::with_capacity(changes.len());
+    for change in changes {
+        let mut own = Needs::default();
+        let mut rendered = render_pass(netbox, lookups, &mut own, change);
+        if let Some(passes) = last_pass
+            && !own.is_empty()
+            && rendered.incomplete.is_none()
+        {
+            rendered.incomplete = Some(RenderError::NeedsUnmet {
+                model: object_type_name(netbox, change),
+                object_id: change.object_id,
+                passes,
+                missing: describe(&own),
+            });
+        }
+        merge(&mut needs, own);
+        out.push(rendered);
+    }
+    (out, needs)
+}
+
+/// One change rendered from what `lookups` holds, recording in `needs` what it lacked.
+fn render_pass(
+    netbox: &Netbox,
+    lookups: &Lookups,
+    needs: &mut Needs,
+    change: &TxChange,
+) -> Rendered {
+    let mut r = Renderer {
+        netbox,
+        catalogue: catalogue(),
+        lookups,
+        needs,
+        context: ChangeContext::of(change),
+        problems: Vec::new(),
+    };
+    let mut rendered = r.change(change);
+    if !r.problems.is_empty() {
+        rendered.incomplete = Some(RenderError::Unrenderable {
+            model: object_type_name(netbox, change),
+            object_id: change.object_id,
+            problems: std::mem::take(&mut r.problems),
+        });
+    }
+    rendered
+}
+
+fn object_type_name(netbox: &Netbox, change: &TxChange) -> String {
+    netbox
+        .object_type(change.content_type_id)
+        .unwrap_or_else(|| format!("content type {}", change.content_type_id))
+}
+
+fn merge(into: &mut Needs, from: Needs) {
+    into.rows.extend(from.rows);
+    into.related.extend(from.related);
+    into.deleted.extend(from.deleted);
+    into.config_contexts.extend(from.config_contexts);
+    into.as_of.extend(from.as_of);
+    into.deleted_in_tx.extend(from.deleted_in_tx);
+}
+
+/// What `needs` lists, briefly (the first few of each sort), for a reason an operator reads.
+fn describe(needs: &Needs) -> String {
+    const SHOWN: usize = 3;
+    fn some<T>(
+        label: &str,
+        items: impl ExactSizeIterator<Item = T>,
+        show: impl Fn(T) -> String,
+    ) -> Option<String> {
+        let total = items.len();
+        if total == 0 {
+            return None;
+        }
+        let shown: Vec<String> = items.take(SHOWN).map(show).collect();
+        let more = if total > SHOWN {
+            format!(" and {} more", total - SHOWN)
+        } else {
+            String::new()
+        };
+        Some(format!("{label} {}{more}", shown.join(", ")))
+    }
+    [
+        some("rows", needs.rows.iter(), |(table, id)| {
+            format!("{table} id {id}")
+        }),
+        some("related rows", needs.related.iter(), |(key, value)| {
+            format!("{} where {} = {value}", key.table, key.column)
+        }),
+        some("deleted rows", needs.deleted.iter(), |(ct, id)| {
+            format!("content type {ct} id {id}")
+        }),
+        some("config contexts", needs.config_contexts.iter(), |_| {
+            "of a scope".into()
+        }),
+        some("objects as of a change", needs.as_of.iter(), |k| {
+            format!("content type {} id {}", k.content_type_id, k.object_id)
+        }),
+        some(
+            "rows deleted in the transaction",
+            needs.deleted_in_tx.iter(),
+            |k| {
+                format!(
+                    "content type {} where {} = {}",
+                    k.content_type_id, k.column, k.value
+                )
+            },
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join("; ")
 }
 
 /// One rendering pass over the cache.
@@ -79,6 +232,8 @@ pub struct Renderer<'a> {
     pub lookups: &'a Lookups,
     pub needs: &'a mut Needs,
     pub context: ChangeContext<'a>,
+    /// What this change has that the renderer cannot produce (see [`RenderError::Unrenderable`]).
+    pub problems: Vec<String>,
 }
 
 /// The change being rendered, for what NetBox serialized at a moment of its request rather than
@@ -139,7 +294,11 @@ impl Renderer<'_> {
             None => self.generic(&name, row),
         };
         let snapshots = self.snapshots(change, &name, model);
-        Rendered { data, snapshots }
+        Rendered {
+            data,
+            snapshots,
+            incomplete: None,
+        }
     }
 
     // ---- data -----------------------------------------------------------------------------
@@ -184,67 +343,79 @@ impl Renderer<'_> {
                 .cloned()
                 .unwrap_or(Value::Null)
         };
-        Some(match field.kind.as_str() {
-            "pk" => id.map_or(Value::Null, Value::from),
-            "api_url" => match (&model.api_path, id) {
+        Some(match field.kind {
+            FieldKind::Pk => id.map_or(Value::Null, Value::from),
+            FieldKind::ApiUrl => match (&model.api_path, id) {
                 (Some(path), Some(id)) => {
                     Value::String(format!("{}{path}{id}/", self.netbox.base()))
                 }
                 _ => Value::Null,
             },
-            "ui_url" => match (&model.ui_path, id) {
+            FieldKind::UiUrl => match (&model.ui_path, id) {
                 (Some(path), Some(id)) => {
                     Value::String(format!("{}{path}{id}/", self.netbox.base()))
                 }
                 _ => Value::Null,
             },
-            "display" => Value::String(self.display(name, model, row)),
-            "value" => format_value(
-                &column(&field.column),
-                field.format.as_deref(),
-                field.item_format.as_deref(),
-            ),
-            "choice" => self.choice(&column(&field.column), field.choices.as_deref()),
-            "fk" => match column(&field.column).as_i64() {
-                Some(target) => self.nested(
-                    field.model.as_deref()?,
-                    target,
-                    field,
-                    depth,
-                    RowSource::Batch,
-                ),
+            FieldKind::Display => Value::String(self.display(name, model, row)),
+            FieldKind::Value => {
+                format_value(&column(&field.column), field.format, field.item_format)
+            }
+            FieldKind::Choice => self.choice(&column(&field.column), field.choices.as_deref()),
+            FieldKind::Fk => match column(&field.column).as_i64() {
+                Some(target) => match field.model.as_deref() {
+                    Some(target_model) => {
+                        self.nested(target_model, target, field, depth, RowSource::Batch)
+                    }
+                    None => self.unrenderable(name, field, "an `fk` without `model`"),
+                },
                 None => Value::Null,
             },
-            "m2m" => self.m2m(field, id?, depth),
-            "content_type" => match column(&field.column).as_i64() {
+            FieldKind::M2m => self.m2m(field, id?, depth),
+            FieldKind::ContentType => match column(&field.column).as_i64() {
                 Some(ct) => self
                     .netbox
                     .object_type(ct as i32)
                     .map_or(Value::Null, Value::String),
                 None => Value::Null,
             },
-            "content_types" => self.content_types(field, id?),
-            "gfk" => self.gfk(
-                row,
-                field.ct_column.as_deref()?,
-                field.id_column.as_deref()?,
-                field,
-                depth,
-            ),
-            "tags" => self.tags(tags),
-            "custom_fields" => self.custom_fields(name, row, depth),
+            FieldKind::ContentTypes => self.content_types(field, id?),
+            FieldKind::Gfk => match (field.ct_column.as_deref(), field.id_column.as_deref()) {
+                (Some(ct_column), Some(id_column)) => {
+                    self.gfk(row, ct_column, id_column, field, depth)
+                }
+                _ => self.unrenderable(name, field, "a `gfk` without `ct_column`/`id_column`"),
+            },
+            FieldKind::Tags => self.tags(tags),
+            FieldKind::CustomFields => self.custom_fields(name, row, depth),
             // Related-object counts come from queryset annotations NetBox applies to API updates
             // only: they cannot be known from the database, so they are left out.
-            "count" => return None,
-            "annotation" => match field.when_missing.as_deref() {
-                Some("default") => field.default.clone().unwrap_or(Value::Null),
-                Some("null") => Value::Null,
-                _ => return None,
+            FieldKind::Count => return None,
+            FieldKind::Annotation => match field.when_missing {
+                Some(WhenMissing::Default) => field.default.clone().unwrap_or(Value::Null),
+                Some(WhenMissing::Omit) | None => return None,
             },
-            "related" => self.related(name, field, id?, depth),
-            "method" => self.method(name, model, field, row, tags, depth),
-            _ => Value::Null,
+            FieldKind::Related => self.related(name, field, id?, depth),
+            FieldKind::Method => self.method(name, model, field, row, tags, depth),
+            // refused as fields when the catalogue loads (Catalogue::check)
+            FieldKind::Nested
+            | FieldKind::NestedMany
+            | FieldKind::GenericObjects
+            | FieldKind::MappingList => {
+                self.unrenderable(name, field, "a render shape used as a field")
+            }
         })
+    }
+
+    /// Records that a field of the change cannot be rendered (which fails the change: see
+    /// [`RenderError`]) and gives the null that stands in for it meanwhile.
+    pub(crate) fn unrenderable(&mut self, model: &str, field: &Field, why: &str) -> Value {
+        self.problems.push(if field.name.is_empty() {
+            format!("{model}: {why}")
+        } else {
+            format!("{model} field {}: {why}", field.name)
+        });
+        Value::Null
     }
 
     /// `str(obj)`.
@@ -276,4 +447,102 @@ impl Renderer<'_> {
     }
 
     // ---- snapshots ------------------------------------------------------------------------
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+    use std::time::SystemTime;
+
+    use serde_json::json;
+
+    use super::*;
+
+    const DEVICE: i32 = 10;
+    const FRONT_PORT: i32 = 11;
+
+    /// A NetBox that knows two content types and nothing else.
+    fn netbox() -> Netbox {
+        let mut netbox = Netbox::new(crate::config::Config::defaults().netbox);
+        netbox.content_types = HashMap::from([
+            (DEVICE, "dcim.device".to_string()),
+            (FRONT_PORT, "dcim.frontport".to_string()),
+        ]);
+        netbox.by_name = netbox
+            .content_types
+            .iter()
+            .map(|(id, name)| (name.clone(), *id))
+            .collect();
+        netbox.watched = HashSet::from([DEVICE, FRONT_PORT]);
+        netbox
+    }
+
+    fn created(content_type_id: i32, row: Value) -> TxChange {
+        let Value::Object(row) = row else {
+            unreachable!()
+        };
+        TxChange {
+            txid: 0,
+            content_type_id,
+            object_id: row["id"].as_i64().unwrap(),
+            seq: 1,
+            committed_at: SystemTime::now(),
+            action: Action::Created,
+            pre_row: None,
+            post_row: Some(row),
+            deleted_row: None,
+            pre_tags: BTreeSet::new(),
+            post_tags: BTreeSet::new(),
+            changelog: Vec::new(),
+            row_changes: 1,
+            tag_changes: 0,
+            request: None,
+            db_user: "netbox".into(),
+        }
+    }
+
+    #[test]
+    fn a_render_whose_needs_cannot_be_met_reports_incomplete() {
+        let netbox = netbox();
+        // the device's site (and role, type) are rows the lookups never got
+        let device = created(
+            DEVICE,
+            json!({"id": 7, "name": "sw1", "site_id": 3, "role_id": 4, "device_type_id": 5,
+                   "status": "active", "custom_field_data": {}}),
+        );
+        let lookups = Lookups::new(0);
+
+        let (rendered, needs) = render_all(&netbox, &lookups, &[&device], None);
+        assert!(!needs.is_empty());
+        assert_eq!(
+            rendered[0].incomplete, None,
+            "a pass before the last one may lack rows"
+        );
+
+        let (rendered, _) = render_all(&netbox, &lookups, &[&device], Some(MAX_PASSES));
+        let error = rendered[0].incomplete.clone().expect("incomplete");
+        assert_eq!(error.kind(), "needs_unmet");
+        let reason = error.to_string();
+        for wanted in ["dcim.device 7", "after 8 passes", "dcim_site id 3"] {
+            assert!(reason.contains(wanted), "{wanted:?} not in {reason:?}");
+        }
+    }
+
+    #[test]
+    fn a_field_the_renderer_cannot_produce_fails_the_change() {
+        let netbox = netbox();
+        // FrontPort `rear_ports` lists dcim.portmapping rows, a model the catalogue lacks
+        let port = created(
+            FRONT_PORT,
+            json!({"id": 9, "name": "fp1", "device_id": 7, "type": "8p8c", "positions": 1,
+                   "custom_field_data": {}}),
+        );
+        let (rendered, _) = render_all(&netbox, &Lookups::new(0), &[&port], None);
+        let error = rendered[0].incomplete.clone().expect("incomplete");
+        assert_eq!(error.kind(), "unrenderable");
+        let reason = error.to_string();
+        for wanted in ["dcim.frontport 9", "rear_ports", "dcim.portmapping"] {
+            assert!(reason.contains(wanted), "{wanted:?} not in {reason:?}");
+        }
+    }
 }

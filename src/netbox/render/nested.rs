@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::values::select_value;
 use super::{MAX_DEPTH, Renderer};
-use crate::netbox::catalogue::{Field, Model, OrderBy};
+use crate::netbox::catalogue::{Field, FieldKind, Model, OrderBy};
 use crate::netbox::format::Timestamp;
 use crate::netbox::lookup::{AsOf, AsOfKey, Found, RelatedKey};
 
@@ -58,7 +58,11 @@ impl Renderer<'_> {
             return Value::Null;
         }
         let Some(model) = self.catalogue.model(model_name) else {
-            return Value::Null;
+            return self.unrenderable(
+                model_name,
+                spec,
+                &format!("the nested object {model_name} {id} is of a model the catalogue lacks"),
+            );
         };
         let row = match source {
             RowSource::Batch => self.row_of(model_name, id),
@@ -167,24 +171,13 @@ impl Renderer<'_> {
                 &field.order_by
             },
         );
-        match field.render_as.as_deref() {
-            Some("pk") => {
-                return Value::Array(
-                    targets
-                        .iter()
-                        .filter_map(|r| r.get("id").cloned())
-                        .collect(),
-                );
-            }
-            Some(column) => {
-                return Value::Array(
-                    targets
-                        .iter()
-                        .filter_map(|r| r.get(column).cloned())
-                        .collect(),
-                );
-            }
-            None => {}
+        if let Some(render_as) = field.render_as {
+            return Value::Array(
+                targets
+                    .iter()
+                    .filter_map(|r| r.get(render_as.column()).cloned())
+                    .collect(),
+            );
         }
         let fields = nested_fields(model, field);
         Value::Array(self.nested_rows(target, model, &targets, &fields, depth))
@@ -340,7 +333,7 @@ impl Renderer<'_> {
         depth: usize,
     ) -> Value {
         let spec = Field {
-            kind: "fk".into(),
+            kind: FieldKind::Fk,
             model: Some(target.to_string()),
             ..Default::default()
         };
@@ -371,10 +364,14 @@ impl Renderer<'_> {
     /// Reverse relations (rows of another table pointing here).
     pub(crate) fn related(&mut self, name: &str, field: &Field, id: i64, depth: usize) -> Value {
         let Some(model_name) = field.model.as_deref() else {
-            return Value::Null;
+            return self.unrenderable(name, field, "a `related` field without `model`");
         };
         let Some(model) = self.catalogue.model(model_name) else {
-            return Value::Null;
+            return self.unrenderable(
+                name,
+                field,
+                &format!("its rows are of {model_name}, a model the catalogue lacks"),
+            );
         };
         let key = match (&field.fk_column, &field.ct_column, &field.id_column) {
             (Some(fk), _, _) => RelatedKey {
@@ -392,7 +389,13 @@ impl Renderer<'_> {
                     content_type: Some((ct_col.clone(), ct)),
                 }
             }
-            _ => return Value::Null,
+            _ => {
+                return self.unrenderable(
+                    name,
+                    field,
+                    "a `related` field without `fk_column` or `ct_column`/`id_column`",
+                );
+            }
         };
         let mut rows = match self.lookups.related(&key, id) {
             Found::Yes(rows) => rows.to_vec(),
@@ -436,7 +439,7 @@ pub(crate) fn nested_fields(model: &Model, spec: &Field) -> Vec<Field> {
         return model
             .serializer
             .iter()
-            .filter(|f| names.contains(&f.name) && f.kind != "count")
+            .filter(|f| names.contains(&f.name) && f.kind != FieldKind::Count)
             .cloned()
             .collect();
     }

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::Renderer;
 use super::nested::sort_rows;
 use crate::change::{Action, Row, TxChange};
-use crate::netbox::catalogue::{Model, OrderBy, SnapshotField};
+use crate::netbox::catalogue::{Model, OrderBy, SnapshotField, SnapshotFormat, SnapshotKind};
 use crate::netbox::format;
 use crate::netbox::lookup::{Found, RelatedKey};
 
@@ -82,12 +82,12 @@ impl Renderer<'_> {
         row: &Row,
         tags: &BTreeSet<i64>,
     ) -> Value {
-        match field.kind.as_deref() {
-            Some("custom_fields") => row
+        match field.kind {
+            Some(SnapshotKind::CustomFields) => row
                 .get("custom_field_data")
                 .cloned()
                 .unwrap_or_else(|| Value::Object(Map::new())),
-            Some("tags") => {
+            Some(SnapshotKind::Tags) => {
                 let mut names: Vec<String> = tags
                     .iter()
                     .filter_map(|id| self.row_of("extras.tag", *id))
@@ -96,7 +96,7 @@ impl Renderer<'_> {
                 names.sort();
                 Value::Array(names.into_iter().map(Value::String).collect())
             }
-            Some("cable_terminations") => {
+            Some(SnapshotKind::CableTerminations) => {
                 let Some(id) = Self::id_of(row, model) else {
                     return Value::Array(Vec::new());
                 };
@@ -126,7 +126,7 @@ impl Renderer<'_> {
                     }
                 }
             }
-            _ => {
+            None => {
                 if let Some(through) = &field.m2m {
                     let Some(id) = Self::id_of(row, model) else {
                         return Value::Array(Vec::new());
@@ -155,7 +155,6 @@ impl Renderer<'_> {
                                 .collect();
                             let mut order = field.order_by.clone();
                             order.push(OrderBy {
-                                field: None,
                                 column: "id".into(),
                                 desc: false,
                             });
@@ -179,26 +178,45 @@ impl Renderer<'_> {
                     .and_then(|c| row.get(c))
                     .cloned()
                     .unwrap_or(Value::Null);
-                snapshot_value(&value, field.format.as_deref(), field.scale)
+                snapshot_value(&value, field.format, field.scale)
             }
         }
     }
 }
 
 /// A column's value in the snapshot form.
-pub(crate) fn snapshot_value(value: &Value, format: Option<&str>, scale: Option<u32>) -> Value {
+pub(crate) fn snapshot_value(
+    value: &Value,
+    format: Option<SnapshotFormat>,
+    scale: Option<u32>,
+) -> Value {
     if value.is_null() {
         return Value::Null;
     }
+    let Some(format) = format else {
+        return value.clone();
+    };
     match format {
-        Some("datetime") => format::datetime_snapshot(value),
-        Some("decimal") => format::decimal_snapshot(value, scale),
-        Some("inet") => format::inet(value),
-        Some("mac") => value
+        SnapshotFormat::Str
+        | SnapshotFormat::Int
+        | SnapshotFormat::Bool
+        | SnapshotFormat::Date
+        | SnapshotFormat::Json
+        | SnapshotFormat::Uuid
+        | SnapshotFormat::Duration
+        | SnapshotFormat::Cidr
+        | SnapshotFormat::File
+        | SnapshotFormat::Binary
+        | SnapshotFormat::ArrayList => value.clone(),
+        SnapshotFormat::Datetime => format::datetime_snapshot(value),
+        SnapshotFormat::Decimal => format::decimal_snapshot(value, scale),
+        SnapshotFormat::Inet => format::inet(value),
+        SnapshotFormat::Mac => value
             .as_str()
             .map_or(value.clone(), |s| Value::String(s.to_uppercase())),
-        Some("timezone") if value.as_str() == Some("") => Value::Null,
-        Some("array_json") => match value {
+        SnapshotFormat::Timezone if value.as_str() == Some("") => Value::Null,
+        SnapshotFormat::Timezone => value.clone(),
+        SnapshotFormat::ArrayJson => match value {
             Value::Array(items) if items.is_empty() || items[0].is_null() => value.clone(),
             Value::Array(items) => {
                 // Django's value_to_string of each item, then json.dumps(..., ensure_ascii=False)
@@ -213,7 +231,6 @@ pub(crate) fn snapshot_value(value: &Value, format: Option<&str>, scale: Option<
             }
             other => other.clone(),
         },
-        _ => value.clone(),
     }
 }
 

@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::Renderer;
+use crate::netbox::catalogue::ValueFormat;
 use crate::netbox::format;
 
 impl Renderer<'_> {
@@ -42,25 +43,37 @@ pub(crate) fn select_value(choices: &[(Value, String)], value: &Value) -> Value 
 /// A column's value in the REST form.
 pub(crate) fn format_value(
     value: &Value,
-    format: Option<&str>,
-    item_format: Option<&str>,
+    format: Option<ValueFormat>,
+    item_format: Option<ValueFormat>,
 ) -> Value {
     if value.is_null() {
         return Value::Null;
     }
+    let Some(format) = format else {
+        return value.clone();
+    };
     match format {
-        Some("datetime") => format::datetime_rest(value),
-        Some("decimal") | Some("float") => format::decimal_rest(value),
-        Some("inet") => format::inet(value),
-        Some("mac") => value
+        ValueFormat::Str
+        | ValueFormat::Int
+        | ValueFormat::Bool
+        | ValueFormat::Date
+        | ValueFormat::Json
+        | ValueFormat::Uuid
+        | ValueFormat::Duration
+        | ValueFormat::Cidr => value.clone(),
+        ValueFormat::Datetime => format::datetime_rest(value),
+        ValueFormat::Decimal => format::decimal_rest(value),
+        ValueFormat::Inet => format::inet(value),
+        ValueFormat::Mac => value
             .as_str()
             .map_or(value.clone(), |s| Value::String(s.to_uppercase())),
-        Some("timezone") if value.as_str() == Some("") => Value::Null,
-        Some("file_url") => match value.as_str() {
+        ValueFormat::Timezone if value.as_str() == Some("") => Value::Null,
+        ValueFormat::Timezone => value.clone(),
+        ValueFormat::FileUrl => match value.as_str() {
             Some("") | None => Value::Null,
             Some(path) => Value::String(format!("/media/{path}")),
         },
-        Some("array") => match value {
+        ValueFormat::Array => match value {
             Value::Array(items) => Value::Array(
                 items
                     .iter()
@@ -69,8 +82,7 @@ pub(crate) fn format_value(
             ),
             other => other.clone(),
         },
-        Some("int_range") => int_range(value),
-        _ => value.clone(),
+        ValueFormat::IntRange => int_range(value),
     }
 }
 
