@@ -1,18 +1,49 @@
 //! netbox-outbox: NetBox's webhooks from a transactional outbox.
 //!
-//! # Layout
+//! # A webhook's life, and where each step happens
 //!
-//! The SQL half (in `migrations/`) captures every committed change to NetBox's tables into
-//! `netbox_outbox.change`, in the writer's own transaction. This crate is the other half, the
-//! sidecar:
+//! ```text
+//!  capture ──► change ──► event ──► delivery ──► attempt
+//!   (SQL)      (read,     (rule     (frozen      (sent, its
+//!              merged)    matched)  request)     outcome logged)
+//! ```
 //!
-//! - [`migrations`]: the embedded SQL migrations, applied or printed for a DBA.
-//! - [`db`]: connections to NetBox's database, as a libpq client makes them (TLS by `sslmode`,
-//!   the `PG*` variables, `~/.pgpass`).
+//! 1. **Capture** (SQL, `migrations/`): a trigger on each watched NetBox table writes the row
+//!    before the change into `netbox_outbox.change`, in the writer's own transaction, and wakes
+//!    the sidecar only while it sleeps ([`wakeup`]). Nothing in this crate runs there.
+//! 2. **Changes** ([`change`]): what a batch reads, one object at a time: row images, NetBox's
+//!    change log entries, merged into one change per object and transaction the way NetBox
+//!    merges a request.
+//! 3. **Events** ([`assemble`]): one sidecar at a time reads every transaction committed since
+//!    the last batch, renders each change as NetBox would ([`netbox`]: the model catalogue and
+//!    the renderer, with [`python`] for Python's value forms), and matches NetBox's event rules
+//!    and webhooks ([`rules`], [`condition`]). A model that cannot be read is deferred, not the
+//!    batch failed.
+//! 4. **Deliveries** ([`request`], [`template`]): each matching rule becomes a delivery whose
+//!    HTTP request (URL, headers, body, signature) is rendered and frozen in the same
+//!    transaction as the batch's read position.
+//! 5. **Attempts** ([`deliver`]): every sidecar claims due deliveries (`FOR UPDATE SKIP LOCKED`,
+//!    leases), sends them outside any transaction, and records each outcome; retries, dead
+//!    letters and pauses follow the schedule.
+//!
+//! Around them: [`sidecar`] runs the tasks until shutdown, [`db`] makes every connection as a
+//! libpq client would (TLS by `sslmode`, `PG*` variables, `~/.pgpass`), [`migrations`] applies
+//! or prints the SQL, [`config`] parses and checks the configuration, [`health`] and [`metrics`]
+//! serve `/healthz`, `/readyz` and `/metrics`, [`cli`] and [`commands`] are the operator
+//! commands, and [`receiver`] is the request bin behind `netbox-outbox receive` and the tests.
+//!
+//! # What is public
+//!
+//! The binary needs [`cli`]; the integration tests, benchmarks and demo need [`config`], [`db`],
+//! [`migrations`], [`sidecar`], [`receiver`], [`wakeup`] and [`deliver`]'s queue. Everything else
+//! is `pub(crate)`, so the compiler reports what nothing uses.
 //!
 //! Delivery is at least once: a webhook may arrive twice (after a crash, or when a receiver
 //! answers after its timeout), never zero times. Each request carries a stable delivery id so
 //! receivers can drop duplicates.
+
+// The layout above maps the crate-private modules too (`cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub(crate) mod assemble;
 pub(crate) mod change;

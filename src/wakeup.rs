@@ -38,7 +38,7 @@ pub struct WakeUp {
     asleep: bool,
 }
 
-/// Why [`WakeUp::sleep`] returned.
+/// Why [`WakeUp::wait`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Woken {
     /// A writer committed a change while we slept.
