@@ -54,6 +54,9 @@ mod hostile_receivers;
 mod migrate;
 /// Operating it: commands, SQL cookbook, metrics, least privilege, uninstall.
 mod operate;
+/// The heads of the per-object queues: claims that cost what they return, deep queues, what
+/// blocks and what releases a queue, replays.
+mod queue_heads;
 /// What NetBox computes from related rows: config contexts, cable peers and paths.
 mod related;
 /// Several sidecars, crashes, shutdowns and per-object order.
