@@ -495,6 +495,8 @@ async fn record_loop(
             tokio::time::sleep(reconnect_delay(failures)).await;
             continue;
         }
+        // Committed: the next deliveries of these objects are their queues' heads now.
+        recorded.notify_one();
         // Webhook health, per webhook in the batch.
         let mut health: HashMap<i64, queue::Health> = HashMap::new();
         for (outcome, _) in &pending {
@@ -519,7 +521,6 @@ async fn record_loop(
         for (outcome, webhook_name) in pending.drain(..) {
             report(&outcome, &webhook_name);
         }
-        recorded.notify_one();
     }
 }
 
