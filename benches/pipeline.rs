@@ -8,11 +8,15 @@
 //! * `drain`: a backlog of pending changes (a receiver outage, a stopped sidecar): drain rate and
 //!   the sidecar's peak memory.
 //! * `claim`: claim latency on an empty queue and with millions of finished deliveries kept.
+//! * `deep`: deep queues (issue 12): 20,000 pending deliveries over 50 objects (400 each, in
+//!   commit order per object) and the same count over 20,000 objects, first to last, beside the
+//!   HTTP ceiling (the same receiver driven by a plain client loop) measured in the same run.
 //!
 //! ```text
 //! cargo bench --bench pipeline                    # all, default sizes
 //! BENCH=latency BENCH_RATE=500 BENCH_SECONDS=20 cargo bench --bench pipeline
 //! BENCH=drain BENCH_BACKLOG=1000000 cargo bench --bench pipeline
+//! BENCH=deep BENCH_DEEP_OBJECTS=50,20000 cargo bench --bench pipeline
 //! ```
 //!
 //! Needs PostgreSQL (TEST_DATABASE_URL, default 127.0.0.1:5432, trust auth) and builds the
@@ -42,7 +46,8 @@ fn main() {
         println!("benchmark skipped (run it with cargo bench)");
         return;
     }
-    let which = std::env::var("BENCH").unwrap_or_else(|_| "throughput,latency,drain,claim".into());
+    let which =
+        std::env::var("BENCH").unwrap_or_else(|_| "throughput,latency,drain,claim,deep".into());
     let status = Command::new("cargo")
         .args(["build", "--release", "--quiet", "--bin", "netbox-outbox"])
         .status()
@@ -65,6 +70,7 @@ fn main() {
                 "latency" => latency().await,
                 "drain" => drain().await,
                 "claim" => claim().await,
+                "deep" => deep().await,
                 other => eprintln!("unknown benchmark {other:?}"),
             }
         }
@@ -218,6 +224,10 @@ fn free_port() -> u16 {
 }
 
 async fn count(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+async fn count_f64(client: &Client, sql: &str) -> f64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
@@ -655,4 +665,148 @@ async fn claim_latency(client: &Client) -> Vec<f64> {
         queue::release(client, &ids, sidecar).await.unwrap();
     }
     samples
+}
+
+// ---- deep queues ------------------------------------------------------------------------------
+
+/// Deep per-object queues: `BENCH_DEEP_DELIVERIES` (20,000) pending deliveries spread over each
+/// count of objects in `BENCH_DEEP_OBJECTS` (50: 400 committed updates of each; 20,000: one
+/// each), drained first to last by one sidecar, beside the same receiver driven by a plain HTTP
+/// client loop in the same run. Only each object's head may be sent, so with 50 objects at most
+/// 50 requests are in flight however much is pending.
+async fn deep() {
+    let n: i64 = env("BENCH_DEEP_DELIVERIES", 20_000);
+    let shapes = std::env::var("BENCH_DEEP_OBJECTS").unwrap_or_else(|_| "50,20000".into());
+    println!("== deep queues: {n} pending deliveries, first to last ==");
+    for objects in shapes
+        .split(',')
+        .filter_map(|o| o.trim().parse::<i64>().ok())
+    {
+        let per_object = (n / objects).max(1);
+        let total = objects * per_object;
+        let (database, client) = scratch("nbo_bench_deep").await;
+        let port = free_port();
+        let (_receiver, log) = receiver(port);
+        hook(&client, &format!("http://127.0.0.1:{port}/hook")).await;
+        // Queue everything with the webhook paused, so all of it is pending when the clock starts.
+        client
+            .batch_execute("select netbox_outbox.pause_webhook('bench')")
+            .await
+            .unwrap();
+        let sites = |from: i64, to: i64| {
+            format!(
+                "insert into dcim_site (name, slug, tenant_id, description)
+                 select 'site-' || g, 'site-' || g, 1, 'bench site ' || g
+                 from generate_series({from}, {to}) g"
+            )
+        };
+        // each object created (one delivery each), then, for deep queues, one committed update
+        // of every object per transaction, as a busy script does
+        client.batch_execute(&sites(1, objects)).await.unwrap();
+        for round in 1..per_object {
+            client
+                .execute(
+                    "update dcim_site set description = 'round ' || $1::bigint where name like 'site-%'",
+                    &[&round],
+                )
+                .await
+                .unwrap();
+        }
+        let side = sidecar(&database, &[]);
+        wait_until("assembly", Duration::from_secs(900), async || {
+            count(&client, "select count(*) from netbox_outbox.delivery").await >= total
+        })
+        .await;
+        drop(side);
+        // and the fixture's own site, created by hook()
+        let expected = count(&client, "select count(*) from netbox_outbox.delivery").await;
+        client
+            .batch_execute("vacuum analyze netbox_outbox.delivery")
+            .await
+            .unwrap();
+        let body: Vec<u8> = client
+            .query_one("select body from netbox_outbox.request limit 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        // The ceiling with as many requests in flight as the outbox may have: one per object.
+        let in_flight = (objects as usize).min(256);
+        let ceiling = http_ceiling(port, body, in_flight, Duration::from_secs(5)).await;
+
+        client
+            .batch_execute("select netbox_outbox.resume_webhook('bench')")
+            .await
+            .unwrap();
+        // The receiver prints its count about once a second: let the ceiling's requests settle.
+        let mut before = received(&log);
+        loop {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let now = received(&log);
+            if now == before {
+                break;
+            }
+            before = now;
+        }
+        let start = Instant::now();
+        let side = sidecar(&database, &[]);
+        wait_until(
+            "every delivery recorded",
+            Duration::from_secs(900),
+            async || {
+                count(
+                    &client,
+                    "select count(*) from netbox_outbox.delivery where state = 'pending'",
+                )
+                .await
+                    == 0
+            },
+        )
+        .await;
+        let elapsed = start.elapsed();
+        drop(side);
+        let delivered = count(
+            &client,
+            "select count(*) from netbox_outbox.delivery where state = 'delivered'",
+        )
+        .await;
+        assert_eq!(delivered, expected, "every delivery delivered");
+        wait_until(
+            "the receiver's count",
+            Duration::from_secs(10),
+            async || received(&log) >= before + expected as u64,
+        )
+        .await;
+        // The gap between two consecutive deliveries of one object, at the median.
+        let gap_ms: f64 = client
+            .query_one(
+                "select coalesce(percentile_cont(0.5) within group (order by gap), 0)::float8 from (
+                     select extract(epoch from a.started_at - lag(a.started_at) over (
+                                partition by d.object_id order by d.seq)) * 1000 as gap
+                     from netbox_outbox.attempt a join netbox_outbox.delivery d on d.id = a.delivery_id
+                 ) g where gap is not null",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        // First attempt to last, by the database's clock (the sidecar's start-up excluded).
+        let span: f64 = count_f64(
+            &client,
+            "select extract(epoch from max(started_at + make_interval(secs => duration_ms / 1000.0))
+                                     - min(started_at))::float8
+             from netbox_outbox.attempt",
+        )
+        .await;
+        let rate = expected as f64 / span.max(0.001);
+        let wall_rate = expected as f64 / elapsed.as_secs_f64();
+        println!(
+            "  {objects:>6} objects x {per_object:>3}: {expected} first to last in {span:.2} s = {rate:>6.0}/s \
+             (from the sidecar's start to the last one recorded: {:.2} s = {wall_rate:.0}/s) | \
+             HTTP alone ({in_flight} in flight) {ceiling:>6.0}/s | ratio {:.2} ({:.2}) | median gap per object {gap_ms:.1} ms",
+            elapsed.as_secs_f64(),
+            rate / ceiling,
+            wall_rate / ceiling
+        );
+    }
+    println!();
 }

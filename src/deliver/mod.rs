@@ -83,12 +83,17 @@ impl Dispatcher {
     /// records their outcomes, and releases anything left.
     pub async fn run(self, cancel: CancellationToken, grace: Duration) {
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel::<Done>();
+        // Notified by the recorder after each batch: a finished delivery makes the next one of
+        // its object its queue's head, claimable only once the outcome is committed (without
+        // this, an object's next delivery waited for the poll interval).
+        let recorded = Arc::new(Notify::new());
         let recorder = tokio::spawn(record_loop(
             self.database.clone(),
             outcomes_rx,
             self.backoff.clone(),
             self.config.clone(),
             self.sidecar,
+            recorded.clone(),
         ));
 
         // Each send task returns (webhook id, delivery id).
@@ -263,6 +268,7 @@ impl Dispatcher {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = self.wake.notified() => { refreshed = Instant::now() - poll; }
+                () = recorded.notified() => {}
                 Some(done) = sends.join_next(), if !sends.is_empty() => {
                     if let Ok((webhook, delivery)) = done {
                         release_slot(&mut in_flight, webhook);
@@ -434,6 +440,7 @@ async fn record_loop(
     backoff: Backoff,
     config: DeliveryConfig,
     sidecar: Uuid,
+    recorded: Arc<Notify>,
 ) {
     let mut client = None;
     let mut pending: Vec<(Outcome, String)> = Vec::new();
@@ -488,6 +495,8 @@ async fn record_loop(
             tokio::time::sleep(reconnect_delay(failures)).await;
             continue;
         }
+        // Committed: the next deliveries of these objects are their queues' heads now.
+        recorded.notify_one();
         // Webhook health, per webhook in the batch.
         let mut health: HashMap<i64, queue::Health> = HashMap::new();
         for (outcome, _) in &pending {

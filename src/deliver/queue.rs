@@ -36,7 +36,8 @@ impl Claimed {
 /// Claims up to `limit` due deliveries of one webhook per entry of `webhooks`
 /// (`(webhook_id, limit)`), each the head of its (webhook, object) queue, and leases them for
 /// their timeout plus `lease_margin` (SQL function netbox_outbox.claim). One short transaction;
-/// no HTTP inside it.
+/// no HTTP inside it. The heads are kept in netbox_outbox.queue_head (migration V9), so a claim
+/// reads about what it returns however deep each object's queue is.
 pub async fn claim(
     client: &Client,
     webhooks: &[(i64, i64)],

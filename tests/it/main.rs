@@ -60,6 +60,9 @@ mod operate;
 /// PostgreSQL like psql: TLS by sslmode against a TLS-only cluster, PG* variables, ~/.pgpass,
 /// and no secret in the logs at any level.
 mod postgres_client;
+/// The heads of the per-object queues: claims that cost what they return, deep queues, what
+/// blocks and what releases a queue, replays.
+mod queue_heads;
 /// What NetBox computes from related rows: config contexts, cable peers and paths.
 mod related;
 /// Several sidecars, crashes, shutdowns and per-object order.

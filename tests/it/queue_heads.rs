@@ -1,0 +1,505 @@
+//! The heads of the per-object queues (migration V9): claims that cost what they return, deep
+//! queues delivered in order by several sidecars, and what releases or blocks a queue.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use netbox_outbox::receiver::{Receiver, Reply};
+use tokio_postgres::Client;
+
+use crate::support::db::{TestDb, content_type, insert_site};
+use crate::support::sidecar::{Sidecar, rule, test_config, webhook};
+use crate::support::wait::eventually;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Index tuples read so far in schema netbox_outbox, by every session (flushed by the caller).
+async fn index_tuples_read(client: &Client) -> i64 {
+    client
+        .batch_execute("select pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    client
+        .query_one(
+            "select coalesce(sum(idx_tup_read), 0)::bigint from pg_stat_user_indexes
+             where schemaname = 'netbox_outbox'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Claims with `quota` in `claimer`'s session; returns the claimed ids and the index tuples the
+/// claim read.
+async fn claim_measured(claimer: &Client, observer: &Client, quota: i64) -> (Vec<i64>, i64) {
+    claimer
+        .batch_execute("select pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let before = index_tuples_read(observer).await;
+    let ids: Vec<i64> = claimer
+        .query(
+            "select id from netbox_outbox.claim(array[1]::bigint[], array[$1]::bigint[], 60000, gen_random_uuid())",
+            &[&quota],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    claimer
+        .batch_execute("select pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    (ids, index_tuples_read(observer).await - before)
+}
+
+/// 400 pending deliveries for each of 51 objects (the backlog of issue 12): a claim reads about
+/// what it returns, not the 20,400 pending, both when the heads are free and when every head is
+/// in flight; finishing the heads makes each object's next delivery its head.
+#[tokio::test]
+async fn a_claim_reads_only_the_heads_it_returns() {
+    let db = TestDb::migrated().await;
+    let claimer = db.client().await;
+    let observer = db.client().await;
+    claimer
+        .batch_execute(
+            "insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
+                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification)
+             select n * 51 + o, 1, 'r', 1, 'w', 7, o, n * 51 + o, 10000, true
+             from generate_series(0, 399) n, generate_series(1, 51) o
+             order by n, o;
+             insert into netbox_outbox.request (delivery_id, method, url, headers, body)
+             select id, 'POST', 'http://127.0.0.1:1/', '[]', '' from netbox_outbox.delivery;
+             analyze netbox_outbox.delivery;",
+        )
+        .await
+        .unwrap();
+
+    let (first, read) = claim_measured(&claimer, &observer, 100).await;
+    assert_eq!(first.len(), 51, "one head per object");
+    assert!(read < 1_000, "a claim of 51 read {read} index tuples");
+
+    let (none, read) = claim_measured(&claimer, &observer, 100).await;
+    assert!(none.is_empty(), "every head is leased: {none:?}");
+    assert!(
+        read < 1_000,
+        "a claim finding every head in flight read {read} index tuples"
+    );
+
+    claimer
+        .batch_execute(
+            "update netbox_outbox.delivery set state = 'delivered', finished_at = now(),
+                 leased_by = null, leased_until = '-infinity'
+             where leased_by is not null",
+        )
+        .await
+        .unwrap();
+    let (second, read) = claim_measured(&claimer, &observer, 100).await;
+    let expected: Vec<i64> = claimer
+        .query(
+            "select min(id) from netbox_outbox.delivery where state = 'pending'
+             group by object_id order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut second_sorted = second.clone();
+    second_sorted.sort();
+    assert_eq!(
+        second_sorted, expected,
+        "each object's second delivery is its head"
+    );
+    assert!(read < 1_000, "the next claim read {read} index tuples");
+}
+
+/// The descriptions each site's webhooks carried, in the order they arrived.
+fn by_site(receiver: &Receiver) -> HashMap<String, Vec<String>> {
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    for r in receiver.received() {
+        let body = r.json();
+        seen.entry(body["data"]["name"].as_str().unwrap_or("").to_string())
+            .or_default()
+            .push(
+                body["data"]["description"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            );
+    }
+    seen
+}
+
+/// The (webhook, site) queue's head delivery, if the queue has one.
+async fn head_of(client: &Client, webhook_id: i64, site: i64) -> Option<i64> {
+    let site_type = content_type(client, "dcim.site").await;
+    client
+        .query_opt(
+            "select delivery_id from netbox_outbox.queue_head
+             where webhook_id = $1 and content_type_id = $2 and object_id = $3",
+            &[&webhook_id, &site_type, &site],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// Deep queues (50 updates of each of 6 sites, all queued before any sidecar runs) drained by
+/// three sidecars: each site's webhooks arrive in commit order, each delivery once, and no head
+/// is left behind.
+#[tokio::test]
+async fn deep_queues_go_out_in_order_with_several_sidecars() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    rule(
+        &client,
+        "updates",
+        &["dcim.site"],
+        &["object_updated"],
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    let sites = ["s1", "s2", "s3", "s4", "s5", "s6"];
+    for name in sites {
+        insert_site(&client, name).await;
+    }
+    for n in 1..=50 {
+        client
+            .batch_execute(&format!(
+                "update dcim_site set description = name || '-{n}'"
+            ))
+            .await
+            .unwrap();
+    }
+    let config = "[delivery]\nconcurrency = 4\n";
+    let sidecars: Vec<Sidecar> = (0..3)
+        .map(|_| Sidecar::start(&db, test_config(config)))
+        .collect();
+    let got = receiver.wait_for(300, WAIT).await;
+    assert_eq!(got.len(), 300);
+    let seen = by_site(&receiver);
+    for name in sites {
+        let expected: Vec<String> = (1..=50).map(|n| format!("{name}-{n}")).collect();
+        assert_eq!(seen[name], expected, "{name}'s webhooks in commit order");
+    }
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|r| r.header("x-netbox-outbox-delivery").unwrap_or(""))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 300, "each delivery sent once");
+    eventually("every outcome recorded", WAIT, || async {
+        let pending: i64 = client
+            .query_one(
+                "select count(*) from netbox_outbox.delivery where state = 'pending'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (pending == 0).then_some(())
+    })
+    .await;
+    let heads: i64 = client
+        .query_one("select count(*) from netbox_outbox.queue_head", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(heads, 0, "nothing pending, no head left");
+    for sidecar in sidecars {
+        sidecar.stop().await;
+    }
+}
+
+/// A head that is retrying holds back only its own object: site a's first webhook fails again
+/// and again (its attempts logged, the queue's head still it), while site b's and an unrelated
+/// webhook's deliveries all go out meanwhile.
+#[tokio::test]
+async fn a_retrying_head_blocks_only_its_own_object() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    let unrelated = Receiver::start().await.unwrap();
+    let hook = webhook(&client, "crm", &receiver.url("/hook/{{ data.name }}"), &[]).await;
+    let other = webhook(&client, "other", &unrelated.url("/other"), &[]).await;
+    rule(
+        &client,
+        "crm",
+        &["dcim.site"],
+        &["object_updated"],
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    rule(
+        &client,
+        "other",
+        &["dcim.site"],
+        &["object_updated"],
+        other,
+        "null",
+        "null",
+    )
+    .await;
+    let a = insert_site(&client, "a").await;
+    insert_site(&client, "b").await;
+    receiver.script_path("/hook/a", std::iter::repeat_n(Reply::Status(500), 1000));
+    for n in 1..=3 {
+        client
+            .batch_execute(&format!("update dcim_site set description = name || '{n}'"))
+            .await
+            .unwrap();
+    }
+    let sidecar = Sidecar::start(
+        &db,
+        test_config(
+            "[delivery]\nretry_schedule = [\"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\"]\n",
+        ),
+    );
+    unrelated.wait_for(6, WAIT).await;
+    eventually(
+        "b's three webhooks and three failed attempts for a",
+        WAIT,
+        || async {
+            let seen = by_site(&receiver);
+            (seen.get("b").map_or(0, Vec::len) == 3 && seen.get("a").map_or(0, Vec::len) >= 3)
+                .then_some(())
+        },
+    )
+    .await;
+    let seen = by_site(&receiver);
+    assert_eq!(seen["b"], ["b1", "b2", "b3"]);
+    assert!(
+        seen["a"].iter().all(|d| d == "a1"),
+        "only a's first webhook was tried: {:?}",
+        seen["a"]
+    );
+    let rows = client
+        .query(
+            "select d.id, d.state, d.attempts, d.last_status,
+                    (select count(*) from netbox_outbox.attempt t where t.delivery_id = d.id and t.status = 500)
+             from netbox_outbox.delivery d where d.webhook_id = $1 and d.object_id = $2 order by d.seq",
+            &[&hook, &a],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let (head, state, last_status, failures): (i64, String, Option<i32>, i64) = (
+        rows[0].get(0),
+        rows[0].get(1),
+        rows[0].get(3),
+        rows[0].get(4),
+    );
+    assert_eq!(state, "pending", "a1 is still being retried");
+    assert_eq!(last_status, Some(500));
+    assert!(failures >= 3, "each failed attempt is logged: {failures}");
+    for later in &rows[1..] {
+        assert_eq!(later.get::<_, i32>(2), 0, "a2 and a3 wait behind a1");
+    }
+    assert_eq!(
+        head_of(&client, hook, a).await,
+        Some(head),
+        "a1 is a's head"
+    );
+    sidecar.stop().await;
+}
+
+/// A dead head and a rejected delivery both let the next one go: a1 fails until it is dead, a2
+/// is rejected (its template fails for it alone), a3 is delivered; an unrelated webhook is
+/// delivered meanwhile.
+#[tokio::test]
+async fn dead_and_rejected_heads_release_the_next() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    let unrelated = Receiver::start().await.unwrap();
+    let template = "'{% if data.description == \"a2\" %}{{ data.nosuch.field }}{% endif %}{\"d\": \"{{ data.description }}\"}'";
+    let hook = webhook(
+        &client,
+        "crm",
+        &receiver.url("/hook/{{ data.name }}"),
+        &[("body_template", template)],
+    )
+    .await;
+    let other = webhook(&client, "other", &unrelated.url("/other"), &[]).await;
+    rule(
+        &client,
+        "crm",
+        &["dcim.site"],
+        &["object_updated"],
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    rule(
+        &client,
+        "other",
+        &["dcim.site"],
+        &["object_updated"],
+        other,
+        "null",
+        "null",
+    )
+    .await;
+    let a = insert_site(&client, "a").await;
+    receiver.script_path("/hook/a", [Reply::Status(500), Reply::Status(500)]);
+    for n in 1..=3 {
+        client
+            .batch_execute(&format!("update dcim_site set description = 'a{n}'"))
+            .await
+            .unwrap();
+    }
+    let sidecar = Sidecar::start(
+        &db,
+        test_config("[delivery]\nretry_schedule = [\"100ms\"]\n"),
+    );
+    unrelated.wait_for(3, WAIT).await;
+    let got = receiver.wait_for(3, WAIT).await;
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["d"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["a1", "a1", "a3"],
+        "a1 tried twice, a2 never, then a3"
+    );
+    let states: Vec<(String, Option<String>)> = eventually("a3 recorded", WAIT, || async {
+        let rows = client
+            .query(
+                "select state, last_error from netbox_outbox.delivery
+                 where webhook_id = $1 and object_id = $2 order by seq",
+                &[&hook, &a],
+            )
+            .await
+            .unwrap();
+        let states: Vec<(String, Option<String>)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        (states.last().map(|s| s.0.as_str()) == Some("delivered")).then_some(states)
+    })
+    .await;
+    assert_eq!(states[0].0, "dead");
+    assert_eq!(states[1].0, "rejected");
+    assert!(
+        states[1]
+            .1
+            .as_deref()
+            .unwrap_or("")
+            .contains("data.nosuch.field"),
+        "{:?}",
+        states[1]
+    );
+    let failed: i64 = client
+        .query_one(
+            "select count(*) from netbox_outbox.failed where webhook_name = 'crm'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        failed, 2,
+        "the dead and the rejected delivery are visible in failed"
+    );
+    assert_eq!(head_of(&client, hook, a).await, None, "a's queue is empty");
+    sidecar.stop().await;
+}
+
+/// Replaying a dead delivery puts the copy at the end of its object's queue: queued while the
+/// webhook is paused, a2 and a3 go out before the replayed a1.
+#[tokio::test]
+async fn a_replayed_delivery_joins_the_end_of_its_queue() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    rule(
+        &client,
+        "crm",
+        &["dcim.site"],
+        &["object_updated"],
+        hook,
+        "null",
+        "null",
+    )
+    .await;
+    let a = insert_site(&client, "a").await;
+    receiver.script([Reply::Status(500), Reply::Status(500)]);
+    let sidecar = Sidecar::start(
+        &db,
+        test_config("[delivery]\nretry_schedule = [\"100ms\"]\n"),
+    );
+    client
+        .batch_execute("update dcim_site set description = 'a1'")
+        .await
+        .unwrap();
+    let dead: i64 = eventually("a1 dead", WAIT, || async {
+        client
+            .query_opt(
+                "select id from netbox_outbox.delivery where webhook_id = $1 and state = 'dead'",
+                &[&hook],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    })
+    .await;
+    client
+        .batch_execute("select netbox_outbox.pause_webhook('crm')")
+        .await
+        .unwrap();
+    for description in ["a2", "a3"] {
+        client
+            .execute("update dcim_site set description = $1", &[&description])
+            .await
+            .unwrap();
+    }
+    let a2: i64 = eventually("a2 and a3 queued", WAIT, || async {
+        let rows = client
+            .query(
+                "select id from netbox_outbox.delivery where webhook_id = $1 and state = 'pending'
+                 order by seq",
+                &[&hook],
+            )
+            .await
+            .unwrap();
+        (rows.len() == 2).then(|| rows[0].get(0))
+    })
+    .await;
+    client
+        .execute("select netbox_outbox.replay(delivery_id => $1)", &[&dead])
+        .await
+        .unwrap();
+    assert_eq!(
+        head_of(&client, hook, a).await,
+        Some(a2),
+        "a2 stays a's head"
+    );
+    client
+        .batch_execute("select netbox_outbox.resume_webhook('crm')")
+        .await
+        .unwrap();
+    let got = receiver.wait_for(5, WAIT).await;
+    let order: Vec<String> = got[2..]
+        .iter()
+        .map(|r| {
+            r.json()["data"]["description"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(order, ["a2", "a3", "a1"], "the replay goes out last");
+    sidecar.stop().await;
+}
