@@ -246,7 +246,7 @@ $$;
 revoke all on function netbox_outbox.record_batch(bigint[], integer[], bigint[], integer[], integer[], text[], text[], text[], bigint[], timestamptz[], bigint, uuid) from public;
 
 
--- claim() reads the heads with the caller's rights (V5's list; sync() applies it).
+-- claim() and record_batch() read and lock the heads with the caller's rights (V5's list; sync() applies it).
 insert into netbox_outbox.sidecar_grant (object_kind, object_name, privileges, reason) values
-    ('table', 'netbox_outbox.queue_head', '{select}', 'claim() reads the due heads of the per-object queues')
+    ('table', 'netbox_outbox.queue_head', '{select,update}', 'claim() reads the due heads; record_batch() locks those it moves (FOR UPDATE needs UPDATE)')
 on conflict do nothing;
