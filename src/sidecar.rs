@@ -125,7 +125,7 @@ pub async fn run(
         cancel.clone(),
     ));
     // Recording metrics needs the recorder even when nothing serves them.
-    let _ = crate::health::metrics_handle();
+    let _ = m::recorder();
     if let Some(addr) = config.metrics.listen {
         let (database, health, cancel) = (database.clone(), health.clone(), cancel.clone());
         tracker.spawn(async move {
