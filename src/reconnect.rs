@@ -156,3 +156,81 @@ pub async fn pause(cancel: &CancellationToken, duration: Duration) {
         () = tokio::time::sleep(duration) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
+
+    use super::*;
+
+    /// The test PostgreSQL (see tests/it/support/db.rs), and a port where nothing listens.
+    const UP: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+    const DOWN: &str = "postgres://postgres@127.0.0.1:1/postgres";
+
+    /// A database that is down for its first `down_for` connection attempts, then up.
+    struct Restarting {
+        down_for: u32,
+        attempts: AtomicU32,
+    }
+
+    impl Connect for Restarting {
+        type Connection = tokio_postgres::Client;
+        type Error = ConnectError;
+        fn connect(&self) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send {
+            let down = self.attempts.fetch_add(1, Ordering::Relaxed) < self.down_for;
+            let url = if down { DOWN } else { UP };
+            async move { Database::parse(url)?.connect().await }
+        }
+    }
+
+    #[tokio::test]
+    async fn connects_again_after_failures_and_the_backoff_lasts_until_the_work_succeeds() {
+        let cancel = CancellationToken::new();
+        let mut connection = Reconnecting::new(
+            "test",
+            Restarting {
+                down_for: 2,
+                attempts: AtomicU32::new(0),
+            },
+        );
+        let started = Instant::now();
+        let client = connection.connected(&cancel).await.expect("not cancelled");
+        client
+            .simple_query("select 1")
+            .await
+            .expect("a live connection");
+        // two failed attempts, each waited out (200 ms, then 400 ms)
+        assert!(started.elapsed() >= reconnect_delay(1) + reconnect_delay(2));
+        assert_eq!(connection.failures(), 2);
+        connection.succeeded();
+        assert_eq!(connection.failures(), 0);
+    }
+
+    #[tokio::test]
+    async fn shutdown_cuts_the_wait_for_an_unreachable_database_short() {
+        let cancel = CancellationToken::new();
+        let mut connection = Reconnecting::new("test", Database::parse(DOWN).unwrap());
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.cancel();
+        });
+        let started = Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(10), connection.connected(&cancel))
+            .await
+            .expect("returns once cancelled");
+        assert!(got.is_none());
+        assert!(connection.failures() >= 1);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn one_attempt_does_not_wait() {
+        let mut connection = Reconnecting::new("test", Database::parse(DOWN).unwrap());
+        let started = Instant::now();
+        assert!(connection.try_connect().await.is_none());
+        assert_eq!(connection.failures(), 1);
+        assert!(started.elapsed() < reconnect_delay(1));
+    }
+}
