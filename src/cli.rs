@@ -237,17 +237,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Status { json } => {
             let config = config(&cli)?;
             let client = database(&config)?.connect().await?;
-            let status = crate::commands::status::gather(&client)
+            commands::status::print(&client, *json)
                 .await
                 .map_err(|e| Failure::new(exit::FAILURE, e))?;
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).unwrap_or_default()
-                );
-            } else {
-                print!("{}", crate::commands::status::render(&status));
-            }
             Ok(exit::OK)
         }
         Command::Replay {
