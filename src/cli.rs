@@ -1,4 +1,6 @@
 //! Command-line interface: one subcommand per operator task, with exit codes scripts can rely on.
+//! This file parses the command line, dispatches to [`crate::commands`] and maps failures to
+//! exit codes; the commands themselves live there.
 
 use std::process::ExitCode;
 
@@ -6,7 +8,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogFormat};
+use crate::commands;
+use crate::config::Config;
 use crate::db::{Database, DatabaseUrl};
 use crate::migrations;
 
@@ -211,7 +214,7 @@ fn config(cli: &Cli) -> Result<Config, Failure> {
 }
 
 /// The database: the configured URL, else libpq's `PG*` variables (PGHOST, PGDATABASE, ...).
-fn database(config: &Config) -> Result<Database, Failure> {
+pub(crate) fn database(config: &Config) -> Result<Database, Failure> {
     let database = match &config.database_url {
         Some(url) => Database::parse(url.expose()),
         None => Database::from_environment().ok_or_else(|| {
@@ -225,59 +228,18 @@ fn database(config: &Config) -> Result<Database, Failure> {
     Ok(database?)
 }
 
-/// Logs to stderr: readable text, or JSON lines for collectors.
-///
-/// Our own code logs no secrets and no payloads at any level. Libraries may: tokio-postgres
-/// logs every statement's parameters at debug (webhook headers, secrets, bodies), hyper, h2 and
-/// reqwest log requests. So below info only our code and rustls (handshakes, no data) log,
-/// whatever `[log] level` or RUST_LOG ask for.
-fn init_logging(config: &Config) {
-    use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets};
-    use tracing_subscriber::prelude::*;
-    // RUST_LOG, if set, wins over [log] level (NETBOX_OUTBOX_LOG__LEVEL)
-    let requested = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let quiet_libraries = Targets::new()
-        .with_default(LevelFilter::INFO)
-        .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::TRACE)
-        .with_target("rustls", LevelFilter::TRACE);
-    use std::io::IsTerminal;
-    // Colour codes only for a person at a terminal: in journald, files and pipes they are
-    // noise that breaks grep.
-    let layer = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let layer = match config.log.format {
-        LogFormat::Json => layer.json().flatten_event(true).boxed(),
-        LogFormat::Text => layer.boxed(),
-    };
-    let _ = tracing_subscriber::registry()
-        .with(layer.with_filter(requested.and(quiet_libraries)))
-        .try_init();
-}
-
 async fn run(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
-        Command::Config => {
-            print!("{}", crate::config::DEFAULT_TOML);
-            Ok(exit::OK)
+        Command::Config => Ok(commands::config::print()),
+        Command::Migrate { print_sql, check } => {
+            commands::migrate::migrate(&config(&cli)?, *print_sql, *check).await
         }
-        Command::Migrate { print_sql, check } => migrate(&cli, *print_sql, *check).await,
         Command::Status { json } => {
             let config = config(&cli)?;
             let client = database(&config)?.connect().await?;
-            let status = crate::commands::status::gather(&client)
+            commands::status::print(&client, *json)
                 .await
                 .map_err(|e| Failure::new(exit::FAILURE, e))?;
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).unwrap_or_default()
-                );
-            } else {
-                print!("{}", crate::commands::status::render(&status));
-            }
             Ok(exit::OK)
         }
         Command::Replay {
@@ -383,129 +345,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             secret,
             status,
             quiet,
-        } => receive(*listen, secret.clone(), *status, *quiet).await,
+        } => commands::receive::receive(*listen, secret.clone(), *status, *quiet).await,
         Command::Run => {
             let config = config(&cli)?;
             let database = database(&config)?;
-            init_logging(&config);
-            crate::sidecar::run(config, database, shutdown_signal())
-                .await
-                .map_err(|e| match e {
-                    crate::sidecar::StartError::Connect(c) => Failure::from(c),
-                    crate::sidecar::StartError::NotMigrated { .. } => {
-                        Failure::new(exit::PROBLEMS, e)
-                    }
-                    crate::sidecar::StartError::ConfigDiffers { .. } => {
-                        Failure::new(exit::CONFIG, e)
-                    }
-                    other => Failure::new(exit::FAILURE, other),
-                })?;
-            Ok(exit::OK)
-        }
-    }
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
-async fn migrate(cli: &Cli, print_sql: bool, check: bool) -> Result<u8, Failure> {
-    let config = config(cli)?;
-    if print_sql && config.database_url.is_none() && Database::from_environment().is_none() {
-        print!("{}", migrations::script(&migrations::all()));
-        return Ok(exit::OK);
-    }
-    let mut client = database(&config)?.connect().await?;
-    if print_sql {
-        print!(
-            "{}",
-            migrations::script(&migrations::pending(&client).await?)
-        );
-        return Ok(exit::OK);
-    }
-    if check {
-        let pending = migrations::pending(&client).await?;
-        for m in &pending {
-            println!("pending: {m}");
-        }
-        return Ok(if pending.is_empty() {
-            println!("up to date");
-            exit::OK
-        } else {
-            exit::PROBLEMS
-        });
-    }
-    let applied = migrations::run(&mut client).await?;
-    if applied.is_empty() {
-        println!("up to date: nothing to apply");
-    }
-    for m in &applied {
-        println!("applied {m}");
-    }
-    Ok(exit::OK)
-}
-
-/// A request bin: prints each webhook as it arrives.
-async fn receive(
-    listen: std::net::SocketAddr,
-    secret: Option<String>,
-    status: u16,
-    quiet: bool,
-) -> Result<u8, Failure> {
-    use crate::receiver::{Receiver, Reply};
-    let receiver = Receiver::bind(listen)
-        .await
-        .map_err(|e| Failure::new(exit::FAILURE, format!("cannot listen on {listen}: {e}")))?;
-    receiver.default_reply(Reply::Status(status));
-    eprintln!("listening on http://{} (Ctrl-C to stop)", receiver.addr);
-    if quiet {
-        receiver.keep_nothing();
-        let mut last = 0;
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
-                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
-                    let total = receiver.count();
-                    println!("{total} {}", total - last);
-                    last = total;
-                }
-            }
-        }
-    }
-    let mut shown = 0;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
-            got = receiver.wait_for(shown + 1, std::time::Duration::from_secs(3600)) => {
-                for r in &got[shown..] {
-                    println!("---- {} {}", r.method, r.path);
-                    for (name, value) in &r.headers {
-                        println!("{name}: {value}");
-                    }
-                    if let Some(secret) = &secret {
-                        println!("# signature {}", if r.signature_valid(secret) { "valid" } else { "INVALID" });
-                    }
-                    println!();
-                    println!("{}", String::from_utf8_lossy(&r.body));
-                }
-                shown = got.len();
-            }
+            commands::run::run(config, database).await
         }
     }
 }

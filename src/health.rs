@@ -1,12 +1,13 @@
 //! The sidecar's HTTP endpoint: `/metrics` (Prometheus), `/healthz` (the process is alive) and
 //! `/readyz` (the database answers, its migrations are current and changes are being read), and
-//! the database-wide gauges behind them, sampled at each scrape so they never go stale.
+//! the database-wide gauges behind them, sampled at each scrape so they never go stale. The
+//! recorder that renders `/metrics` is [`crate::metrics`]'s.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -118,20 +119,6 @@ pub async fn read_lag(db: &tokio_postgres::Client) -> Result<ReadLag, tokio_post
     })
 }
 
-/// The process-wide metrics recorder (installed once, even when several sidecars share a process).
-pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| match crate::metrics::install() {
-            Ok(handle) => Some(handle),
-            Err(error) => {
-                warn!(error, "metrics are disabled");
-                None
-            }
-        })
-        .as_ref()
-}
-
 /// Serves the endpoint on `addr` until `cancel`.
 pub async fn serve(
     addr: SocketAddr,
@@ -141,7 +128,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
-    let handle = metrics_handle();
+    let handle = m::recorder();
     loop {
         let (stream, _) = tokio::select! {
             () = cancel.cancelled() => return Ok(()),

@@ -59,6 +59,7 @@ pub mod migrations;
 pub(crate) mod netbox;
 pub(crate) mod python;
 pub mod receiver;
+pub(crate) mod reconnect;
 pub(crate) mod request;
 pub(crate) mod rules;
 pub mod sidecar;

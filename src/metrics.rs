@@ -1,8 +1,12 @@
-//! Prometheus metrics: the names, and their descriptions. Values are recorded with the `metrics`
-//! crate's macros where things happen; [`install`] makes them scrapeable.
+//! Prometheus metrics: the process's recorder, the names, and their descriptions. Values are
+//! recorded with the `metrics` crate's macros where things happen; [`recorder`] installs the
+//! recorder once and renders them (served by [`crate::health`]).
+
+use std::sync::OnceLock;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::warn;
 
 pub const CHANGES_READ: &str = "netbox_outbox_changes_read_total";
 pub const EVENTS: &str = "netbox_outbox_events_total";
@@ -35,8 +39,24 @@ pub const DEFERRED_EVENTS: &str = "netbox_outbox_deferred_events";
 /// Changes the renderer could not build as NetBox would (rejected, never sent with nulls).
 pub const RENDER_INCOMPLETE: &str = "netbox_outbox_render_incomplete_total";
 
+/// The process-wide recorder, installed at the first call (once, even when several sidecars
+/// share a process, as in the tests); `None` if it cannot be installed, and then metrics are
+/// disabled and said to be.
+pub fn recorder() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match install() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                warn!(error, "metrics are disabled");
+                None
+            }
+        })
+        .as_ref()
+}
+
 /// Registers the descriptions and returns a handle that renders the Prometheus text format.
-pub fn install() -> Result<PrometheusHandle, String> {
+fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".to_string()),

@@ -2,8 +2,9 @@
 //! the sidecar's registration: its heartbeat, and the configuration fingerprint that keeps the
 //! sidecars of one database sending the same output.
 //!
-//! Every task owns its database connection and reconnects on its own, so a database restart or
-//! failover only delays work; nothing is lost because the database is the only state.
+//! Every task owns its database connection and reconnects on its own ([`crate::reconnect`]), so
+//! a database restart or failover only delays work; nothing is lost because the database is the
+//! only state.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,11 +21,12 @@ use uuid::Uuid;
 use crate::assemble::{Assembler, Batch};
 use crate::config::{Config, PayloadFormat};
 use crate::db::Database;
-use crate::deliver::{Dispatcher, pause, reconnect_delay};
+use crate::deliver::Dispatcher;
 use crate::health::Health;
 use crate::metrics as m;
 use crate::migrations;
-use crate::wakeup::{WakeUp, Woken};
+use crate::reconnect::{Connect, Reconnecting, pause, reconnect_delay};
+use crate::wakeup::{WakeUp, WakeUpError, Woken};
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +125,7 @@ pub async fn run(
         cancel.clone(),
     ));
     // Recording metrics needs the recorder even when nothing serves them.
-    let _ = crate::health::metrics_handle();
+    let _ = m::recorder();
     if let Some(addr) = config.metrics.listen {
         let (database, health, cancel) = (database.clone(), health.clone(), cancel.clone());
         tracker.spawn(async move {
@@ -298,43 +300,29 @@ async fn assemble_loop(
     deliveries_due: Arc<Notify>,
 ) {
     let mut assembler = Assembler::new(config.clone());
-    let mut client = None;
-    let mut wakeup: Option<WakeUp> = None;
-    let mut failures = 0u32;
+    let mut connection = Reconnecting::new("assembler", database.clone());
+    let mut listening = Reconnecting::new("wake-up", Listen(database));
     let mut summarized = Instant::now();
     let mut truncations_checked: Option<Instant> = None;
-    while !cancel.is_cancelled() {
-        if client.is_none() {
-            match database.connect().await {
-                Ok(c) => {
-                    if failures > 0 {
-                        counter!(m::DB_RECONNECTS, "role" => "assembler").increment(1);
-                        info!("assembler reconnected to the database");
-                    }
-                    // `failures` is reset by a batch that succeeds, not by the connection: a
-                    // batch that fails every time must back off further each time.
-                    client = Some(c);
-                }
-                Err(e) => {
-                    failures += 1;
-                    warn!(error = %crate::error_chain(&e), retry_in_ms = reconnect_delay(failures).as_millis() as u64,
-                          "assembler cannot reach the database; retrying");
-                    pause(&cancel, reconnect_delay(failures)).await;
-                    continue;
-                }
-            }
-        }
-        let db = client.as_mut().expect("connected");
+    loop {
+        let Some(db) = connection.connected(&cancel).await else {
+            break;
+        };
         // Shutdown does not wait for a batch (its templates may take up to their time limit):
         // dropped, its transaction rolls back, and the next start reads the batch again.
         let batch = tokio::select! {
             () = cancel.cancelled() => break,
             batch = assembler.run_batch(db) => batch,
         };
-        if batch.is_ok() && failures > 0 {
-            failures = 0;
+        // The backoff is reset by a batch that succeeds, not by the connection: a batch that
+        // fails every time must back off further each time.
+        if batch.is_ok() && connection.failures() > 0 {
+            connection.succeeded();
             health.set_failing_batches(0);
         }
+        let Some(db) = connection.current() else {
+            continue;
+        };
         match batch {
             Ok(Batch::Done(report)) if report.changes > 0 || report.deliveries > 0 => {
                 if report.deliveries > 0 {
@@ -361,14 +349,8 @@ async fn assemble_loop(
                 continue;
             }
             Err(e) => {
-                failures += 1;
-                counter!(m::BATCH_FAILURES).increment(1);
-                health.set_failing_batches(failures);
-                error!(error = %crate::error_chain(&e), retry_in_ms = reconnect_delay(failures).as_millis() as u64,
-                       "processing a batch of changes failed; it will be retried");
-                client = None;
-                wakeup = None;
-                pause(&cancel, reconnect_delay(failures)).await;
+                batch_failed(&mut connection, &health, &cancel, &e).await;
+                listening.disconnect();
                 continue;
             }
         }
@@ -378,32 +360,30 @@ async fn assemble_loop(
             pause(&cancel, config.assembly.poll_interval).await;
             continue;
         }
-        if wakeup.is_none() {
-            match WakeUp::connect(&database).await {
-                Ok(w) => wakeup = Some(w),
-                Err(e) => {
-                    warn!(error = %crate::error_chain(&e), "cannot listen for notifications; polling");
-                    pause(&cancel, config.assembly.poll_interval).await;
-                    continue;
-                }
-            }
-        }
-        let w = wakeup.as_mut().expect("connected");
+        // Without a wake-up connection (the failure is logged), poll.
+        let Some(w) = listening.try_connect().await else {
+            pause(&cancel, config.assembly.poll_interval).await;
+            continue;
+        };
         match w.begin_sleep().await {
-            Ok(true) => {}
+            Ok(true) => listening.succeeded(),
             Ok(false) => {
                 // Writers that saw us busy are still committing: look again shortly.
                 pause(&cancel, Duration::from_millis(5)).await;
                 continue;
             }
             Err(e) => {
-                warn!(error = %crate::error_chain(&e), "wake-up connection failed; reconnecting");
-                wakeup = None;
+                listening.failed(&cancel, "going to sleep", &e).await;
                 continue;
             }
         }
+        let Some(w) = listening.current() else {
+            continue;
+        };
         // Asleep: one more look for changes committed by writers that saw us awake.
-        let db = client.as_mut().expect("connected");
+        let Some(db) = connection.current() else {
+            continue;
+        };
         let batch = tokio::select! {
             () = cancel.cancelled() => break,
             batch = assembler.run_batch(db) => batch,
@@ -414,19 +394,13 @@ async fn assemble_loop(
                     deliveries_due.notify_one();
                 }
                 if let Err(e) = w.wake().await {
-                    warn!(error = %crate::error_chain(&e), "wake-up connection failed");
-                    wakeup = None;
+                    listening.failed(&cancel, "waking up", &e).await;
                 }
                 continue;
             }
             Ok(_) => {}
             Err(e) => {
-                failures += 1;
-                counter!(m::BATCH_FAILURES).increment(1);
-                health.set_failing_batches(failures);
-                error!(error = %crate::error_chain(&e), "processing a batch of changes failed; it will be retried");
-                client = None;
-                pause(&cancel, reconnect_delay(failures)).await;
+                batch_failed(&mut connection, &health, &cancel, &e).await;
                 continue;
             }
         }
@@ -437,12 +411,36 @@ async fn assemble_loop(
                     // a notification about new deliveries (from another sidecar) concerns the dispatcher too
                     deliveries_due.notify_one();
                 }
-                Err(e) => {
-                    warn!(error = %crate::error_chain(&e), "wake-up connection failed; reconnecting");
-                    wakeup = None;
-                }
+                Err(e) => listening.failed(&cancel, "waiting for notifications", &e).await,
             },
         }
+    }
+}
+
+/// A batch of changes failed: counted, shown in readiness, logged in the words `/readyz` points
+/// to, and retried on a new connection after the backoff.
+async fn batch_failed(
+    connection: &mut Reconnecting<Database>,
+    health: &Health,
+    cancel: &CancellationToken,
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+) {
+    let failures = connection.failures() + 1;
+    counter!(m::BATCH_FAILURES).increment(1);
+    health.set_failing_batches(failures);
+    error!(error = %crate::error_chain(error), retry_in_ms = reconnect_delay(failures).as_millis() as u64,
+           "processing a batch of changes failed; it will be retried");
+    connection.back_off(cancel).await;
+}
+
+/// Makes the wake-up connection (LISTEN, and the sleep lock) for [`Reconnecting`].
+struct Listen(Database);
+
+impl Connect for Listen {
+    type Connection = WakeUp;
+    type Error = WakeUpError;
+    fn connect(&self) -> impl Future<Output = Result<WakeUp, WakeUpError>> + Send {
+        WakeUp::connect(&self.0)
     }
 }
 
@@ -513,12 +511,10 @@ async fn housekeeping(
     cancel: CancellationToken,
 ) {
     let mut ticks: u64 = 0;
-    let mut client = None;
+    let mut connection = Reconnecting::new("housekeeping", database);
     while !cancel.is_cancelled() {
-        if client.is_none() {
-            client = database.connect().await.ok();
-        }
-        if let Some(db) = &client {
+        // One attempt per heartbeat: nothing here is urgent enough to wait for the database.
+        if let Some(db) = connection.try_connect().await {
             let result: Result<(), tokio_postgres::Error> = async {
                 db.execute(
                     "update netbox_outbox.sidecar set last_seen_at = now() where id = $1",
@@ -574,9 +570,13 @@ async fn housekeeping(
                 Ok(())
             }
             .await;
-            if let Err(e) = result {
-                warn!(error = %crate::error_chain(&e), "housekeeping failed; retrying");
-                client = None;
+            match result {
+                Ok(()) => connection.succeeded(),
+                Err(e) => {
+                    connection
+                        .failed(&cancel, "heartbeat, retention or sampling", &e)
+                        .await
+                }
             }
         }
         ticks += 1;

@@ -4,6 +4,20 @@
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
+/// Prints the status, as a table or as JSON.
+pub async fn print(client: &Client, as_json: bool) -> Result<(), tokio_postgres::Error> {
+    let status = gather(client).await?;
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(())
+}
+
 /// Gathers the status as JSON (also the source of the text form).
 pub async fn gather(client: &Client) -> Result<Value, tokio_postgres::Error> {
     let capture = client

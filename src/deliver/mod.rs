@@ -32,6 +32,7 @@ use self::queue::{Claimed, Outcome};
 use crate::config::DeliveryConfig;
 use crate::db::Database;
 use crate::metrics as m;
+use crate::reconnect::Reconnecting;
 
 /// The delivery half of a sidecar.
 pub struct Dispatcher {
@@ -105,8 +106,7 @@ impl Dispatcher {
         let mut sending: HashMap<i64, Sending> = HashMap::new();
         // Deliveries claimed and not yet sent, per webhook, in claim order (heads first).
         let mut ready: HashMap<i64, VecDeque<(Instant, Claimed)>> = HashMap::new();
-        let mut client = None;
-        let mut failures = 0u32;
+        let mut connection = Reconnecting::new("dispatcher", self.database.clone());
         let mut webhooks: Vec<i64> = Vec::new();
         // Each paused webhook's end of pause, on the monotonic clock (now: over, probe).
         let mut pauses: HashMap<i64, Instant> = HashMap::new();
@@ -121,25 +121,8 @@ impl Dispatcher {
                 }
             }
 
-            let db = match &mut client {
-                Some(c) => c,
-                None => match self.database.connect().await {
-                    Ok(c) => {
-                        if failures > 0 {
-                            counter!(m::DB_RECONNECTS, "role" => "dispatcher").increment(1);
-                            info!("dispatcher reconnected to the database");
-                        }
-                        failures = 0;
-                        client = Some(c);
-                        client.as_mut().expect("just set")
-                    }
-                    Err(error) => {
-                        failures += 1;
-                        warn!(error = %crate::error_chain(&error), "dispatcher cannot reach the database; retrying");
-                        pause(&cancel, reconnect_delay(failures)).await;
-                        continue;
-                    }
-                },
+            let Some(db) = connection.connected(&cancel).await else {
+                break;
             };
 
             if refreshed.elapsed() >= self.config.poll_interval / 2 {
@@ -150,10 +133,9 @@ impl Dispatcher {
                         refreshed = Instant::now();
                     }
                     Err(error) => {
-                        warn!(error = %crate::error_chain(&error), "dispatcher lost its database connection");
-                        client = None;
-                        failures += 1;
-                        pause(&cancel, reconnect_delay(failures)).await;
+                        connection
+                            .failed(&cancel, "reading the webhooks with work", &error)
+                            .await;
                         continue;
                     }
                 }
@@ -219,18 +201,17 @@ impl Dispatcher {
             }
 
             let started = Instant::now();
-            let claimed = match queue::claim(db, &quotas, self.config.lease_margin, self.sidecar)
-                .await
-            {
-                Ok(claimed) => claimed,
-                Err(error) => {
-                    warn!(error = %crate::error_chain(&error), "claiming deliveries failed; reconnecting");
-                    client = None;
-                    failures += 1;
-                    pause(&cancel, reconnect_delay(failures)).await;
-                    continue;
-                }
-            };
+            let claimed =
+                match queue::claim(db, &quotas, self.config.lease_margin, self.sidecar).await {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        connection
+                            .failed(&cancel, "claiming deliveries", &error)
+                            .await;
+                        continue;
+                    }
+                };
+            connection.succeeded();
             let got = claimed.len();
             if !quotas.is_empty() {
                 histogram!(m::CLAIM_SECONDS).record(started.elapsed().as_secs_f64());
@@ -442,9 +423,11 @@ async fn record_loop(
     sidecar: Uuid,
     recorded: Arc<Notify>,
 ) {
-    let mut client = None;
+    // Outcomes are written after shutdown begins too (the dispatcher closes the channel when it
+    // is done), so this connection's waits are never cut short.
+    let never = CancellationToken::new();
+    let mut connection = Reconnecting::new("recorder", database);
     let mut pending: Vec<(Outcome, String)> = Vec::new();
-    let mut failures = 0u32;
     let mut closed = false;
     while !(closed && pending.is_empty()) {
         if !closed {
@@ -469,30 +452,14 @@ async fn record_loop(
                 }
             }
         }
-        if client.is_none() {
-            match database.connect().await {
-                Ok(c) => {
-                    if failures > 0 {
-                        counter!(m::DB_RECONNECTS, "role" => "recorder").increment(1);
-                    }
-                    failures = 0;
-                    client = Some(c);
-                }
-                Err(error) => {
-                    failures += 1;
-                    warn!(error = %crate::error_chain(&error), waiting = pending.len(), "cannot record outcomes; retrying");
-                    tokio::time::sleep(reconnect_delay(failures)).await;
-                    continue;
-                }
-            }
-        }
-        let db = client.as_mut().expect("connected");
+        let Some(db) = connection.connected(&never).await else {
+            unreachable!("never cancelled");
+        };
         let batch: Vec<Outcome> = pending.iter().map(|(o, _)| o.clone()).collect();
         if let Err(error) = record_each(db, &batch, config.max_retry_after, sidecar).await {
-            warn!(error = %crate::error_chain(&error), "recording outcomes failed; reconnecting");
-            client = None;
-            failures += 1;
-            tokio::time::sleep(reconnect_delay(failures)).await;
+            connection
+                .failed(&never, "recording outcomes", &error)
+                .await;
             continue;
         }
         // Committed: the next deliveries of these objects are their queues' heads now.
@@ -521,6 +488,7 @@ async fn record_loop(
         for (outcome, webhook_name) in pending.drain(..) {
             report(&outcome, &webhook_name);
         }
+        connection.succeeded();
     }
 }
 
@@ -666,18 +634,5 @@ fn report(outcome: &Outcome, webhook: &str) {
             error,
             "delivery failed for the last time; it is dead (netbox_outbox.replay() sends it again)"
         );
-    }
-}
-
-/// Waits between reconnection attempts: 100 ms doubling to 5 s.
-pub fn reconnect_delay(failures: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
-}
-
-/// Sleeps unless cancelled first.
-pub async fn pause(cancel: &CancellationToken, duration: Duration) {
-    tokio::select! {
-        () = cancel.cancelled() => {}
-        () = tokio::time::sleep(duration) => {}
     }
 }
