@@ -267,8 +267,9 @@ pub async fn rerender(
     selection: &Selection,
     dry_run: bool,
 ) -> Result<Rerendered, ReplayError> {
+    use crate::assemble::build::{Builder, Event, netbox_request};
     use crate::change::Action;
-    use crate::commands::test_webhook::{context_for, current_row, parse_webhook};
+    use crate::commands::test_webhook::{NO_REQUEST, current_row, parse_webhook, render_standing};
 
     let ids = selection.rejected(client).await?;
     let mut report = Rerendered::default();
@@ -280,7 +281,7 @@ pub async fn rerender(
     let rules = crate::rules::RuleSet::load(&*client, true, None)
         .await?
         .unwrap_or_default();
-    let templates = crate::template::Templates::from_config(&config.netbox);
+    let builder = Builder::new(config);
     for id in ids {
         let row = client
             .query_one(
@@ -296,12 +297,12 @@ pub async fn rerender(
         let rule = rules.rules.iter().find(|r| r.id == rule_id);
         // The rule's webhook as it is now (the fix may have pointed the rule at another one),
         // else the delivery's own.
-        let webhook = match rule.and_then(|r| r.webhook.as_deref()) {
-            Some(webhook) => webhook.clone(),
+        let webhook = match rule.and_then(|r| r.webhook.clone()) {
+            Some(webhook) => webhook,
             None => match row.get::<_, Option<String>>(5) {
-                Some(json) => {
-                    parse_webhook(&json).map_err(|e| ReplayError::Invalid(e.to_string()))?
-                }
+                Some(json) => std::sync::Arc::new(
+                    parse_webhook(&json).map_err(|e| ReplayError::Invalid(e.to_string()))?,
+                ),
                 None => {
                     report.still_failing.push((
                         id,
@@ -343,62 +344,33 @@ pub async fn rerender(
             ));
             continue;
         };
-        let action_data = rule.map(|r| r.action_data.clone()).unwrap_or_default();
-        let context = context_for(
-            client,
-            config,
-            &netbox,
-            &webhook,
-            &action_data,
-            (ct, object_id, object),
-            action,
-            "netbox-outbox replay",
-        )
-        .await?;
-        if let Some(rule) = rule {
-            let mut data = context
-                .get("data")
-                .and_then(serde_json::Value::as_object)
-                .cloned()
-                .unwrap_or_default();
-            if let Some(snapshots) = context.get("snapshots") {
-                data.insert("snapshots".into(), snapshots.clone());
+        let (change, rendered) =
+            render_standing(client, &netbox, (ct, object_id, object), action).await?;
+        let object_type = netbox.object_type(ct).unwrap_or_default();
+        let event = Event {
+            change: &change,
+            rendered: &rendered,
+            object_type: &object_type,
+            netbox_request: netbox_request(
+                &change,
+                &rendered,
+                NO_REQUEST,
+                "netbox-outbox replay",
+                &netbox,
+            ),
+        };
+        let built = match builder.request(rule, Some(webhook.clone()), &event).await {
+            Some(Ok(built)) => built,
+            Some(Err(rejection)) => {
+                report.still_failing.push((id, rejection.detail));
+                continue;
             }
-            let verdict = match &rule.conditions {
-                Err(e) => Err(e.to_string()),
-                Ok(conditions) => conditions.eval(&data).map_err(|e| e.to_string()),
-            };
-            match verdict {
-                Ok(true) => {}
-                Ok(false) => {
-                    report.still_failing.push((
-                        id,
-                        format!(
-                            "event rule {:?}'s conditions are now false for this object",
-                            rule.name
-                        ),
-                    ));
-                    continue;
-                }
-                Err(e) => {
-                    report
-                        .still_failing
-                        .push((id, format!("event rule {:?}: conditions: {e}", rule.name)));
-                    continue;
-                }
-            }
-        }
-        let built = match crate::request::build(
-            &webhook,
-            &context,
-            &templates,
-            config.delivery.default_timeout,
-        ) {
-            Ok(built) => built,
-            Err(e) => {
-                report
-                    .still_failing
-                    .push((id, format!("webhook {:?}: {e}", webhook.name)));
+            None => {
+                let rule = rule.map(|r| r.name.as_str()).unwrap_or_default();
+                report.still_failing.push((
+                    id,
+                    format!("event rule {rule:?}'s conditions are now false for this object"),
+                ));
                 continue;
             }
         };
@@ -406,15 +378,8 @@ pub async fn rerender(
             report.created += 1;
             continue;
         }
-        let headers = serde_json::to_string(
-            &built
-                .headers
-                .iter()
-                .map(|(n, v)| [n, v])
-                .collect::<Vec<_>>(),
-        )
-        .expect("headers serialize");
-        let timeout_ms = built.timeout.as_millis().min(i32::MAX as u128) as i32;
+        let headers = built.headers_json();
+        let timeout_ms = built.transport.timeout_ms();
         let tx = client.transaction().await?;
         tx.execute(
             "with copy as (
@@ -434,8 +399,8 @@ pub async fn rerender(
                 &id,
                 &webhook.name,
                 &timeout_ms,
-                &built.ssl_verification,
-                &built.ca_file_path,
+                &built.transport.ssl_verification,
+                &built.transport.ca_file_path,
                 &built.method,
                 &built.url,
                 &headers,
