@@ -265,7 +265,7 @@ pub fn standing_change(
         changelog: Vec::new(),
         row_changes: 1,
         tag_changes: 0,
-        request: None,
+        request_context: None,
         db_user,
     }
 }
@@ -333,7 +333,7 @@ pub fn transaction_uuid(txid: i64) -> String {
 /// The request context the plugin recorded for the change's transaction (its
 /// `netbox_outbox.request` setting), if any.
 fn plugin_request_context(change: &TxChange) -> Option<Map<String, Value>> {
-    match serde_json::from_str(change.request.as_deref()?).ok()? {
+    match serde_json::from_str(change.request_context.as_deref()?).ok()? {
         Value::Object(context) => Some(context),
         _ => None,
     }

@@ -381,7 +381,8 @@ impl Assembler {
                     counter!(m::EVENTS, "outcome" => "vanished").increment(1);
                     continue;
                 }
-                let netbox_tx = netbox_txs.contains_key(&change.txid) || change.request.is_some();
+                let netbox_tx =
+                    netbox_txs.contains_key(&change.txid) || change.request_context.is_some();
                 let emit = match mode {
                     Mode::All => true,
                     Mode::Netbox => {
