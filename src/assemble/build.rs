@@ -31,6 +31,25 @@ pub struct Event<'a> {
     pub netbox_request: Map<String, Value>,
 }
 
+impl<'a> Event<'a> {
+    /// An event with NetBox's request context made for it (see [`netbox_request`]):
+    /// `request_id` and `user_name` are NetBox's, or the transaction's.
+    pub fn new(
+        change: &'a TxChange,
+        rendered: &'a netbox::Rendered,
+        object_type: &'a str,
+        (request_id, user_name): (&str, &str),
+        netbox: &Netbox,
+    ) -> Event<'a> {
+        Event {
+            change,
+            rendered,
+            object_type,
+            netbox_request: netbox_request(change, rendered, request_id, user_name, netbox),
+        }
+    }
+}
+
 /// Why a delivery could not be built: the field at fault (all a log line may show) and the
 /// full reason for the delivery row, with what to do.
 #[derive(Debug, Clone)]
@@ -179,7 +198,7 @@ impl Builder {
             snapshots: event.rendered.snapshots.clone(),
         };
         let name = webhook.name.clone();
-        self.build_bounded(webhook, context.to_value(format))
+        self.build(webhook, context.to_value(format))
             .await
             .map_err(|e| Rejection {
                 field: e.field,
@@ -190,13 +209,14 @@ impl Builder {
             })
     }
 
-    /// Builds a request on a blocking thread, so that a slow template never holds up the async
+    /// Builds `webhook`'s request for a template context (`check` passes a sample event's) on
+    /// a blocking thread, so that a slow template never holds up the async
     /// workers (health endpoints, shutdown, delivery). The thread stops itself: at its fuel, or
     /// at `template_timeout` once the template writes (the error then names the field). The
     /// caller waits a second longer than that, as the backstop for a template that neither
     /// writes nor runs out of fuel; its thread then runs on until its fuel is spent, and its
     /// result is dropped.
-    async fn build_bounded(
+    pub async fn build(
         &self,
         webhook: Arc<Webhook>,
         context: Value,
@@ -342,7 +362,7 @@ fn plugin_request_context(change: &TxChange) -> Option<Map<String, Value>> {
 /// NetBox's request context, the payload's `request` block: exact with the plugin; otherwise
 /// `request_id` and `user_name` (NetBox's, or the transaction's) with the path and method the
 /// REST API would have used.
-pub fn netbox_request(
+fn netbox_request(
     change: &TxChange,
     rendered: &netbox::Rendered,
     request_id: &str,

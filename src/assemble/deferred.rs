@@ -15,7 +15,7 @@ use metrics::gauge;
 use tokio_postgres::Transaction;
 use tracing::{info, warn};
 
-use super::build::{Event, netbox_request, standing_change};
+use super::build::{Event, standing_change};
 use super::{Assembler, isolated, source, store};
 use crate::change::{Action, Row, TxChange};
 use crate::metrics as m;
@@ -122,18 +122,13 @@ impl Assembler {
                 continue;
             };
             let rendered = rendered.next().expect("one rendering per present change");
-            let event = Event {
+            let event = Event::new(
                 change,
-                rendered: &rendered,
-                object_type: &object_type,
-                netbox_request: netbox_request(
-                    change,
-                    &rendered,
-                    &event.request_id,
-                    &event.user_name,
-                    &self.netbox,
-                ),
-            };
+                &rendered,
+                &object_type,
+                (&event.request_id, &event.user_name),
+                &self.netbox,
+            );
             let built = self.builder.deliveries(&self.rules, &event, index).await;
             counts.push(built.len() as i32);
             deliveries.extend(built);

@@ -4,7 +4,7 @@
 //! object by object ([`source`]). Each object's history merges into one change per transaction
 //! ([`history`]); each becomes an event if NetBox would send one (see [`Mode`]); each event is
 //! matched against the event rules, and each matching rule becomes a delivery with its request
-//! rendered and frozen ([`store`]). The batch, its deliveries and the new read position commit
+//! rendered ([`build`]) and frozen ([`store`]). The batch, its deliveries and the new read position commit
 //! together, in a REPEATABLE READ transaction whose snapshot is the batch's end, so the rows read
 //! for `data` show the objects as of the batch's commits, not as they are when webhooks go out.
 //!
@@ -24,7 +24,7 @@ use metrics::{counter, histogram};
 use tokio_postgres::{Client, IsolationLevel};
 use tracing::{debug, warn};
 
-use self::build::{Builder, Event, attribution, netbox_request};
+use self::build::{Builder, Event, attribution};
 use self::source::{BatchReader, Snapshot};
 use self::store::{NewDeferral, NewDelivery, NewEvent};
 use crate::change::history::{ObjectHistory, TxChange};
@@ -433,18 +433,13 @@ impl Assembler {
             let rendered =
                 rendered_by_change.remove(&(change.content_type_id, change.object_id, change.seq));
             if let Some(rendered) = rendered {
-                let event = Event {
-                    change: &change,
-                    rendered: &rendered,
-                    object_type: &object_type,
-                    netbox_request: netbox_request(
-                        &change,
-                        &rendered,
-                        &request_id,
-                        &user_name,
-                        &self.netbox,
-                    ),
-                };
+                let event = Event::new(
+                    &change,
+                    &rendered,
+                    &object_type,
+                    (&request_id, &user_name),
+                    &self.netbox,
+                );
                 let built = self
                     .builder
                     .deliveries(&self.rules, &event, event_index)

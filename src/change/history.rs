@@ -56,6 +56,7 @@ pub struct Change {
     pub captured_at: SystemTime,
     pub kind: ChangeKind,
     pub db_user: String,
+    /// NetBox's request context (the plugin's `netbox_outbox.request` setting), as JSON text.
     pub request_context: Option<String>,
     pub before: Option<Row>,
     pub tag_id: Option<i64>,
@@ -68,6 +69,7 @@ pub struct ChangelogEntry {
     pub txid: i64,
     pub captured_at: SystemTime,
     pub objectchange_id: i64,
+    /// NetBox's request context (the plugin's `netbox_outbox.request` setting), as JSON text.
     pub request_context: Option<String>,
     pub entry: Row,
 }

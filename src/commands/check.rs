@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio_postgres::Client;
 
+use crate::assemble::build::Builder;
 use crate::config::Config;
 use crate::deliver::http::Sender;
 use crate::netbox::catalogue::catalogue;
-use crate::request::{self, EventContext};
+use crate::request::EventContext;
 use crate::rules::RuleSet;
 use crate::template::Templates;
 
@@ -317,6 +318,8 @@ async fn webhooks(
     }
     let templates = Templates::from_config(&config.netbox);
     let sender = Sender::new(config.delivery.clone());
+    // The sidecar's own builder, so the sample renders under the same limits.
+    let builder = Builder::new(config);
     let context = sample_context();
     let mut seen = std::collections::HashSet::new();
     for rule in &rules.rules {
@@ -394,12 +397,7 @@ async fn webhooks(
                 )));
             }
         }
-        match request::build(
-            webhook,
-            &context,
-            &templates,
-            config.delivery.default_timeout,
-        ) {
+        match builder.build(webhook.clone(), context.clone()).await {
             Err(e) => {
                 // A literal that fails always fails; a template may only fail for the sample.
                 let source = match e.field {

@@ -235,7 +235,7 @@ pub async fn rerender(
     selection: &Selection,
     dry_run: bool,
 ) -> Result<Rerendered, ReplayError> {
-    use crate::assemble::build::{Builder, Event, netbox_request};
+    use crate::assemble::build::{Builder, Event};
     use crate::change::Action;
     use crate::commands::test_webhook::{NO_REQUEST, current_row, parse_webhook, render_standing};
 
@@ -316,18 +316,13 @@ pub async fn rerender(
         let (change, rendered) =
             render_standing(client, &netbox, (ct, object_id, object), action).await?;
         let object_type = netbox.object_type(ct).unwrap_or_default();
-        let event = Event {
-            change: &change,
-            rendered: &rendered,
-            object_type: &object_type,
-            netbox_request: netbox_request(
-                &change,
-                &rendered,
-                NO_REQUEST,
-                "netbox-outbox replay",
-                &netbox,
-            ),
-        };
+        let event = Event::new(
+            &change,
+            &rendered,
+            &object_type,
+            (NO_REQUEST, "netbox-outbox replay"),
+            &netbox,
+        );
         let built = match builder.request(rule, Some(webhook.clone()), &event).await {
             Some(Ok(built)) => built,
             Some(Err(rejection)) => {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
-use crate::assemble::build::{Builder, Event, netbox_request, standing_change};
+use crate::assemble::build::{Builder, Event, standing_change};
 use crate::change::{Action, TxChange};
 use crate::config::Config;
 use crate::deliver::http::{AttemptResult, Sender};
@@ -125,18 +125,13 @@ pub async fn run(
         .await?
         .ok_or_else(|| TestError::Invalid(format!("{object_type}:{id} does not exist")))?;
     let (change, rendered) = render_standing(client, &netbox, (ct, id, row), action).await?;
-    let event = Event {
-        change: &change,
-        rendered: &rendered,
-        object_type: &object_type,
-        netbox_request: netbox_request(
-            &change,
-            &rendered,
-            NO_REQUEST,
-            "netbox-outbox test-webhook",
-            &netbox,
-        ),
-    };
+    let event = Event::new(
+        &change,
+        &rendered,
+        &object_type,
+        (NO_REQUEST, "netbox-outbox test-webhook"),
+        &netbox,
+    );
     let action_data = rule.map(|r| r.action_data.clone()).unwrap_or_default();
     let built = Builder::new(config)
         .render(&action_data, Arc::new(webhook), &event)

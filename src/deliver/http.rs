@@ -147,7 +147,6 @@ impl Sender {
         delivery_id: i64,
         delivery_header: &str,
     ) -> AttemptResult {
-        let out = request;
         let timeout = request.transport.timeout;
         let start = Instant::now();
         let failed = |error: String| AttemptResult {
@@ -159,15 +158,15 @@ impl Sender {
             retry_after: None,
             retry_after_date: None,
         };
-        let client = match self.client(out) {
+        let client = match self.client(request) {
             Ok(client) => client,
             Err(error) => return failed(error),
         };
-        let Ok(method) = reqwest::Method::from_bytes(out.method.as_bytes()) else {
-            return failed(format!("{:?} is not an HTTP method", out.method));
+        let Ok(method) = reqwest::Method::from_bytes(request.method.as_bytes()) else {
+            return failed(format!("{:?} is not an HTTP method", request.method));
         };
-        let mut headers = HeaderMap::with_capacity(out.headers.len() + 1);
-        for (name, value) in &out.headers {
+        let mut headers = HeaderMap::with_capacity(request.headers.len() + 1);
+        for (name, value) in &request.headers {
             match (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
@@ -184,14 +183,14 @@ impl Sender {
         ) {
             headers.insert(n, v);
         }
-        let request = client
-            .request(method, &out.url)
+        let pending = client
+            .request(method, &request.url)
             .headers(headers)
-            .body(out.body.clone())
+            .body(request.body.clone())
             .timeout(timeout);
-        let mut response = match request.send().await {
+        let mut response = match pending.send().await {
             Ok(response) => response,
-            Err(error) => return failed(describe(&error, timeout, &out.url)),
+            Err(error) => return failed(describe(&error, timeout, &request.url)),
         };
         let status = response.status();
         let (retry_after, retry_after_date) = match status {
