@@ -384,7 +384,7 @@ async fn queue_ceiling(database: &Database, n: i64) -> f64 {
         let outcomes: Vec<queue::Outcome> = claimed
             .iter()
             .map(|c| queue::Outcome {
-                delivery_id: c.outgoing.id,
+                delivery_id: c.delivery_id,
                 webhook_id: c.webhook_id,
                 attempt: c.attempt,
                 result: AttemptResult {
@@ -661,7 +661,7 @@ async fn claim_latency(client: &Client) -> Vec<f64> {
             .unwrap();
         samples.push(start.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(claimed.len(), 100, "the claim found every due delivery");
-        let ids: Vec<i64> = claimed.iter().map(|c| c.outgoing.id).collect();
+        let ids: Vec<i64> = claimed.iter().map(|c| c.delivery_id).collect();
         queue::release(client, &ids, sidecar).await.unwrap();
     }
     samples

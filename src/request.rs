@@ -1,7 +1,8 @@
-//! Builds a webhook's HTTP request the way NetBox's `send_webhook` does (reference docs 6): the
-//! template context, the default body (`json.dumps`), the rendered body, URL and headers, and
-//! the `X-Hook-Signature`. The result is frozen into the delivery row, so every retry sends the
-//! same bytes.
+//! The webhook's HTTP request: the one type the builder makes, the store freezes (table
+//! netbox_outbox.request), the sender sends and the commands show; and how it is built the way
+//! NetBox's `send_webhook` does (reference docs 6): the template context, the default body
+//! (`json.dumps`), the rendered body, URL and headers, and the `X-Hook-Signature`. Frozen into
+//! the delivery row, so every retry sends the same bytes.
 
 use std::time::Duration;
 
@@ -17,15 +18,63 @@ use crate::template::{TemplateError, Templates};
 /// The request as it will be sent, minus what the HTTP client adds (Host, Content-Length) and
 /// the delivery id header, which is added at send time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FrozenRequest {
+pub struct Request {
     pub method: String,
     pub url: String,
     /// In the order they are sent; names as written.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    pub transport: Transport,
+}
+
+/// How a webhook's requests travel: timeout and TLS. A delivery keeps them even when its
+/// request could not be built, so they are worked out here only, from the webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transport {
     pub timeout: Duration,
     pub ssl_verification: bool,
     pub ca_file_path: Option<String>,
+}
+
+impl Transport {
+    /// The webhook's settings; without a webhook (a rule pointing nowhere), the defaults.
+    pub fn of(webhook: Option<&Webhook>, default_timeout: Duration) -> Transport {
+        Transport {
+            timeout: webhook
+                .and_then(|w| w.timeout_seconds)
+                .filter(|t| *t > 0)
+                .map_or(default_timeout, |t| Duration::from_secs(t as u64)),
+            // NetBox: a CA file turns verification on, whatever ssl_verification says
+            ssl_verification: webhook
+                .is_none_or(|w| w.ssl_verification || w.ca_file_path.is_some()),
+            ca_file_path: webhook.and_then(|w| w.ca_file_path.clone()),
+        }
+    }
+
+    /// The timeout as the delivery row stores it.
+    pub fn timeout_ms(&self) -> i32 {
+        self.timeout.as_millis().min(i32::MAX as u128) as i32
+    }
+}
+
+impl Request {
+    /// The same request without its headers and body, which may be large: enough to record an
+    /// outcome.
+    pub fn without_payload(&self) -> Request {
+        Request {
+            method: self.method.clone(),
+            url: self.url.clone(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            transport: self.transport.clone(),
+        }
+    }
+
+    /// The headers as netbox_outbox.request stores them: a JSON array of `[name, value]`.
+    pub fn headers_json(&self) -> String {
+        serde_json::to_string(&self.headers.iter().map(|(n, v)| [n, v]).collect::<Vec<_>>())
+            .expect("headers serialize")
+    }
 }
 
 /// What an event gives a webhook's templates.
@@ -39,8 +88,9 @@ pub struct EventContext {
     pub object_type: String,
     /// The serialized object, with the rule's `action_data` merged in front.
     pub data: Map<String, Value>,
-    /// `{id, path, path_info, method, GET, user}`.
-    pub request: Map<String, Value>,
+    /// NetBox's request context, the payload's `request` block: `{id, path, path_info, method,
+    /// GET, user}` (not the webhook's own request).
+    pub netbox_request: Map<String, Value>,
     pub snapshots: Value,
 }
 
@@ -57,18 +107,24 @@ impl EventContext {
                     Value::String(self.object_type.clone()),
                 );
                 context.insert("data".into(), Value::Object(self.data.clone()));
-                context.insert("request".into(), Value::Object(self.request.clone()));
+                context.insert("request".into(), Value::Object(self.netbox_request.clone()));
             }
             PayloadFormat::Legacy => {
                 let model = self.object_type.split_once('.').map_or("", |(_, m)| m);
                 context.insert("model".into(), Value::String(model.to_string()));
                 context.insert(
                     "username".into(),
-                    self.request.get("user").cloned().unwrap_or(Value::Null),
+                    self.netbox_request
+                        .get("user")
+                        .cloned()
+                        .unwrap_or(Value::Null),
                 );
                 context.insert(
                     "request_id".into(),
-                    self.request.get("id").cloned().unwrap_or(Value::Null),
+                    self.netbox_request
+                        .get("id")
+                        .cloned()
+                        .unwrap_or(Value::Null),
                 );
                 context.insert("data".into(), Value::Object(self.data.clone()));
             }
@@ -108,7 +164,7 @@ pub fn build(
     context: &Value,
     templates: &Templates,
     default_timeout: Duration,
-) -> Result<FrozenRequest, BuildError> {
+) -> Result<Request, BuildError> {
     let mut headers = vec![(
         "Content-Type".to_string(),
         webhook.http_content_type.clone(),
@@ -185,18 +241,12 @@ pub fn build(
     reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| error("http_method", format!("{method:?} is not an HTTP method")))?;
 
-    Ok(FrozenRequest {
+    Ok(Request {
         method,
         url: parsed.to_string(),
         headers,
         body: body.into_bytes(),
-        timeout: webhook
-            .timeout_seconds
-            .filter(|t| *t > 0)
-            .map_or(default_timeout, |t| Duration::from_secs(t as u64)),
-        // NetBox: a CA file turns verification on, whatever ssl_verification says
-        ssl_verification: webhook.ssl_verification || webhook.ca_file_path.is_some(),
-        ca_file_path: webhook.ca_file_path.clone(),
+        transport: Transport::of(Some(webhook), default_timeout),
     })
 }
 
@@ -298,7 +348,7 @@ mod tests {
                "object_type": "dcim.site", "data": {"id": 1, "name": "h\u{e9}"}})
     }
 
-    fn build_it(w: &Webhook) -> Result<FrozenRequest, BuildError> {
+    fn build_it(w: &Webhook) -> Result<Request, BuildError> {
         build(
             w,
             &context(),
@@ -319,10 +369,13 @@ mod tests {
             r.headers,
             [("Content-Type".to_string(), "application/json".to_string())]
         );
-        assert_eq!(r.timeout, Duration::from_secs(60));
+        assert_eq!(r.transport.timeout, Duration::from_secs(60));
         let mut w = webhook();
         w.timeout_seconds = Some(5);
-        assert_eq!(build_it(&w).unwrap().timeout, Duration::from_secs(5));
+        assert_eq!(
+            build_it(&w).unwrap().transport.timeout,
+            Duration::from_secs(5)
+        );
     }
 
     #[test]
@@ -416,9 +469,9 @@ mod tests {
     fn a_ca_file_turns_verification_on() {
         let mut w = webhook();
         w.ssl_verification = false;
-        assert!(!build_it(&w).unwrap().ssl_verification);
+        assert!(!build_it(&w).unwrap().transport.ssl_verification);
         w.ca_file_path = Some("/etc/ca.pem".into());
-        assert!(build_it(&w).unwrap().ssl_verification);
+        assert!(build_it(&w).unwrap().transport.ssl_verification);
     }
 
     #[test]
@@ -428,7 +481,7 @@ mod tests {
             timestamp: "t".into(),
             object_type: "dcim.device".into(),
             data: Map::new(),
-            request: json!({"id": "r", "user": "alice"})
+            netbox_request: json!({"id": "r", "user": "alice"})
                 .as_object()
                 .unwrap()
                 .clone(),

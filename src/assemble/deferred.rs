@@ -15,7 +15,8 @@ use metrics::gauge;
 use tokio_postgres::Transaction;
 use tracing::{info, warn};
 
-use super::{Assembler, isolated, request_block, source, store};
+use super::build::{Event, standing_change};
+use super::{Assembler, isolated, source, store};
 use crate::change::{Action, Row, TxChange};
 use crate::metrics as m;
 use crate::netbox;
@@ -121,16 +122,14 @@ impl Assembler {
                 continue;
             };
             let rendered = rendered.next().expect("one rendering per present change");
-            let block = request_block(
+            let event = Event::new(
                 change,
                 &rendered,
-                &event.request_id,
-                &event.user_name,
+                &object_type,
+                (&event.request_id, &event.user_name),
                 &self.netbox,
             );
-            let built = self
-                .deliveries_for(change, &rendered, &object_type, block, index)
-                .await;
+            let built = self.builder.deliveries(&self.rules, &event, index).await;
             counts.push(built.len() as i32);
             deliveries.extend(built);
         }
@@ -195,24 +194,16 @@ impl Assembler {
                         .or_else(|| last_images.get(&d.object_id).cloned()),
                 }?;
                 let tags: BTreeSet<i64> = tags.get(&d.object_id).cloned().unwrap_or_default();
-                Some(TxChange {
-                    txid: 0,
-                    content_type_id: model,
-                    object_id: d.object_id,
-                    seq: d.seq,
-                    committed_at: d.committed_at,
-                    action: d.action,
-                    pre_row: (d.action != Action::Created).then(|| row.clone()),
-                    post_row: (d.action != Action::Deleted).then(|| row.clone()),
-                    deleted_row: (d.action == Action::Deleted).then(|| row.clone()),
-                    pre_tags: tags.clone(),
-                    post_tags: tags,
-                    changelog: Vec::new(),
-                    row_changes: 1,
-                    tag_changes: 0,
-                    request: None,
-                    db_user: d.user_name.clone(),
-                })
+                Some(standing_change(
+                    model,
+                    d.object_id,
+                    d.action,
+                    row,
+                    tags,
+                    d.seq,
+                    d.committed_at,
+                    d.user_name.clone(),
+                ))
             })
             .collect())
     }

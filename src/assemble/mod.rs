@@ -4,7 +4,7 @@
 //! object by object ([`source`]). Each object's history merges into one change per transaction
 //! ([`history`]); each becomes an event if NetBox would send one (see [`Mode`]); each event is
 //! matched against the event rules, and each matching rule becomes a delivery with its request
-//! rendered and frozen ([`store`]). The batch, its deliveries and the new read position commit
+//! rendered ([`build`]) and frozen ([`store`]). The batch, its deliveries and the new read position commit
 //! together, in a REPEATABLE READ transaction whose snapshot is the batch's end, so the rows read
 //! for `data` show the objects as of the batch's commits, not as they are when webhooks go out.
 //!
@@ -12,28 +12,26 @@
 //! whose rows or related rows cannot be read (a renamed column, a missing grant) defers that
 //! model's events ([`deferred`]) under a savepoint, and every other model goes on.
 
+pub mod build;
 pub mod deferred;
 pub mod source;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use metrics::{counter, histogram};
-use serde_json::{Map, Value};
 use tokio_postgres::{Client, IsolationLevel};
 use tracing::{debug, warn};
 
+use self::build::{Builder, Event, attribution};
 use self::source::{BatchReader, Snapshot};
 use self::store::{NewDeferral, NewDelivery, NewEvent};
 use crate::change::history::{ObjectHistory, TxChange};
 use crate::config::Config;
 use crate::metrics as m;
 use crate::netbox::{self, Netbox};
-use crate::request::{self, BuildError, EventContext, FrozenRequest};
-use crate::rules::{RuleSet, Webhook};
-use crate::template::Templates;
+use crate::rules::RuleSet;
 
 /// The advisory lock that makes one sidecar at a time read changes.
 pub const ASSEMBLY_LOCK: i64 = 7418734260116239618;
@@ -73,7 +71,7 @@ pub struct Assembler {
     rules_read: Option<Instant>,
     /// When deferred events were last tried again.
     deferred_tried: Option<Instant>,
-    templates: Arc<Templates>,
+    builder: Builder,
 }
 
 /// Whether a batch ran.
@@ -87,7 +85,7 @@ impl Assembler {
     pub fn new(config: Config) -> Self {
         Assembler {
             netbox: Netbox::new(config.netbox.clone()),
-            templates: Arc::new(Templates::from_config(&config.netbox)),
+            builder: Builder::new(&config),
             rules: RuleSet::default(),
             rules_read: None,
             deferred_tried: None,
@@ -383,7 +381,8 @@ impl Assembler {
                     counter!(m::EVENTS, "outcome" => "vanished").increment(1);
                     continue;
                 }
-                let netbox_tx = netbox_txs.contains_key(&change.txid) || change.request.is_some();
+                let netbox_tx =
+                    netbox_txs.contains_key(&change.txid) || change.request_context.is_some();
                 let emit = match mode {
                     Mode::All => true,
                     Mode::Netbox => {
@@ -434,10 +433,16 @@ impl Assembler {
             let rendered =
                 rendered_by_change.remove(&(change.content_type_id, change.object_id, change.seq));
             if let Some(rendered) = rendered {
-                let request_block =
-                    request_block(&change, &rendered, &request_id, &user_name, &self.netbox);
+                let event = Event::new(
+                    &change,
+                    &rendered,
+                    &object_type,
+                    (&request_id, &user_name),
+                    &self.netbox,
+                );
                 let built = self
-                    .deliveries_for(&change, &rendered, &object_type, request_block, event_index)
+                    .builder
+                    .deliveries(&self.rules, &event, event_index)
                     .await;
                 delivered = built.len() as i32;
                 deliveries.extend(built);
@@ -561,172 +566,6 @@ impl Assembler {
             webhooks.into_iter().collect::<Vec<_>>().join(", "),
         )
     }
-
-    /// The deliveries of one event: one per rule whose conditions hold, each with its request
-    /// built, or rejected with the reason (a bad condition, template or webhook fails that
-    /// delivery only).
-    async fn deliveries_for(
-        &self,
-        change: &TxChange,
-        rendered: &netbox::Rendered,
-        object_type: &str,
-        request_block: Map<String, Value>,
-        event_index: usize,
-    ) -> Vec<NewDelivery> {
-        let mut deliveries = Vec::new();
-        let mut condition_data = rendered.data.clone();
-        condition_data.insert("snapshots".into(), rendered.snapshots.clone());
-        let action = change.action;
-        if let Some(incomplete) = &rendered.incomplete {
-            counter!(m::RENDER_INCOMPLETE, "reason" => incomplete.kind()).increment(1);
-        }
-        for rule in self
-            .rules
-            .candidates(action.event_type(), change.content_type_id)
-        {
-            let bad_conditions = |error: &dyn std::fmt::Display| Rejection {
-                field: "conditions",
-                detail: format!(
-                    "event rule {:?}: conditions: {error}; fix the rule's conditions in \
-                     NetBox, then send what was rejected again: netbox-outbox replay --rerender",
-                    rule.name
-                ),
-            };
-            let verdict = match &rule.conditions {
-                // Conditions over data that could not be built as NetBox would cannot be
-                // trusted either: every candidate rule gets the rejection.
-                _ if rendered.incomplete.is_some() => Err(Rejection {
-                    field: "data",
-                    detail: format!(
-                        "{}; regenerate or fix the model catalogue (tools/catalogue), then send \
-                         what was rejected again: netbox-outbox replay --rerender",
-                        rendered.incomplete.as_ref().expect("checked")
-                    ),
-                }),
-                Err(malformed) => Err(bad_conditions(malformed)),
-                Ok(conditions) => match conditions.eval(&condition_data) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => continue,
-                    Err(invalid) => Err(bad_conditions(&invalid)),
-                },
-            };
-            let webhook = rule.webhook.clone();
-            let timeout = webhook
-                .as_ref()
-                .and_then(|w| w.timeout_seconds)
-                .filter(|t| *t > 0)
-                .map_or(self.config.delivery.default_timeout, |t| {
-                    Duration::from_secs(t as u64)
-                });
-            let built = match (verdict, &webhook) {
-                (Err(reason), _) => Err(reason),
-                (Ok(()), None) => Err(Rejection {
-                    field: "webhook",
-                    detail: format!(
-                        "webhook {} of event rule {:?} does not exist; point the rule at a \
-                         webhook or disable it in NetBox (then netbox-outbox replay \
-                         --rerender sends what was rejected)",
-                        rule.webhook_id, rule.name
-                    ),
-                }),
-                (Ok(()), Some(webhook)) => {
-                    let format = self
-                        .config
-                        .delivery
-                        .payload_format_by_webhook
-                        .get(&webhook.name)
-                        .copied()
-                        .unwrap_or(self.config.delivery.payload_format);
-                    let context = EventContext {
-                        event: action.word().to_string(),
-                        timestamp: netbox::format::timestamp_now(),
-                        object_type: object_type.to_string(),
-                        data: merge_action_data(&rule.action_data, &rendered.data),
-                        request: request_block.clone(),
-                        snapshots: rendered.snapshots.clone(),
-                    };
-                    build_bounded(
-                        webhook.clone(),
-                        context.to_value(format),
-                        self.templates.clone(),
-                        self.config.delivery.default_timeout,
-                    )
-                    .await
-                    .map_err(|e| Rejection {
-                        field: e.field,
-                        detail: format!(
-                            "webhook {:?}: {e}; fix the webhook in NetBox, then send what \
-                             was rejected again: netbox-outbox replay --rerender",
-                            webhook.name
-                        ),
-                    })
-                }
-            };
-            // The detail may quote a rendered URL or header holding a token: it goes to
-            // the delivery row (netbox_outbox.failed), the log gets only the field.
-            if let Err(rejection) = &built {
-                counter!(m::REJECTED, "reason" => rejection.field).increment(1);
-                warn!(rule = %rule.name,
-                      webhook = %webhook.as_ref().map(|w| w.name.as_str()).unwrap_or("(missing)"),
-                      object_type = %object_type, object_id = change.object_id,
-                      field = rejection.field,
-                      "delivery rejected: the reason is in netbox_outbox.failed");
-            }
-            let built = built.map_err(|r| r.detail);
-            counter!(m::DELIVERIES_CREATED,
-                     "webhook" => webhook.as_ref().map(|w| w.name.clone()).unwrap_or_default())
-            .increment(1);
-            deliveries.push(NewDelivery {
-                event: event_index,
-                rule_id: rule.id,
-                rule_name: rule.name.clone(),
-                webhook_id: rule.webhook_id,
-                webhook_name: webhook.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
-                content_type_id: change.content_type_id,
-                object_id: change.object_id,
-                seq: change.seq,
-                timeout_ms: timeout.as_millis().min(i32::MAX as u128) as i32,
-                ssl_verification: webhook
-                    .as_ref()
-                    .is_none_or(|w| w.ssl_verification || w.ca_file_path.is_some()),
-                ca_file_path: webhook.as_ref().and_then(|w| w.ca_file_path.clone()),
-                request: built,
-            });
-        }
-        deliveries
-    }
-}
-
-/// Builds a request on a blocking thread, so that a slow template never holds up the async
-/// workers (health endpoints, shutdown, delivery). The thread stops itself: at its fuel, or at
-/// `template_timeout` once the template writes (the error then names the field). The sidecar
-/// waits a second longer than that, as the backstop for a template that neither writes nor
-/// runs out of fuel; its thread then runs on until its fuel is spent, and its result is
-/// dropped.
-async fn build_bounded(
-    webhook: Arc<Webhook>,
-    context: Value,
-    templates: Arc<Templates>,
-    default_timeout: Duration,
-) -> Result<FrozenRequest, BuildError> {
-    let limit = templates.limits().timeout;
-    let task = tokio::task::spawn_blocking(move || {
-        request::build(&webhook, &context, &templates, default_timeout)
-    });
-    match tokio::time::timeout(limit + Duration::from_secs(1), task).await {
-        Ok(Ok(built)) => built,
-        Ok(Err(failed)) => Err(BuildError {
-            field: "templates",
-            message: format!("rendering failed unexpectedly ({failed}); please report it"),
-        }),
-        Err(_) => Err(BuildError {
-            field: "templates",
-            message: format!(
-                "rendering the webhook's templates did not finish within {limit:?} \
-                 (netbox.template_timeout); simplify them, or raise the limit"
-            ),
-        }),
-    }
 }
 
 /// Runs `work` under a savepoint of the batch's transaction. A database error in it (a renamed
@@ -764,101 +603,4 @@ fn deferral_reason(object_type: &str, cause: &str) -> String {
          kept and sent once the model reads again (retried every \
          assembly.deferred_retry_interval), with data as the object stands then"
     )
-}
-
-/// Why a delivery could not be built: the field at fault (all a log line may show) and the
-/// full reason for the delivery row.
-struct Rejection {
-    field: &'static str,
-    detail: String,
-}
-
-/// `{**action_data, **data}`: the rule's keys first (in their stored order), the object's
-/// values winning on a collision without moving the key.
-fn merge_action_data(
-    action_data: &Map<String, Value>,
-    data: &Map<String, Value>,
-) -> Map<String, Value> {
-    let mut merged = action_data.clone();
-    for (k, v) in data {
-        merged.insert(k.clone(), v.clone());
-    }
-    merged
-}
-
-/// Who made the change: NetBox's request id and user when NetBox logged it (or the plugin told
-/// us), else an id for the database transaction and the database role.
-fn attribution(
-    change: &TxChange,
-    netbox_txs: &HashMap<i64, (String, String)>,
-) -> (String, String, &'static str) {
-    if let Some(entry) = change.changelog.first()
-        && let Some(id) = entry.request_id()
-    {
-        return (
-            id.to_string(),
-            entry.user_name().unwrap_or_default().to_string(),
-            "netbox",
-        );
-    }
-    if let Some(request) = change
-        .request
-        .as_deref()
-        .and_then(|r| serde_json::from_str::<Value>(r).ok())
-        && let Some(id) = request.get("id").and_then(Value::as_str)
-    {
-        let user = request
-            .get("user")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        return (id.to_string(), user.to_string(), "netbox");
-    }
-    if let Some((id, user)) = netbox_txs.get(&change.txid) {
-        return (id.clone(), user.clone(), "netbox");
-    }
-    (
-        transaction_uuid(change.txid),
-        change.db_user.clone(),
-        "database",
-    )
-}
-
-/// A stable UUID for a database transaction without a NetBox request, so that all events of one
-/// transaction share a request id, as NetBox's events of one request do.
-pub fn transaction_uuid(txid: i64) -> String {
-    let bytes = txid.to_be_bytes();
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(b"nboutbox");
-    b[8..].copy_from_slice(&bytes);
-    uuid::Builder::from_custom_bytes(b)
-        .into_uuid()
-        .hyphenated()
-        .to_string()
-}
-
-/// NetBox's `request` block: exact with the plugin; otherwise NetBox's request id and user (or
-/// the transaction's) with the path and method the REST API would have used.
-fn request_block(
-    change: &TxChange,
-    rendered: &netbox::Rendered,
-    request_id: &str,
-    user_name: &str,
-    netbox: &Netbox,
-) -> Map<String, Value> {
-    if let Some(Value::Object(request)) = change
-        .request
-        .as_deref()
-        .and_then(|r| serde_json::from_str(r).ok())
-    {
-        return request;
-    }
-    let (path, method) = netbox.fallback_request(change, rendered);
-    let mut block = Map::new();
-    block.insert("id".into(), Value::String(request_id.to_string()));
-    block.insert("path".into(), Value::String(path.clone()));
-    block.insert("path_info".into(), Value::String(path));
-    block.insert("method".into(), Value::String(method.to_string()));
-    block.insert("GET".into(), Value::Object(Map::new()));
-    block.insert("user".into(), Value::String(user_name.to_string()));
-    block
 }

@@ -189,7 +189,7 @@ impl<'t> BatchReader<'t> {
                 txid: row.get(1),
                 captured_at: row.get(2),
                 objectchange_id: row.get(5),
-                request: row.get(6),
+                request_context: row.get(6),
                 entry: parse_row(row.get::<_, Option<String>>(7).as_deref()).unwrap_or_default(),
             });
         }
@@ -204,7 +204,7 @@ fn change_from(row: &Row) -> Option<Change> {
         captured_at: row.get(2),
         kind: ChangeKind::from_code(row.get::<_, &str>(5))?,
         db_user: row.get(6),
-        request: row.get(7),
+        request_context: row.get(7),
         before: parse_row(row.get::<_, Option<String>>(8).as_deref()),
         tag_id: row.get(9),
     })

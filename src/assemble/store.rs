@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use tokio_postgres::Transaction;
 
 use crate::change::Action;
-use crate::request::FrozenRequest;
+use crate::request::{Request, Transport};
 
 /// An event, ready to store.
 #[derive(Debug, Clone)]
@@ -37,11 +37,9 @@ pub struct NewDelivery {
     pub content_type_id: i32,
     pub object_id: i64,
     pub seq: i64,
-    pub request: Result<FrozenRequest, String>,
+    pub request: Result<Request, String>,
     /// Timeout and TLS settings, kept even when the request could not be built.
-    pub timeout_ms: i32,
-    pub ssl_verification: bool,
-    pub ca_file_path: Option<String>,
+    pub transport: Transport,
 }
 
 /// An event whose model could not be read or rendered: stored without deliveries until a retry
@@ -162,22 +160,23 @@ pub async fn insert_deliveries(
         .collect();
     let headers: Vec<Option<String>> = deliveries
         .iter()
-        .map(|d| {
-            d.request.as_ref().ok().map(|r| {
-                serde_json::to_string(&r.headers.iter().map(|(n, v)| [n, v]).collect::<Vec<_>>())
-                    .expect("headers serialize")
-            })
-        })
+        .map(|d| d.request.as_ref().ok().map(Request::headers_json))
         .collect();
     let bodies: Vec<Option<&[u8]>> = deliveries
         .iter()
         .map(|d| d.request.as_ref().ok().map(|r| r.body.as_slice()))
         .collect();
-    let timeouts: Vec<i32> = deliveries.iter().map(|d| d.timeout_ms).collect();
-    let verify: Vec<bool> = deliveries.iter().map(|d| d.ssl_verification).collect();
+    let timeouts: Vec<i32> = deliveries
+        .iter()
+        .map(|d| d.transport.timeout_ms())
+        .collect();
+    let verify: Vec<bool> = deliveries
+        .iter()
+        .map(|d| d.transport.ssl_verification)
+        .collect();
     let ca_files: Vec<Option<&str>> = deliveries
         .iter()
-        .map(|d| d.ca_file_path.as_deref())
+        .map(|d| d.transport.ca_file_path.as_deref())
         .collect();
     let errors: Vec<Option<&str>> = deliveries
         .iter()

@@ -56,7 +56,8 @@ pub struct Change {
     pub captured_at: SystemTime,
     pub kind: ChangeKind,
     pub db_user: String,
-    pub request: Option<String>,
+    /// NetBox's request context (the plugin's `netbox_outbox.request` setting), as JSON text.
+    pub request_context: Option<String>,
     pub before: Option<Row>,
     pub tag_id: Option<i64>,
 }
@@ -68,7 +69,8 @@ pub struct ChangelogEntry {
     pub txid: i64,
     pub captured_at: SystemTime,
     pub objectchange_id: i64,
-    pub request: Option<String>,
+    /// NetBox's request context (the plugin's `netbox_outbox.request` setting), as JSON text.
+    pub request_context: Option<String>,
     pub entry: Row,
 }
 
@@ -154,7 +156,7 @@ pub struct TxChange {
     /// Tags added or removed in the transaction.
     pub tag_changes: usize,
     /// The NetBox plugin's request context, if any change carried one.
-    pub request: Option<String>,
+    pub request_context: Option<String>,
     pub db_user: String,
 }
 
@@ -381,11 +383,11 @@ impl Group {
             post_tags,
             row_changes: row_kinds.len(),
             tag_changes: self.changes.len() - row_kinds.len(),
-            request: self
+            request_context: self
                 .changes
                 .iter()
-                .find_map(|c| c.request.clone())
-                .or_else(|| changelog.iter().find_map(|e| e.request.clone())),
+                .find_map(|c| c.request_context.clone())
+                .or_else(|| changelog.iter().find_map(|e| e.request_context.clone())),
             db_user: first.map(|c| c.db_user.clone()).unwrap_or_default(),
             changelog,
         }

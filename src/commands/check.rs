@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio_postgres::Client;
 
+use crate::assemble::build::Builder;
 use crate::config::Config;
-use crate::deliver::http::{Outgoing, Sender};
+use crate::deliver::http::Sender;
 use crate::netbox::catalogue::catalogue;
-use crate::request::{self, EventContext};
+use crate::request::EventContext;
 use crate::rules::RuleSet;
 use crate::template::Templates;
 
@@ -274,7 +275,7 @@ fn sample_context() -> Value {
         timestamp: crate::netbox::format::timestamp_now(),
         object_type: "dcim.site".into(),
         data,
-        request: json!({"id": "00000000-0000-0000-0000-000000000000", "path": "/api/dcim/sites/",
+        netbox_request: json!({"id": "00000000-0000-0000-0000-000000000000", "path": "/api/dcim/sites/",
                         "path_info": "/api/dcim/sites/", "method": "POST", "GET": {}, "user": "check"})
         .as_object()
         .cloned()
@@ -317,6 +318,8 @@ async fn webhooks(
     }
     let templates = Templates::from_config(&config.netbox);
     let sender = Sender::new(config.delivery.clone());
+    // The sidecar's own builder, so the sample renders under the same limits.
+    let builder = Builder::new(config);
     let context = sample_context();
     let mut seen = std::collections::HashSet::new();
     for rule in &rules.rules {
@@ -394,12 +397,7 @@ async fn webhooks(
                 )));
             }
         }
-        match request::build(
-            webhook,
-            &context,
-            &templates,
-            config.delivery.default_timeout,
-        ) {
+        match builder.build(webhook.clone(), context.clone()).await {
             Err(e) => {
                 // A literal that fails always fails; a template may only fail for the sample.
                 let source = match e.field {
@@ -424,7 +422,7 @@ async fn webhooks(
                 });
             }
             Ok(built) => {
-                if let Some(path) = &built.ca_file_path {
+                if let Some(path) = &built.transport.ca_file_path {
                     match std::fs::read(path) {
                         Err(e) => findings.push(Finding::Problem(format!(
                             "{label}: ca_file_path {path}: cannot read it ({e}); fix the path in the webhook"
@@ -438,17 +436,13 @@ async fn webhooks(
                     }
                 }
                 if network {
-                    let out = Outgoing {
-                        id: 0,
-                        method: "HEAD".into(),
-                        url: built.url.clone(),
-                        headers: Vec::new(),
-                        body: Vec::new(),
-                        timeout: Duration::from_secs(5),
-                        ssl_verification: built.ssl_verification,
-                        ca_file_path: built.ca_file_path.clone(),
-                    };
-                    let result = sender.send(&out, &config.delivery.delivery_id_header).await;
+                    // A probe, not the webhook: no headers or body, a short timeout.
+                    let mut probe = built.without_payload();
+                    probe.method = "HEAD".into();
+                    probe.transport.timeout = Duration::from_secs(5);
+                    let result = sender
+                        .send(&probe, 0, &config.delivery.delivery_id_header)
+                        .await;
                     match (result.status, result.error) {
                         (Some(status), _) => findings.push(Finding::Ok(format!(
                             "{label}: {} answers (HTTP {status} to HEAD)",

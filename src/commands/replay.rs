@@ -1,5 +1,7 @@
 //! `netbox-outbox replay`: send deliveries again, selected by delivery, event, object, webhook or
-//! time range (netbox_outbox.replay() in SQL does the work).
+//! time range. Which deliveries a selection names is defined once, here ([`Selection::ids`]),
+//! for a plain replay (netbox_outbox.replay() copies each one's frozen request) and for
+//! `--rerender` (each rejected one is built again by the assembler's builder).
 
 use std::time::Duration;
 
@@ -70,64 +72,82 @@ impl Selection {
             && self.until.is_none()
     }
 
-    /// The call of netbox_outbox.replay() for this selection.
-    fn call(&self, dry_run: bool) -> Result<(String, Vec<String>), ReplayError> {
+    /// The ids of the selected deliveries in one of `states`, in queue order (seq, id). The
+    /// object type and webhook are resolved as netbox_outbox.replay() resolves them, with its
+    /// errors (an unknown webhook or model is a usage error, not an empty selection).
+    async fn ids(
+        &self,
+        client: &Client,
+        verb: &str,
+        states: &[&str],
+    ) -> Result<Vec<i64>, ReplayError> {
         if self.is_empty() {
-            return Err(ReplayError::Invalid(
-                "say what to replay: --delivery, --event, --object, --webhook, --since or --until"
-                    .into(),
-            ));
+            return Err(ReplayError::Invalid(format!(
+                "say what to {verb}: --delivery, --event, --object, --webhook, --since or --until"
+            )));
         }
-        let mut args = Vec::new();
-        let mut texts = Vec::new();
+        let mut texts = vec![states.join(",")];
+        let mut conditions = vec!["d.state = any(string_to_array($1::text, ','))".to_string()];
         if let Some(id) = self.delivery {
-            args.push(format!("delivery_id => {id}"));
+            conditions.push(format!("d.id = {id}"));
         }
         if let Some(id) = self.event {
-            args.push(format!("event_id => {id}"));
+            conditions.push(format!("d.event_id = {id}"));
         }
         if let Some(object) = &self.object {
             let (model, id) = object_selector(object)?;
-            if !model.contains('.') {
+            let ct: Option<i32> = client
+                .query_opt(
+                    "select id from django_content_type where app_label || '.' || model = lower($1)",
+                    &[&model],
+                )
+                .await?
+                .map(|r| r.get(0));
+            let Some(ct) = ct else {
                 return Err(ReplayError::Invalid(format!(
-                    "--object {object:?}: give the model as app_label.model, for example dcim.device:12"
+                    "--object {object:?}: {model} is not a NetBox model; give the model as \
+                     app_label.model, for example dcim.device:12"
                 )));
-            }
-            texts.push(model.to_string());
-            args.push(format!("object_type => ${}", texts.len()));
+            };
+            conditions.push(format!("d.content_type_id = {ct}"));
             if let Some(id) = id {
-                args.push(format!("object_id => {id}"));
+                conditions.push(format!("d.object_id = {id}"));
             }
         }
         if let Some(webhook) = &self.webhook {
             texts.push(webhook.clone());
-            args.push(format!("webhook => ${}", texts.len()));
+            conditions.push(format!(
+                "d.webhook_id = netbox_outbox.webhook_id(${}::text)",
+                texts.len()
+            ));
         }
         if let Some(since) = &self.since {
             let expr = time_sql(since, &mut texts);
-            args.push(format!("since => {expr}"));
+            conditions.push(format!("d.created_at >= {expr}"));
         }
         if let Some(until) = &self.until {
             let expr = time_sql(until, &mut texts);
-            args.push(format!("until => {expr}"));
+            conditions.push(format!("d.created_at < {expr}"));
         }
-        for state in &self.states {
-            if !["dead", "delivered", "pending"].contains(&state.as_str()) {
-                return Err(ReplayError::Invalid(format!(
-                    "--state {state:?}: use dead, delivered or pending"
-                )));
-            }
+        let sql = format!(
+            "select d.id from netbox_outbox.delivery d where {} order by d.seq, d.id",
+            conditions.join(" and ")
+        );
+        match client.query(&sql, &text_params(&texts)).await {
+            Ok(rows) => Ok(rows.iter().map(|r| r.get(0)).collect()),
+            Err(e) => Err(usage_or_failure(e)),
         }
-        texts.push(self.states.join(","));
-        args.push(format!(
-            "states => string_to_array(${}::text, ',')",
-            texts.len()
-        ));
-        args.push(format!("dry_run => {dry_run}"));
-        Ok((
-            format!("select netbox_outbox.replay({})", args.join(", ")),
-            texts,
-        ))
+    }
+}
+
+/// A database error as the operator's to fix (its message and hint), or a failure.
+fn usage_or_failure(e: tokio_postgres::Error) -> ReplayError {
+    match e.as_db_error() {
+        Some(db) => ReplayError::Invalid(match db.hint() {
+            Some(hint) => format!("{} ({hint})", db.message()),
+            None => db.message().to_string(),
+        }),
+        None => ReplayError::Query(e),
     }
 }
 
@@ -159,32 +179,39 @@ pub async fn replay(
     dry_run: bool,
     progress: bool,
 ) -> Result<i64, ReplayError> {
-    let (sql, texts) = selection.call(dry_run)?;
-    let params = text_params(&texts);
-    let spinner = (progress && !dry_run).then(|| {
+    for state in &selection.states {
+        if !["dead", "delivered", "pending"].contains(&state.as_str()) {
+            return Err(ReplayError::Invalid(format!(
+                "--state {state:?}: use dead, delivered or pending"
+            )));
+        }
+    }
+    let states: Vec<&str> = selection.states.iter().map(String::as_str).collect();
+    let ids = selection.ids(client, "replay", &states).await?;
+    if dry_run {
+        return Ok(ids.len() as i64);
+    }
+    let spinner = progress.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_message(if dry_run {
-            "counting deliveries"
-        } else {
-            "replaying deliveries"
-        });
+        bar.set_message("replaying deliveries");
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
-    let result = client.query_one(&sql, &params).await;
+    // One statement, in queue order: each copy draws its place in its object's queue in turn.
+    // The states are checked again by replay(), so a delivery that moved on since is skipped.
+    let result = client
+        .query_one(
+            "select coalesce(sum(netbox_outbox.replay(delivery_id => s.id,
+                                                      states => string_to_array($2::text, ','))),
+                             0)::bigint
+             from unnest($1::bigint[]) with ordinality as s(id, n)",
+            &[&ids, &states.join(",")],
+        )
+        .await;
     if let Some(bar) = spinner {
         bar.finish_and_clear();
     }
-    match result {
-        Ok(row) => Ok(row.get(0)),
-        Err(e) => match e.as_db_error() {
-            Some(db) => Err(ReplayError::Invalid(match db.hint() {
-                Some(hint) => format!("{} ({hint})", db.message()),
-                None => db.message().to_string(),
-            })),
-            None => Err(ReplayError::Query(e)),
-        },
-    }
+    result.map(|row| row.get(0)).map_err(usage_or_failure)
 }
 
 /// What `replay --rerender` did.
@@ -194,65 +221,6 @@ pub struct Rerendered {
     pub created: i64,
     /// Rejected deliveries that still cannot be built, with the reason.
     pub still_failing: Vec<(i64, String)>,
-}
-
-impl Selection {
-    /// The ids of the rejected deliveries this selection names (the states filter does not
-    /// apply: only rejected deliveries lack a request to copy).
-    async fn rejected(&self, client: &Client) -> Result<Vec<i64>, ReplayError> {
-        if self.is_empty() {
-            return Err(ReplayError::Invalid(
-                "say what to re-render: --delivery, --event, --object, --webhook, --since or --until"
-                    .into(),
-            ));
-        }
-        let mut conditions = vec!["d.state = 'rejected'".to_string()];
-        let mut texts = Vec::new();
-        if let Some(id) = self.delivery {
-            conditions.push(format!("d.id = {id}"));
-        }
-        if let Some(id) = self.event {
-            conditions.push(format!("d.event_id = {id}"));
-        }
-        if let Some(object) = &self.object {
-            let (model, id) = object_selector(object)?;
-            texts.push(model.to_lowercase());
-            conditions.push(format!(
-                "d.content_type_id = (select id from django_content_type
-                                      where app_label || '.' || model = ${})",
-                texts.len()
-            ));
-            if let Some(id) = id {
-                conditions.push(format!("d.object_id = {id}"));
-            }
-        }
-        if let Some(webhook) = &self.webhook {
-            texts.push(webhook.clone());
-            conditions.push(format!(
-                "(d.webhook_name = ${n} or d.webhook_id::text = ${n})",
-                n = texts.len()
-            ));
-        }
-        if let Some(since) = &self.since {
-            let expr = time_sql(since, &mut texts);
-            conditions.push(format!("d.created_at >= {expr}"));
-        }
-        if let Some(until) = &self.until {
-            let expr = time_sql(until, &mut texts);
-            conditions.push(format!("d.created_at < {expr}"));
-        }
-        let params = text_params(&texts);
-        let sql = format!(
-            "select d.id from netbox_outbox.delivery d where {} order by d.seq, d.id",
-            conditions.join(" and ")
-        );
-        Ok(client
-            .query(&sql, &params)
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
-    }
 }
 
 /// Renders rejected deliveries again with their webhook and rule as they are now (after a
@@ -267,10 +235,12 @@ pub async fn rerender(
     selection: &Selection,
     dry_run: bool,
 ) -> Result<Rerendered, ReplayError> {
+    use crate::assemble::build::{Builder, Event};
     use crate::change::Action;
-    use crate::commands::test_webhook::{context_for, current_row, parse_webhook};
+    use crate::commands::test_webhook::{NO_REQUEST, current_row, parse_webhook, render_standing};
 
-    let ids = selection.rejected(client).await?;
+    // The states filter does not apply: only rejected deliveries lack a request to copy.
+    let ids = selection.ids(client, "re-render", &["rejected"]).await?;
     let mut report = Rerendered::default();
     if ids.is_empty() {
         return Ok(report);
@@ -280,7 +250,7 @@ pub async fn rerender(
     let rules = crate::rules::RuleSet::load(&*client, true, None)
         .await?
         .unwrap_or_default();
-    let templates = crate::template::Templates::from_config(&config.netbox);
+    let builder = Builder::new(config);
     for id in ids {
         let row = client
             .query_one(
@@ -296,12 +266,12 @@ pub async fn rerender(
         let rule = rules.rules.iter().find(|r| r.id == rule_id);
         // The rule's webhook as it is now (the fix may have pointed the rule at another one),
         // else the delivery's own.
-        let webhook = match rule.and_then(|r| r.webhook.as_deref()) {
-            Some(webhook) => webhook.clone(),
+        let webhook = match rule.and_then(|r| r.webhook.clone()) {
+            Some(webhook) => webhook,
             None => match row.get::<_, Option<String>>(5) {
-                Some(json) => {
-                    parse_webhook(&json).map_err(|e| ReplayError::Invalid(e.to_string()))?
-                }
+                Some(json) => std::sync::Arc::new(
+                    parse_webhook(&json).map_err(|e| ReplayError::Invalid(e.to_string()))?,
+                ),
                 None => {
                     report.still_failing.push((
                         id,
@@ -343,62 +313,28 @@ pub async fn rerender(
             ));
             continue;
         };
-        let action_data = rule.map(|r| r.action_data.clone()).unwrap_or_default();
-        let context = context_for(
-            client,
-            config,
+        let (change, rendered) =
+            render_standing(client, &netbox, (ct, object_id, object), action).await?;
+        let object_type = netbox.object_type(ct).unwrap_or_default();
+        let event = Event::new(
+            &change,
+            &rendered,
+            &object_type,
+            (NO_REQUEST, "netbox-outbox replay"),
             &netbox,
-            &webhook,
-            &action_data,
-            (ct, object_id, object),
-            action,
-            "netbox-outbox replay",
-        )
-        .await?;
-        if let Some(rule) = rule {
-            let mut data = context
-                .get("data")
-                .and_then(serde_json::Value::as_object)
-                .cloned()
-                .unwrap_or_default();
-            if let Some(snapshots) = context.get("snapshots") {
-                data.insert("snapshots".into(), snapshots.clone());
+        );
+        let built = match builder.request(rule, Some(webhook.clone()), &event).await {
+            Some(Ok(built)) => built,
+            Some(Err(rejection)) => {
+                report.still_failing.push((id, rejection.detail));
+                continue;
             }
-            let verdict = match &rule.conditions {
-                Err(e) => Err(e.to_string()),
-                Ok(conditions) => conditions.eval(&data).map_err(|e| e.to_string()),
-            };
-            match verdict {
-                Ok(true) => {}
-                Ok(false) => {
-                    report.still_failing.push((
-                        id,
-                        format!(
-                            "event rule {:?}'s conditions are now false for this object",
-                            rule.name
-                        ),
-                    ));
-                    continue;
-                }
-                Err(e) => {
-                    report
-                        .still_failing
-                        .push((id, format!("event rule {:?}: conditions: {e}", rule.name)));
-                    continue;
-                }
-            }
-        }
-        let built = match crate::request::build(
-            &webhook,
-            &context,
-            &templates,
-            config.delivery.default_timeout,
-        ) {
-            Ok(built) => built,
-            Err(e) => {
-                report
-                    .still_failing
-                    .push((id, format!("webhook {:?}: {e}", webhook.name)));
+            None => {
+                let rule = rule.map(|r| r.name.as_str()).unwrap_or_default();
+                report.still_failing.push((
+                    id,
+                    format!("event rule {rule:?}'s conditions are now false for this object"),
+                ));
                 continue;
             }
         };
@@ -406,15 +342,8 @@ pub async fn rerender(
             report.created += 1;
             continue;
         }
-        let headers = serde_json::to_string(
-            &built
-                .headers
-                .iter()
-                .map(|(n, v)| [n, v])
-                .collect::<Vec<_>>(),
-        )
-        .expect("headers serialize");
-        let timeout_ms = built.timeout.as_millis().min(i32::MAX as u128) as i32;
+        let headers = built.headers_json();
+        let timeout_ms = built.transport.timeout_ms();
         let tx = client.transaction().await?;
         tx.execute(
             "with copy as (
@@ -434,8 +363,8 @@ pub async fn rerender(
                 &id,
                 &webhook.name,
                 &timeout_ms,
-                &built.ssl_verification,
-                &built.ca_file_path,
+                &built.transport.ssl_verification,
+                &built.transport.ca_file_path,
                 &built.method,
                 &built.url,
                 &headers,

@@ -3,18 +3,19 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
+use crate::assemble::build::{Builder, Event, standing_change};
 use crate::change::{Action, TxChange};
 use crate::config::Config;
-use crate::deliver::http::{AttemptResult, Outgoing, Sender};
+use crate::deliver::http::{AttemptResult, Sender};
 use crate::netbox::{self, Netbox};
-use crate::request::{self, EventContext, FrozenRequest};
+use crate::request::Request;
 use crate::rules::{RuleSet, Webhook};
-use crate::template::Templates;
 
 /// What to render.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,7 +44,7 @@ pub enum TestError {
 
 /// The rendered request and, unless a dry run, the attempt's result.
 pub struct Tested {
-    pub request: FrozenRequest,
+    pub request: Request,
     pub result: Option<AttemptResult>,
     pub object: String,
 }
@@ -123,41 +124,29 @@ pub async fn run(
     let row = current_row(client, &netbox, ct, id)
         .await?
         .ok_or_else(|| TestError::Invalid(format!("{object_type}:{id} does not exist")))?;
-    let action_data = rule.map(|r| r.action_data.clone()).unwrap_or_default();
-    let context = context_for(
-        client,
-        config,
+    let (change, rendered) = render_standing(client, &netbox, (ct, id, row), action).await?;
+    let event = Event::new(
+        &change,
+        &rendered,
+        &object_type,
+        (NO_REQUEST, "netbox-outbox test-webhook"),
         &netbox,
-        &webhook,
-        &action_data,
-        (ct, id, row),
-        action,
-        "netbox-outbox test-webhook",
-    )
-    .await?;
-    let templates = Templates::from_config(&config.netbox);
-    let built = request::build(
-        &webhook,
-        &context,
-        &templates,
-        config.delivery.default_timeout,
-    )
-    .map_err(|e| TestError::Invalid(format!("webhook {:?}: {e}", webhook.name)))?;
+    );
+    let action_data = rule.map(|r| r.action_data.clone()).unwrap_or_default();
+    let built = Builder::new(config)
+        .render(&action_data, Arc::new(webhook), &event)
+        .await
+        .map_err(|rejection| TestError::Invalid(rejection.detail))?;
     let result = if args.dry_run {
         None
     } else {
         let sender = Sender::new(config.delivery.clone());
-        let out = Outgoing {
-            id: 0,
-            method: built.method.clone(),
-            url: built.url.clone(),
-            headers: built.headers.clone(),
-            body: built.body.clone(),
-            timeout: built.timeout,
-            ssl_verification: built.ssl_verification,
-            ca_file_path: built.ca_file_path.clone(),
-        };
-        Some(sender.send(&out, &config.delivery.delivery_id_header).await)
+        // no delivery row: id 0
+        Some(
+            sender
+                .send(&built, 0, &config.delivery.delivery_id_header)
+                .await,
+        )
     };
     Ok(Tested {
         request: built,
@@ -199,21 +188,17 @@ pub async fn current_row(
     ))
 }
 
-/// The template context a webhook gets for `action` on an object (content type, id, row),
-/// rendered exactly as the sidecar renders it, with the rule's `action_data` in front and a
-/// request block naming `user`.
-#[allow(clippy::too_many_arguments)]
-pub async fn context_for(
+/// The request id of NetBox's request context in a render no NetBox request made.
+pub const NO_REQUEST: &str = "00000000-0000-0000-0000-000000000000";
+
+/// `action` on an object (content type, id, row) as it stands now, as a change, and that
+/// change rendered exactly as the sidecar renders it.
+pub async fn render_standing(
     client: &Client,
-    config: &Config,
     netbox: &Netbox,
-    webhook: &Webhook,
-    action_data: &Map<String, Value>,
     (ct, id, row): (i32, i64, Map<String, Value>),
     action: Action,
-    user: &str,
-) -> Result<Value, tokio_postgres::Error> {
-    let object_type = netbox.object_type(ct).unwrap_or_default();
+) -> Result<(TxChange, netbox::Rendered), tokio_postgres::Error> {
     let tags: BTreeSet<i64> = client
         .query(
             "select tag_id from extras_taggeditem where content_type_id = $1 and object_id = $2::bigint::int",
@@ -223,59 +208,22 @@ pub async fn context_for(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let change = TxChange {
-        txid: 0,
-        content_type_id: ct,
-        object_id: id,
-        seq: 0,
-        committed_at: SystemTime::now(),
+    let change = standing_change(
+        ct,
+        id,
         action,
-        pre_row: (action != Action::Created).then(|| row.clone()),
-        post_row: (action != Action::Deleted).then(|| row.clone()),
-        deleted_row: (action == Action::Deleted).then(|| row.clone()),
-        pre_tags: tags.clone(),
-        post_tags: tags,
-        changelog: Vec::new(),
-        row_changes: 1,
-        tag_changes: 0,
-        request: None,
-        db_user: "netbox-outbox".into(),
-    };
+        row,
+        tags,
+        0,
+        SystemTime::now(),
+        "netbox-outbox".into(),
+    );
     let rendered = netbox::render(client, netbox, 0, std::iter::once(&change))
         .await?
         .into_iter()
         .next()
         .expect("one rendered change");
-    let (path, method) = netbox.fallback_request(&change, &rendered);
-    let mut request_block = Map::new();
-    request_block.insert(
-        "id".into(),
-        Value::from("00000000-0000-0000-0000-000000000000"),
-    );
-    request_block.insert("path".into(), Value::from(path.clone()));
-    request_block.insert("path_info".into(), Value::from(path));
-    request_block.insert("method".into(), Value::from(method));
-    request_block.insert("GET".into(), Value::Object(Map::new()));
-    request_block.insert("user".into(), Value::from(user));
-    let mut data = action_data.clone();
-    for (k, v) in rendered.data {
-        data.insert(k, v);
-    }
-    let format = config
-        .delivery
-        .payload_format_by_webhook
-        .get(&webhook.name)
-        .copied()
-        .unwrap_or(config.delivery.payload_format);
-    Ok(EventContext {
-        event: action.word().into(),
-        timestamp: netbox::format::timestamp_now(),
-        object_type,
-        data,
-        request: request_block,
-        snapshots: rendered.snapshots,
-    }
-    .to_value(format))
+    Ok((change, rendered))
 }
 
 pub fn parse_webhook(json: &str) -> Result<Webhook, TestError> {
@@ -316,8 +264,12 @@ pub fn render(tested: &Tested) -> String {
         out,
         "# rendered for {} ({} timeout, TLS verification {})",
         tested.object,
-        humanize(r.timeout),
-        if r.ssl_verification { "on" } else { "off" }
+        humanize(r.transport.timeout),
+        if r.transport.ssl_verification {
+            "on"
+        } else {
+            "off"
+        }
     );
     let _ = writeln!(out, "{} {}", r.method, r.url);
     for (name, value) in &r.headers {

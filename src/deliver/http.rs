@@ -18,41 +18,13 @@ use reqwest::header::{DATE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_
 use reqwest::{Certificate, Client, StatusCode};
 
 use crate::config::DeliveryConfig;
-
-/// A delivery as the sender needs it.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub id: i64,
-    pub method: String,
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    pub timeout: Duration,
-    pub ssl_verification: bool,
-    pub ca_file_path: Option<String>,
-}
+use crate::request::Request;
 
 /// Redirects followed in one attempt, at most (307/308 to the same origin only).
 pub const MAX_REDIRECTS: usize = 5;
 
 /// The longest error text recorded for an attempt, in bytes.
 const MAX_ERROR_BYTES: usize = 2000;
-
-impl Outgoing {
-    /// Everything but the headers and body (left empty), which may be large.
-    pub fn clone_meta(&self) -> Outgoing {
-        Outgoing {
-            id: self.id,
-            method: self.method.clone(),
-            url: self.url.clone(),
-            headers: Vec::new(),
-            body: Vec::new(),
-            timeout: self.timeout,
-            ssl_verification: self.ssl_verification,
-            ca_file_path: self.ca_file_path.clone(),
-        }
-    }
-}
 
 /// What one attempt came to. Its text fields are safe to store whatever the receiver sent:
 /// valid UTF-8 without NUL, and bounded.
@@ -101,14 +73,14 @@ impl Sender {
         }
     }
 
-    fn client(&self, out: &Outgoing) -> Result<Client, String> {
-        let ca_file = out.ca_file_path.as_ref().map(|p| {
+    fn client(&self, request: &Request) -> Result<Client, String> {
+        let ca_file = request.transport.ca_file_path.as_ref().map(|p| {
             let path = PathBuf::from(p);
             let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
             (path, modified)
         });
         let key = TlsKey {
-            verify: out.ssl_verification,
+            verify: request.transport.ssl_verification,
             ca_file,
         };
         if let Some(client) = self.clients.lock().expect("client cache").get(&key) {
@@ -167,9 +139,15 @@ impl Sender {
         Ok(client)
     }
 
-    /// Sends the request once and reports what happened. Never fails: every problem is an
-    /// outcome to record.
-    pub async fn send(&self, out: &Outgoing, delivery_header: &str) -> AttemptResult {
+    /// Sends the request of delivery `delivery_id` once (the id goes in `delivery_header`) and
+    /// reports what happened. Never fails: every problem is an outcome to record.
+    pub async fn send(
+        &self,
+        request: &Request,
+        delivery_id: i64,
+        delivery_header: &str,
+    ) -> AttemptResult {
+        let timeout = request.transport.timeout;
         let start = Instant::now();
         let failed = |error: String| AttemptResult {
             started: start,
@@ -180,15 +158,15 @@ impl Sender {
             retry_after: None,
             retry_after_date: None,
         };
-        let client = match self.client(out) {
+        let client = match self.client(request) {
             Ok(client) => client,
             Err(error) => return failed(error),
         };
-        let Ok(method) = reqwest::Method::from_bytes(out.method.as_bytes()) else {
-            return failed(format!("{:?} is not an HTTP method", out.method));
+        let Ok(method) = reqwest::Method::from_bytes(request.method.as_bytes()) else {
+            return failed(format!("{:?} is not an HTTP method", request.method));
         };
-        let mut headers = HeaderMap::with_capacity(out.headers.len() + 1);
-        for (name, value) in &out.headers {
+        let mut headers = HeaderMap::with_capacity(request.headers.len() + 1);
+        for (name, value) in &request.headers {
             match (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
@@ -201,18 +179,18 @@ impl Sender {
         }
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(delivery_header.as_bytes()),
-            HeaderValue::from_str(&out.id.to_string()),
+            HeaderValue::from_str(&delivery_id.to_string()),
         ) {
             headers.insert(n, v);
         }
-        let request = client
-            .request(method, &out.url)
+        let pending = client
+            .request(method, &request.url)
             .headers(headers)
-            .body(out.body.clone())
-            .timeout(out.timeout);
-        let mut response = match request.send().await {
+            .body(request.body.clone())
+            .timeout(timeout);
+        let mut response = match pending.send().await {
             Ok(response) => response,
-            Err(error) => return failed(describe(&error, out.timeout, &out.url)),
+            Err(error) => return failed(describe(&error, timeout, &request.url)),
         };
         let status = response.status();
         let (retry_after, retry_after_date) = match status {
@@ -229,7 +207,7 @@ impl Sender {
         let limit = self.config.response_excerpt_bytes;
         let mut excerpt = Vec::new();
         while excerpt.len() < limit {
-            match tokio::time::timeout(out.timeout, response.chunk()).await {
+            match tokio::time::timeout(timeout, response.chunk()).await {
                 Ok(Ok(Some(chunk))) => excerpt.extend_from_slice(&chunk),
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => {

@@ -223,7 +223,7 @@ impl Dispatcher {
             }
             let claimed_at = Instant::now();
             for claimed in claimed {
-                leased.insert(claimed.outgoing.id);
+                leased.insert(claimed.delivery_id);
                 ready
                     .entry(claimed.webhook_id)
                     .or_default()
@@ -352,7 +352,7 @@ impl Dispatcher {
             while let Some((claimed_at, _)) = queue.front() {
                 if claimed_at.elapsed() > too_old {
                     let (_, claimed) = queue.pop_front().expect("front exists");
-                    stale.push(claimed.outgoing.id);
+                    stale.push(claimed.delivery_id);
                     continue;
                 }
                 let busy = in_flight.get(&webhook).copied().unwrap_or(0);
@@ -361,7 +361,7 @@ impl Dispatcher {
                 }
                 let (_, claimed) = queue.pop_front().expect("front exists");
                 *in_flight.entry(webhook).or_default() += 1;
-                let delivery = claimed.outgoing.id;
+                let delivery = claimed.delivery_id;
                 leased.remove(&delivery);
                 sending.insert(
                     delivery,
@@ -374,7 +374,9 @@ impl Dispatcher {
                 let header = self.config.delivery_id_header.clone();
                 let outcomes = outcomes.clone();
                 sends.spawn(async move {
-                    let result = sender.send(&claimed.outgoing, &header).await;
+                    let result = sender
+                        .send(&claimed.request, claimed.delivery_id, &header)
+                        .await;
                     let _ = outcomes.send(Done { claimed, result });
                     (webhook, delivery)
                 });
@@ -579,7 +581,7 @@ fn to_outcome(done: Done, backoff: &Backoff) -> (Outcome, String) {
     };
     (
         Outcome {
-            delivery_id: done.claimed.outgoing.id,
+            delivery_id: done.claimed.delivery_id,
             webhook_id: done.claimed.webhook_id,
             attempt: done.claimed.attempt,
             result: done.result,

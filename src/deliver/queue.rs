@@ -7,12 +7,14 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::http::{AttemptResult, Outgoing};
+use super::http::AttemptResult;
+use crate::request::{Request, Transport};
 
 /// A claimed delivery.
 #[derive(Debug, Clone)]
 pub struct Claimed {
-    pub outgoing: Outgoing,
+    pub delivery_id: i64,
+    pub request: Request,
     pub webhook_id: i64,
     pub webhook_name: String,
     pub event_id: i64,
@@ -24,7 +26,8 @@ impl Claimed {
     /// The same delivery without its request's headers and body: enough to record an outcome.
     pub fn without_request(&self) -> Claimed {
         Claimed {
-            outgoing: self.outgoing.clone_meta(),
+            delivery_id: self.delivery_id,
+            request: self.request.without_payload(),
             webhook_id: self.webhook_id,
             webhook_name: self.webhook_name.clone(),
             event_id: self.event_id,
@@ -76,15 +79,17 @@ pub async fn claim(
                 webhook_name: r.get(2),
                 event_id: r.get(3),
                 attempt: r.get(4),
-                outgoing: Outgoing {
-                    id: r.get(0),
+                delivery_id: r.get(0),
+                request: Request {
                     method: r.get(5),
                     url: r.get(6),
                     headers,
                     body: r.get(8),
-                    timeout: Duration::from_millis(r.get::<_, i32>(9).max(0) as u64),
-                    ssl_verification: r.get(10),
-                    ca_file_path: r.get(11),
+                    transport: Transport {
+                        timeout: Duration::from_millis(r.get::<_, i32>(9).max(0) as u64),
+                        ssl_verification: r.get(10),
+                        ca_file_path: r.get(11),
+                    },
                 },
             }
         })

@@ -178,6 +178,38 @@ impl Scene {
         id
     }
 
+    /// Webhook "bad" with a body template that cannot render, the sidecar started, and site
+    /// "alpha" created: the bad rule's delivery is rejected naming the field (what
+    /// netbox_outbox.failed shows), the good webhook delivers. Returns the webhook's id and
+    /// the rejected delivery.
+    async fn rejected_for_a_bad_template(&mut self) -> (i64, Delivery) {
+        let hook = self.receiver.url("/bad");
+        let bad = self
+            .bad(
+                &hook,
+                &[("body_template", "'{{ data.name | nosuchfilter }}'")],
+                "null",
+            )
+            .await;
+        self.start();
+        self.site_delivers("alpha").await;
+        let d = self.finished("bad").await;
+        assert_eq!(d.state, "rejected");
+        assert!(d.error.contains("body_template"), "{}", d.error);
+        (bad, d)
+    }
+
+    /// Waits for the first request to `path` (one `replay --rerender` queued); returns it.
+    async fn re_rendered(&self, path: &str) -> netbox_outbox::receiver::Received {
+        eventually("the re-rendered request", WAIT, || async {
+            self.receiver
+                .received()
+                .into_iter()
+                .find(|r| r.path == path)
+        })
+        .await
+    }
+
     async fn stop(&mut self) {
         if let Some(sidecar) = self.sidecar.take() {
             sidecar.stop().await;
@@ -1425,18 +1457,7 @@ async fn check_catches_each_misconfiguration() {
 #[tokio::test]
 async fn rejected_delivery_is_sent_after_the_fix() {
     let mut scene = scene().await;
-    let hook = scene.receiver.url("/bad");
-    let bad = scene
-        .bad(
-            &hook,
-            &[("body_template", "'{{ data.name | nosuchfilter }}'")],
-            "null",
-        )
-        .await;
-    scene.start();
-    scene.site_delivers("alpha").await;
-    let d = scene.finished("bad").await;
-    assert_eq!(d.state, "rejected");
+    let (bad, d) = scene.rejected_for_a_bad_template().await;
     scene
         .client
         .execute(
@@ -1460,14 +1481,7 @@ async fn rejected_delivery_is_sent_after_the_fix() {
     .await;
     assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
     assert!(out(&o).contains("1 deliveries re-rendered"), "{}", out(&o));
-    let got = eventually("the re-rendered request", WAIT, || async {
-        scene
-            .receiver
-            .received()
-            .into_iter()
-            .find(|r| r.path == "/bad")
-    })
-    .await;
+    let got = scene.re_rendered("/bad").await;
     assert_eq!(String::from_utf8_lossy(&got.body), "created alpha");
     eventually("the re-rendered delivery to be recorded", WAIT, || async {
         let state: String = scene
@@ -1482,6 +1496,56 @@ async fn rejected_delivery_is_sent_after_the_fix() {
         (state == "delivered").then_some(())
     })
     .await;
+    scene.stop().await;
+}
+
+/// `replay --rerender --webhook` names the webhook as `replay` does (its current name, or its
+/// id): a webhook fixed and renamed is found by its new name, its rejected delivery goes out.
+#[tokio::test]
+async fn rejected_delivery_is_re_rendered_by_its_webhooks_new_name() {
+    let mut scene = scene().await;
+    let (bad, _) = scene.rejected_for_a_bad_template().await;
+    scene
+        .client
+        .execute(
+            "update extras_webhook set name = 'fixed', body_template = '{{ data.name }}' \
+             where id = $1",
+            &[&bad],
+        )
+        .await
+        .unwrap();
+    let o = cli(&scene.db, &["replay", "--rerender", "--webhook", "fixed"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
+    assert!(out(&o).contains("1 deliveries re-rendered"), "{}", out(&o));
+    let got = scene.re_rendered("/bad").await;
+    assert_eq!(String::from_utf8_lossy(&got.body), "alpha");
+    scene.stop().await;
+}
+
+/// `replay --rerender` with a model NetBox does not have is a usage error naming it (as for
+/// `replay`), not an empty selection that looks like "nothing to do"; the rejected delivery
+/// stays for a corrected call.
+#[tokio::test]
+async fn rerender_of_an_unknown_model_names_it() {
+    let mut scene = scene().await;
+    scene.rejected_for_a_bad_template().await;
+    let o = cli(
+        &scene.db,
+        &["replay", "--rerender", "--object", "dcim.sitee:1"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}{}", out(&o), err(&o));
+    assert!(
+        err(&o).contains("dcim.sitee is not a NetBox model"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(
+        scene.finished("bad").await.state,
+        "rejected",
+        "nothing is lost"
+    );
+    scene.site_delivers("beta").await;
     scene.stop().await;
 }
 
@@ -1562,14 +1626,7 @@ async fn rejected_for_a_deleted_webhook_is_sent_after_the_rule_is_repointed() {
     )
     .await;
     assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
-    let got = eventually("the re-rendered request", WAIT, || async {
-        scene
-            .receiver
-            .received()
-            .into_iter()
-            .find(|r| r.path == "/new")
-    })
-    .await;
+    let got = scene.re_rendered("/new").await;
     assert_eq!(got.json()["data"]["name"], "alpha");
     assert_eq!(got.json()["event"], "created");
     scene.stop().await;

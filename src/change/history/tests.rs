@@ -46,7 +46,7 @@ impl Builder {
             captured_at: SystemTime::UNIX_EPOCH,
             kind,
             db_user: "netbox".into(),
-            request: None,
+            request_context: None,
             before,
             tag_id: tag,
         });
@@ -81,7 +81,7 @@ impl Builder {
             txid,
             captured_at: SystemTime::UNIX_EPOCH,
             objectchange_id,
-            request: None,
+            request_context: None,
             entry: match json!({"action": action, "request_id": "r", "user_name": "alice", "postchange_data": post}) {
                 Value::Object(map) => map,
                 _ => unreachable!(),

@@ -496,7 +496,7 @@ mod tests {
             changelog: Vec::new(),
             row_changes: 1,
             tag_changes: 0,
-            request: None,
+            request_context: None,
             db_user: "netbox".into(),
         }
     }
