@@ -15,7 +15,8 @@ use netbox_outbox::receiver::Receiver;
 use tokio_postgres::Client;
 
 use crate::support::db::{TestDb, insert_site};
-use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
+use crate::support::rules::{Rule, webhook};
+use crate::support::sidecar::{Sidecar, test_config};
 use crate::support::tls::TlsReceiver;
 use crate::support::wait::eventually;
 
@@ -34,17 +35,9 @@ async fn scene() -> Scene {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
-    let good = webhook(&client, "good", &receiver.url("/good"), &[]).await;
-    rule(
-        &client,
-        "good",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        good,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::new("good", &receiver.url("/good"))
+        .create(&client)
+        .await;
     Scene {
         db,
         client,
@@ -65,18 +58,12 @@ struct Delivery {
 impl Scene {
     /// Webhook "bad" at `url` with `extra` columns, and rule "bad" with `conditions`.
     async fn bad(&self, url: &str, extra: &[(&str, &str)], conditions: &str) -> i64 {
-        let id = webhook(&self.client, "bad", url, extra).await;
-        rule(
-            &self.client,
-            "bad",
-            &["dcim.site"],
-            &ALL_EVENTS,
-            id,
-            conditions,
-            "null",
-        )
-        .await;
-        id
+        Rule::new("bad", url)
+            .webhook_columns(extra)
+            .conditions(conditions)
+            .create(&self.client)
+            .await
+            .webhook
     }
 
     fn start(&mut self) {
@@ -712,23 +699,10 @@ async fn rule_disabled_mid_flight() {
 #[tokio::test]
 async fn watched_table_dropped_and_recreated() {
     let mut scene = scene().await;
-    let regions = webhook(
-        &scene.client,
-        "regions",
-        &scene.receiver.url("/regions"),
-        &[],
-    )
-    .await;
-    rule(
-        &scene.client,
-        "regions",
-        &["dcim.region"],
-        &ALL_EVENTS,
-        regions,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::new("regions", &scene.receiver.url("/regions"))
+        .models(&["dcim.region"])
+        .create(&scene.client)
+        .await;
     // three transactions: both created, one deleted, the table dropped
     for sql in [
         "insert into dcim_region (name, slug) values ('kept', 'kept'), ('gone', 'gone')",
@@ -1140,16 +1114,10 @@ async fn bad_event_rule_rows_are_skipped() {
         .await
         .unwrap();
     let hook = webhook(client, "other", &scene.receiver.url("/other"), &[]).await;
-    let null_events = rule(
-        client,
-        "null events",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    let null_events = Rule::to_webhook("null events", hook)
+        .create(client)
+        .await
+        .rule;
     client
         .execute(
             "update extras_eventrule set event_types = null where id = $1",
@@ -1157,16 +1125,7 @@ async fn bad_event_rule_rows_are_skipped() {
         )
         .await
         .unwrap();
-    let typo = rule(
-        client,
-        "typo",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    let typo = Rule::to_webhook("typo", hook).create(client).await.rule;
     client
         .execute(
             "update extras_eventrule set action_type = 'netbox_outbox.webhok' where id = $1",
@@ -1174,16 +1133,11 @@ async fn bad_event_rule_rows_are_skipped() {
         )
         .await
         .unwrap();
-    rule(
-        client,
-        "odd data",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "'\"text\"'",
-    )
-    .await;
+    Rule::to_webhook("odd data", hook)
+        .action_data("'\"text\"'")
+        .create(client)
+        .await
+        .rule;
     let running = Running::start(&scene.db, FAST);
     scene.site_delivers("alpha").await;
     eventually("the rule with odd action data to deliver", WAIT, || async {
@@ -1310,53 +1264,27 @@ async fn check_catches_each_misconfiguration() {
         ),
     ];
     for (name, url, extra, _) in &cases {
-        let id = webhook(client, name, url, extra).await;
-        rule(
-            client,
-            name,
-            &["dcim.site"],
-            &ALL_EVENTS,
-            id,
-            "null",
-            "null",
-        )
-        .await;
+        Rule::new(name, url)
+            .webhook_columns(extra)
+            .create(client)
+            .await;
     }
     let good: i64 = client
         .query_one("select id from extras_webhook where name = 'good'", &[])
         .await
         .unwrap()
         .get(0);
-    rule(
-        client,
-        "c-operator",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        good,
-        r#"'{"attr": "name", "op": "neq", "value": 1}'"#,
-        "null",
-    )
-    .await;
-    rule(
-        client,
-        "c-shape",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        good,
-        "'[1, 2]'",
-        "null",
-    )
-    .await;
-    let dangling = rule(
-        client,
-        "dangling",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        good,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("c-operator", good)
+        .conditions(r#"'{"attr": "name", "op": "neq", "value": 1}'"#)
+        .create(client)
+        .await
+        .rule;
+    Rule::to_webhook("c-shape", good)
+        .conditions("'[1, 2]'")
+        .create(client)
+        .await
+        .rule;
+    let dangling = Rule::to_webhook("dangling", good).create(client).await.rule;
     client
         .execute(
             "update extras_eventrule set action_object_id = 999999 where id = $1",
@@ -1364,16 +1292,7 @@ async fn check_catches_each_misconfiguration() {
         )
         .await
         .unwrap();
-    let typo = rule(
-        client,
-        "typo",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        good,
-        "null",
-        "null",
-    )
-    .await;
+    let typo = Rule::to_webhook("typo", good).create(client).await.rule;
     client
         .execute(
             "update extras_eventrule set action_type = 'netbox_outbox.webhok' where id = $1",

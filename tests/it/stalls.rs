@@ -15,7 +15,8 @@ use netbox_outbox::receiver::{Receiver, Reply};
 use tokio_postgres::Client;
 
 use crate::support::db::{TestDb, insert_site};
-use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
+use crate::support::rules::{Rule, webhook};
+use crate::support::sidecar::{Sidecar, test_config};
 use crate::support::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -256,17 +257,7 @@ impl Alert {
 }
 
 async fn site_rule(client: &Client, name: &str, url: &str) -> i64 {
-    let hook = webhook(client, name, url, &[]).await;
-    rule(
-        client,
-        name,
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    let hook = Rule::new(name, url).create(client).await.webhook;
     hook
 }
 
@@ -756,16 +747,10 @@ async fn custom_field_numbers_are_sent_as_netbox_sends_them() {
         &[("body_template", "'{{ data.custom_fields.n }}'")], // a SQL literal
     )
     .await;
-    rule(
-        &client,
-        "templated",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        templated,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("templated", templated)
+        .create(&client)
+        .await
+        .rule;
     let cf: i64 = client
         .query_one(
             "insert into extras_customfield (type, name, status) values ('integer', 'n', 'active') returning id",

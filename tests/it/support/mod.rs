@@ -1,6 +1,9 @@
-//! Shared test support: a fresh database per test, the sidecar, and polling waits.
+//! Shared test support: a fresh database per test, NetBox's rules, the sidecar, and polling
+//! waits.
 
+mod checks;
 pub mod db;
+pub mod rules;
 pub mod sidecar;
 pub mod tls;
 pub mod wait;
