@@ -50,7 +50,8 @@ async fn wait_for_fails_on_timeout_with_what_arrived() {
     assert!(!message.contains("secret body"), "{message}");
 }
 
-/// One delivery too many makes `exactly` fail, though the expected number arrived first.
+/// One delivery too many makes `exactly` fail, though the expected number had arrived when it
+/// was called.
 #[tokio::test]
 async fn exactly_sees_an_extra_delivery() {
     let db = TestDb::migrated().await;
@@ -61,6 +62,8 @@ async fn exactly_sees_an_extra_delivery() {
         .await;
     let sidecar = Sidecar::start(&db, test_config(""));
     insert_site(&client, "one").await;
+    receiver.wait_for(1, Duration::from_secs(30)).await.unwrap();
+    // Committed now, delivered later: only waiting for the pipeline to go idle can see it.
     insert_site(&client, "one too many").await;
     let check = {
         let receiver = receiver.clone();
