@@ -429,17 +429,10 @@ async fn rules_match_like_netbox() {
 #[tokio::test]
 async fn netbox_webhook_rules_only_when_enabled() {
     let s = setup().await;
-    let id = Rule::to_webhook("native", s.hook)
+    Rule::to_webhook("native", s.hook)
+        .action_type("webhook")
         .create(&s.client)
-        .await
-        .rule;
-    s.client
-        .execute(
-            "update extras_eventrule set action_type = 'webhook' where id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
+        .await;
     let sidecar = Sidecar::start(&s.db, test_config(""));
     insert_site(&s.client, "alpha").await;
     caught_up(&s.client).await;

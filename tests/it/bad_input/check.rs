@@ -85,14 +85,10 @@ async fn check_catches_each_misconfiguration() {
         )
         .await
         .unwrap();
-    let typo = Rule::to_webhook("typo", good).create(client).await.rule;
-    client
-        .execute(
-            "update extras_eventrule set action_type = 'netbox_outbox.webhok' where id = $1",
-            &[&typo],
-        )
-        .await
-        .unwrap();
+    Rule::to_webhook("typo", good)
+        .action_type("netbox_outbox.webhok")
+        .create(client)
+        .await;
 
     let o = cli(&scene.db, &["check", "--offline"]).await;
     assert_eq!(o.status.code(), Some(5), "{}{}", out(&o), err(&o));

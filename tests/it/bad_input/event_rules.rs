@@ -25,14 +25,10 @@ async fn bad_event_rule_rows_are_skipped() {
         )
         .await
         .unwrap();
-    let typo = Rule::to_webhook("typo", hook).create(client).await.rule;
-    client
-        .execute(
-            "update extras_eventrule set action_type = 'netbox_outbox.webhok' where id = $1",
-            &[&typo],
-        )
-        .await
-        .unwrap();
+    Rule::to_webhook("typo", hook)
+        .action_type("netbox_outbox.webhok")
+        .create(client)
+        .await;
     Rule::to_webhook("odd data", hook)
         .action_data("'\"text\"'")
         .create(client)

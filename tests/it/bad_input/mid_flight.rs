@@ -21,10 +21,8 @@ async fn resume(client: &Client, webhook: i64) {
         .unwrap();
 }
 
-/// A webhook deleted while its delivery is pending: the frozen request still goes out (NetBox
-/// pickles the webhook into its job); later events for its rule are rejected, saying what to do.
-#[tokio::test]
-async fn webhook_deleted_while_deliveries_are_pending() {
+/// A running scene whose "bad" webhook is paused with one delivery pending; its id.
+async fn bad_one_pending() -> (Scene, i64) {
     let mut scene = scene().await;
     let hook = scene.receiver.url("/bad");
     let bad = scene.bad(&hook, &[], "null").await;
@@ -32,6 +30,14 @@ async fn webhook_deleted_while_deliveries_are_pending() {
     scene.start();
     scene.site_delivers("alpha").await;
     assert_eq!(scene.deliveries("bad").await[0].state, "pending");
+    (scene, bad)
+}
+
+/// A webhook deleted while its delivery is pending: the frozen request still goes out (NetBox
+/// pickles the webhook into its job); later events for its rule are rejected, saying what to do.
+#[tokio::test]
+async fn webhook_deleted_while_deliveries_are_pending() {
+    let (mut scene, bad) = bad_one_pending().await;
     scene
         .client
         .execute("delete from extras_webhook where id = $1", &[&bad])
@@ -62,13 +68,7 @@ async fn webhook_deleted_while_deliveries_are_pending() {
 /// queued job does); changes after the disable give it no delivery; other rules go on.
 #[tokio::test]
 async fn rule_disabled_mid_flight() {
-    let mut scene = scene().await;
-    let hook = scene.receiver.url("/bad");
-    let bad = scene.bad(&hook, &[], "null").await;
-    pause_bad(&scene.client).await;
-    scene.start();
-    scene.site_delivers("alpha").await;
-    assert_eq!(scene.deliveries("bad").await[0].state, "pending");
+    let (mut scene, bad) = bad_one_pending().await;
     scene
         .client
         .execute(

@@ -24,6 +24,7 @@ pub struct Rule {
     events: Vec<String>,
     conditions: String,
     action_data: String,
+    action_type: String,
     target: Target,
 }
 
@@ -67,6 +68,7 @@ impl Rule {
             events: ALL_EVENTS.iter().map(|e| e.to_string()).collect(),
             conditions: "null".to_string(),
             action_data: "null".to_string(),
+            action_type: "netbox_outbox.webhook".to_string(),
             target,
         }
     }
@@ -93,6 +95,12 @@ impl Rule {
     /// Its action_data, as JSON.
     pub fn action_data(mut self, json: &str) -> Rule {
         self.action_data = literal(json);
+        self
+    }
+
+    /// Another action type than `netbox_outbox.webhook` (NetBox's own `webhook`, or a typo).
+    pub fn action_type(mut self, action_type: &str) -> Rule {
+        self.action_type = action_type.to_string();
         self
     }
 
@@ -125,11 +133,17 @@ impl Rule {
                 &format!(
                     "insert into extras_eventrule (name, action_type, action_object_type_id, action_object_id,
                          event_types, conditions, action_data)
-                     values ($1, 'netbox_outbox.webhook', $2, $3, $4, {}::jsonb, {}::jsonb)
+                     values ($1, $5, $2, $3, $4, {}::jsonb, {}::jsonb)
                      returning id",
                     self.conditions, self.action_data
                 ),
-                &[&self.name, &webhook_ct, &webhook_id, &self.events],
+                &[
+                    &self.name,
+                    &webhook_ct,
+                    &webhook_id,
+                    &self.events,
+                    &self.action_type,
+                ],
             )
             .await
             .unwrap_or_else(|e| panic!("insert event rule {}: {e}", self.name))
