@@ -624,7 +624,7 @@ async fn nobody_attaches_the_capture_to_a_table_of_their_own() {
         .unwrap();
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
 
     let attacker = db.database.with_user(&role).connect().await.unwrap();

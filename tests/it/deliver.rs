@@ -25,7 +25,7 @@ async fn create_update_delete_reach_the_receiver() {
         &[("secret", "'s3cret'")],
     )
     .await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
 
     let id = insert_site(&client, "alpha").await;
@@ -99,7 +99,7 @@ async fn a_failed_attempt_is_retried_with_the_same_body() {
     let receiver = Receiver::start().await.unwrap();
     receiver.script([Reply::Status(503)]);
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
     insert_site(&client, "alpha").await;
     let got = exactly(&receiver, &client, 2).await;
@@ -129,7 +129,7 @@ async fn a_receiver_that_never_succeeds_ends_dead() {
     let receiver = Receiver::start().await.unwrap();
     receiver.default_reply(Reply::Status(500));
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
     insert_site(&client, "alpha").await;
     let (attempts, error) = crate::support::wait::eventually("the delivery to die", WAIT, || async {
@@ -170,7 +170,7 @@ async fn retry_after_is_honoured() {
         vec![("Retry-After".into(), "2".into())],
     )]);
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
     insert_site(&client, "alpha").await;
     let got = exactly(&receiver, &client, 2).await;
@@ -222,8 +222,7 @@ async fn tls_verification_and_private_cas() {
         Rule::to_webhook(name, hook)
             .events(&["object_created"])
             .create(&client)
-            .await
-            .rule;
+            .await;
     }
     let sidecar = Sidecar::start(&db, test_config("[delivery]\nretry_schedule = [\"10s\"]\n"));
     insert_site(&client, "alpha").await;
@@ -264,7 +263,7 @@ async fn poll_only_mode_delivers() {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config("[assembly]\nlisten = false\n"));
     insert_site(&client, "alpha").await;
     exactly(&receiver, &client, 1).await;

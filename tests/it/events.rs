@@ -82,7 +82,7 @@ async fn a_new_rule_applies_to_the_next_change() {
     caught_up(&s.client).await;
     // As NetBox's API does it: the rule and its object types in one transaction.
     s.client.batch_execute("begin").await.unwrap();
-    Rule::to_webhook("new", s.hook).create(&s.client).await.rule;
+    Rule::to_webhook("new", s.hook).create(&s.client).await;
     s.client.batch_execute("commit").await.unwrap();
     let after = insert_site(&s.client, "after").await;
     // The site created before the rule sends nothing: only the one after it arrives.
@@ -97,10 +97,7 @@ async fn a_new_rule_applies_to_the_next_change() {
 #[tokio::test]
 async fn changes_in_one_transaction_merge_like_netbox() {
     let s = setup().await;
-    Rule::to_webhook("sites", s.hook)
-        .create(&s.client)
-        .await
-        .rule;
+    Rule::to_webhook("sites", s.hook).create(&s.client).await;
     let site_ct = content_type(&s.client, "dcim.site").await;
     s.client
         .batch_execute("insert into extras_tag (name, slug, weight) values ('gold', 'gold', 10), ('bronze', 'bronze', 100)")
@@ -203,10 +200,7 @@ async fn changes_in_one_transaction_merge_like_netbox() {
 #[tokio::test]
 async fn updates_of_ignored_columns_are_not_events() {
     let s = setup().await;
-    Rule::to_webhook("sites", s.hook)
-        .create(&s.client)
-        .await
-        .rule;
+    Rule::to_webhook("sites", s.hook).create(&s.client).await;
     let id = insert_site(&s.client, "alpha").await;
     s.client
         .batch_execute(
@@ -258,10 +252,7 @@ async fn updates_of_ignored_columns_are_not_events() {
 #[tokio::test]
 async fn netbox_mode_sends_only_what_netbox_would() {
     let s = setup().await;
-    Rule::to_webhook("sites", s.hook)
-        .create(&s.client)
-        .await
-        .rule;
+    Rule::to_webhook("sites", s.hook).create(&s.client).await;
     let site_ct = content_type(&s.client, "dcim.site").await;
     s.client
         .batch_execute(
@@ -326,31 +317,26 @@ async fn rules_match_like_netbox() {
         .conditions(r#"'{"attr": "status.value", "value": "active"}'"#)
         .action_data(r#"'{"zz": 1, "id": 999, "a": "first"}'"#)
         .create(&s.client)
-        .await
-        .rule;
+        .await;
     Rule::to_webhook("a-all", second)
         .events(&["object_created"])
         .create(&s.client)
-        .await
-        .rule;
-    Rule::to_webhook("c-regex", s.hook).events(&["object_created"]).conditions(r#"'{"and": [{"attr": "name", "value": "ed", "op": "regex", "negate": true}, {"attr": "tags.slug", "value": [], "op": "eq"}]}'"#).create(&s.client).await.rule;
+        .await;
+    Rule::to_webhook("c-regex", s.hook).events(&["object_created"]).conditions(r#"'{"and": [{"attr": "name", "value": "ed", "op": "regex", "negate": true}, {"attr": "tags.slug", "value": [], "op": "eq"}]}'"#).create(&s.client).await;
     Rule::to_webhook("d-malformed", s.hook)
         .events(&["object_created"])
         .conditions(r#"'{"attr": "name"}'"#)
         .create(&s.client)
-        .await
-        .rule;
+        .await;
     Rule::to_webhook("e-invalid", s.hook)
         .events(&["object_created"])
         .conditions(r#"'{"attr": "tenant.name", "value": "x"}'"#)
         .create(&s.client)
-        .await
-        .rule;
+        .await;
     Rule::to_webhook("f-updates only", s.hook)
         .events(&["object_updated"])
         .create(&s.client)
-        .await
-        .rule;
+        .await;
     let sidecar = Sidecar::start(&s.db, test_config(""));
     s.client
         .batch_execute("insert into dcim_site (name, slug, status) values ('edge', 'edge', 'active'), ('core', 'core', 'planned')")
@@ -458,13 +444,20 @@ async fn netbox_webhook_rules_only_when_enabled() {
 #[tokio::test]
 async fn templates_headers_and_url() {
     let s = setup().await;
-    Rule::new("templated", &s.receiver.url("/hook/{{ object_type }}/{{ data.id }}")).webhook_columns(&[
-            ("http_method", "'PUT'"),
-            ("http_content_type", "'text/plain; charset=utf-8'"),
-            ("additional_headers", "E'X-Event: {{ event }}\\nno colon\\nX-Empty:   \\nx-event: {{ event | upper }}\\nX-Name: {{ data.name | header_safe }}'"),
-            ("body_template", "'{{ event }} {{ object_type }} {{ data.name }} {{ snapshots.prechange }} {{ username }}|{{ data | tojson }}'"),
-            ("secret", "'k'"),
-        ]).events(&["object_created"]).create(&s.client).await.rule;
+    Rule::new(
+        "templated",
+        &s.receiver.url("/hook/{{ object_type }}/{{ data.id }}"),
+    )
+    .webhook_columns(&[
+        ("http_method", "'PUT'"),
+        ("http_content_type", "'text/plain; charset=utf-8'"),
+        ("additional_headers", "E'X-Event: {{ event }}\\nno colon\\nX-Empty:   \\nx-event: {{ event | upper }}\\nX-Name: {{ data.name | header_safe }}'"),
+        ("body_template", "'{{ event }} {{ object_type }} {{ data.name }} {{ snapshots.prechange }} {{ username }}|{{ data | tojson }}'"),
+        ("secret", "'k'"),
+    ])
+    .events(&["object_created"])
+    .create(&s.client)
+    .await;
     let sidecar = Sidecar::start(&s.db, test_config(""));
     let id = insert_site(&s.client, "alpha").await;
     let got = s.receiver.wait_for(1, WAIT).await.unwrap();
@@ -498,10 +491,7 @@ async fn a_queued_delivery_is_frozen() {
         )
         .await
         .unwrap();
-    Rule::to_webhook("sites", s.hook)
-        .create(&s.client)
-        .await
-        .rule;
+    Rule::to_webhook("sites", s.hook).create(&s.client).await;
     s.client
         .batch_execute("select netbox_outbox.pause_webhook('crm')")
         .await
@@ -532,10 +522,7 @@ async fn a_queued_delivery_is_frozen() {
 #[tokio::test]
 async fn legacy_payload_format() {
     let s = setup().await;
-    Rule::to_webhook("sites", s.hook)
-        .create(&s.client)
-        .await
-        .rule;
+    Rule::to_webhook("sites", s.hook).create(&s.client).await;
     let sidecar = Sidecar::start(
         &s.db,
         test_config("[delivery.payload_format_by_webhook]\ncrm = \"legacy\"\n"),

@@ -94,12 +94,11 @@ impl World {
 
     /// A webhook with a rule for every site change.
     async fn hook(&self, name: &str, url: &str, extra: &[(&str, &str)]) -> i64 {
-        let id = Rule::new(name, url)
+        Rule::new(name, url)
             .webhook_columns(extra)
             .create(&self.client)
             .await
-            .webhook;
-        id
+            .webhook
     }
 
     /// Waits until the healthy webhook's delivery of the site is recorded as delivered.

@@ -38,7 +38,7 @@ async fn with_history() -> (TestDb, tokio_postgres::Client, Receiver) {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[("secret", "'k'")]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config("[delivery]\nretry_schedule = []\n"));
     insert_site(&client, "delivered").await;
     receiver.wait_for(1, WAIT).await.unwrap();
@@ -237,8 +237,7 @@ async fn check_finds_misconfigurations() {
     Rule::to_webhook("bad condition", good)
         .conditions(r#"'{"attr": "x", "op": "nope", "value": 1}'"#)
         .create(&client)
-        .await
-        .rule;
+        .await;
     let bad = cli(&db, &["check"]).await;
     assert_eq!(bad.status.code(), Some(5));
     let report = out(&bad);
@@ -280,7 +279,7 @@ async fn test_webhook_shows_request_and_answer() {
         &[("secret", "'k'")],
     )
     .await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     insert_site(&client, "alpha").await;
     let dry = cli(&db, &["test-webhook", "crm", "--dry-run"]).await;
     assert_eq!(dry.status.code(), Some(0), "{}", err(&dry));
@@ -328,7 +327,7 @@ async fn metrics_and_health_endpoints() {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -455,8 +454,7 @@ async fn the_sidecar_runs_with_the_least_privilege_role() {
     Rule::to_webhook("sites and owners", hook)
         .models(&["dcim.site", "users.owner"])
         .create(&client)
-        .await
-        .rule;
+        .await;
 
     let restricted = TestDb::attach(&db, &role);
     let sidecar = Sidecar::start(&restricted, test_config(""));
@@ -719,7 +717,7 @@ async fn uninstall_leaves_netbox_as_it_was() {
         .unwrap();
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
     insert_site(&client, "alpha").await;
     receiver.wait_for(1, WAIT).await.unwrap();

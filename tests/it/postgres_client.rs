@@ -340,7 +340,7 @@ async fn the_sidecar_delivers_over_verified_tls() {
     let client = netbox_database(&cluster).await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let url = cluster.url(
         "netbox",
         &format!("sslmode=verify-full&sslrootcert={}", cluster.ca_file()),
@@ -403,8 +403,7 @@ async fn no_secrets_in_logs_at_trace() {
     for hook in [secret_hook, plain_hook] {
         Rule::to_webhook(&format!("sites-{hook}"), hook)
             .create(&client)
-            .await
-            .rule;
+            .await;
     }
     let url = cluster.url("netbox", "sslmode=require");
     let (mut sidecar, log) = spawn_sidecar(

@@ -28,8 +28,7 @@ async fn setup(models: &[&str]) -> Setup {
     Rule::to_webhook("all", hook)
         .models(models)
         .create(&client)
-        .await
-        .rule;
+        .await;
     Setup {
         db,
         client,

@@ -55,7 +55,7 @@ async fn two_sidecars_deliver_each_event_once() {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let first = Sidecar::start(&db, test_config(""));
     let second = Sidecar::start(&db, test_config(""));
     for batch in 0..20 {
@@ -93,7 +93,7 @@ async fn a_killed_sidecar_loses_nothing() {
     let receiver = Receiver::start().await.unwrap();
     receiver.default_reply(Reply::Delay(Duration::from_millis(300), 200));
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[("timeout", "1")]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     client
         .batch_execute("insert into dcim_site (name, slug) select 's' || n, 's' || n from generate_series(1, 50) n")
         .await
@@ -140,8 +140,7 @@ async fn per_object_order_holds_under_retries() {
     Rule::to_webhook("updates", hook)
         .events(&["object_updated"])
         .create(&client)
-        .await
-        .rule;
+        .await;
     let a = insert_site(&client, "a").await;
     let b = insert_site(&client, "b").await;
     receiver.script_path("/hook/a", [Reply::Status(500), Reply::Status(500)]);
@@ -203,7 +202,7 @@ async fn sigterm_finishes_what_is_in_flight() {
     let receiver = Receiver::start().await.unwrap();
     receiver.default_reply(Reply::Delay(Duration::from_millis(1500), 200));
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    Rule::to_webhook("sites", hook).create(&client).await.rule;
+    Rule::to_webhook("sites", hook).create(&client).await;
     insert_site(&client, "alpha").await;
     let mut child = spawn_sidecar(&db, FAST);
     receiver.wait_for(1, WAIT).await.unwrap();

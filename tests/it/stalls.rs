@@ -257,8 +257,7 @@ impl Alert {
 }
 
 async fn site_rule(client: &Client, name: &str, url: &str) -> i64 {
-    let hook = Rule::new(name, url).create(client).await.webhook;
-    hook
+    Rule::new(name, url).create(client).await.webhook
 }
 
 /// Waits until the receiver got a request on `path` for the site `name`.
@@ -749,8 +748,7 @@ async fn custom_field_numbers_are_sent_as_netbox_sends_them() {
     .await;
     Rule::to_webhook("templated", templated)
         .create(&client)
-        .await
-        .rule;
+        .await;
     let cf: i64 = client
         .query_one(
             "insert into extras_customfield (type, name, status) values ('integer', 'n', 'active') returning id",

@@ -70,13 +70,11 @@ async fn check_catches_each_misconfiguration() {
     Rule::to_webhook("c-operator", good)
         .conditions(r#"'{"attr": "name", "op": "neq", "value": 1}'"#)
         .create(client)
-        .await
-        .rule;
+        .await;
     Rule::to_webhook("c-shape", good)
         .conditions("'[1, 2]'")
         .create(client)
-        .await
-        .rule;
+        .await;
     let dangling = Rule::to_webhook("dangling", good).create(client).await.rule;
     client
         .execute(

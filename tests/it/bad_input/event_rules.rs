@@ -32,8 +32,7 @@ async fn bad_event_rule_rows_are_skipped() {
     Rule::to_webhook("odd data", hook)
         .action_data("'\"text\"'")
         .create(client)
-        .await
-        .rule;
+        .await;
     let running = Running::start(&scene.db, FAST);
     scene.site_delivers("alpha").await;
     eventually("the rule with odd action data to deliver", WAIT, || async {
