@@ -78,7 +78,7 @@ async fn a_batch_that_keeps_failing_backs_off_further() {
         .batch_execute("alter table netbox_outbox.cursor rename to cursor_away")
         .await
         .unwrap();
-    let running = Running::start(&scene.db, FAST);
+    let running = SidecarBinary::start(&scene.db, &config_file(FAST));
     let delays = eventually("four failed batches", WAIT, || async {
         let delays: Vec<u64> = running
             .log()

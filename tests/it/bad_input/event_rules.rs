@@ -33,7 +33,7 @@ async fn bad_event_rule_rows_are_skipped() {
         .action_data("'\"text\"'")
         .create(client)
         .await;
-    let running = Running::start(&scene.db, FAST);
+    let running = SidecarBinary::start(&scene.db, &config_file(FAST));
     scene.site_delivers("alpha").await;
     eventually("the rule with odd action data to deliver", WAIT, || async {
         scene
@@ -80,7 +80,7 @@ async fn rejection_logs_hold_no_url_tokens() {
             "null",
         )
         .await;
-    let running = Running::start(&scene.db, FAST);
+    let running = SidecarBinary::start(&scene.db, &config_file(FAST));
     scene.site_delivers("alpha").await;
     let d = scene.finished("bad").await;
     assert_eq!(d.state, "rejected");

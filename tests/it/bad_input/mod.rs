@@ -5,7 +5,7 @@
 //! under test). CLI and configuration cases run the real binary.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use netbox_outbox::db::Database;
 use netbox_outbox::receiver::Receiver;
 use tokio_postgres::Client;
 
+use crate::support::binary::SidecarBinary;
 use crate::support::db::{TestDb, insert_site};
 use crate::support::rules::{Rule, webhook};
 use crate::support::sidecar::{Sidecar, test_config};
@@ -266,43 +267,6 @@ fn config_file(toml: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("nbo-bad-{}.toml", uuid::Uuid::new_v4()));
     std::fs::write(&path, toml).unwrap();
     path
-}
-
-/// A running sidecar binary whose log goes to a file.
-struct Running {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Running {
-    fn start(db: &TestDb, toml: &str) -> Running {
-        let config = config_file(toml);
-        let log = std::env::temp_dir().join(format!("nbo-log-{}.txt", uuid::Uuid::new_v4()));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_netbox-outbox"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("DATABASE_URL", db.url())
-            .env("NETBOX_OUTBOX_LOG__LEVEL", "warn")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start the sidecar binary");
-        Running { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
 }
 
 const FAST: &str = "[delivery]\npoll_interval = \"50ms\"\nretry_schedule = [\"200ms\"]\nretry_jitter = 0.0\n\

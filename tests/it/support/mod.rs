@@ -1,6 +1,7 @@
 //! Shared test support: a fresh database per test, NetBox's rules, the sidecar, and polling
 //! waits.
 
+pub mod binary;
 mod checks;
 pub mod db;
 pub mod rules;
