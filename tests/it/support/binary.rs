@@ -28,6 +28,11 @@ impl SidecarBinary {
         SidecarBinary { child, log }
     }
 
+    /// Whether it has exited (by itself: only `drop` kills it).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// What it logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

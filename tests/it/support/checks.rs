@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use netbox_outbox::receiver::Receiver;
 
+use super::binary::SidecarBinary;
 use super::db::{TestDb, insert_site};
 use super::rules::Rule;
 use super::sidecar::{Sidecar, Unclean, test_config};
-use super::wait::exactly;
+use super::wait::{eventually, exactly};
 
 /// A sidecar that cannot start (its database lacks the migrations) makes `stop` fail, naming
 /// the cause, instead of passing for a sidecar that never ran.
@@ -28,6 +29,22 @@ async fn stop_reports_a_sidecar_that_could_not_start() {
 async fn stop_fails_the_test_for_a_sidecar_that_could_not_start() {
     let db = TestDb::bare().await;
     Sidecar::start(&db, test_config("")).stop().await;
+}
+
+/// A sidecar binary that exited by itself (here: no migrations) fails the test when dropped.
+#[tokio::test]
+#[should_panic(expected = "exited by itself")]
+async fn a_sidecar_binary_that_exited_fails_the_test() {
+    let db = TestDb::bare().await;
+    let config = std::env::temp_dir().join(format!("nbo-check-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&config, "[metrics]\nlisten = \"\"\n").unwrap();
+    let mut binary = SidecarBinary::start(&db, &config);
+    eventually("the binary to exit", Duration::from_secs(30), || {
+        let exited = binary.exited();
+        async move { exited.then_some(()) }
+    })
+    .await;
+    let _ = std::fs::remove_file(&config);
 }
 
 /// A wait that times out says so, and shows what did arrive (method and path, no bodies).
