@@ -131,13 +131,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("--> {what}");
         db.batch_execute(sql).await?;
         expected += 1;
-        let got = receiver.wait_for(expected, Duration::from_secs(10)).await;
-        if got.len() < expected {
+        let Ok(got) = receiver.wait_for(expected, Duration::from_secs(10)).await else {
             return Err(
                 "no webhook arrived within 10 s; run with RUST_LOG=netbox_outbox=debug to see why"
                     .into(),
             );
-        }
+        };
         let request = &got[expected - 1];
         let body = request.json();
         println!(

@@ -49,6 +49,39 @@ impl Received {
     }
 }
 
+/// Fewer requests arrived than awaited before the deadline: what did arrive, to show.
+pub struct TooFew {
+    pub wanted: usize,
+    pub waited: Duration,
+    /// Requests counted (the same as `arrived.len()` unless only counting).
+    pub counted: usize,
+    pub arrived: Vec<Received>,
+}
+
+impl std::fmt::Display for TooFew {
+    // Method and path only: bodies and headers may hold secrets and are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "waited {:?} for {} requests, {} arrived",
+            self.waited, self.wanted, self.counted
+        )?;
+        for (i, r) in self.arrived.iter().enumerate() {
+            write!(f, "\n  {}. {} {}", i + 1, r.method, r.path)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for TooFew {
+    // `unwrap()` shows Debug: make that the readable message too.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for TooFew {}
+
 /// How to answer one request.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -167,16 +200,21 @@ impl Receiver {
         self.state.lock().expect("receiver state").count_only = true;
     }
 
-    /// Waits until at least `n` requests arrived, or the deadline passes (then returns what came).
-    pub async fn wait_for(&self, n: usize, deadline: Duration) -> Vec<Received> {
+    /// Waits until at least `n` requests arrived; past the deadline, says what did arrive.
+    pub async fn wait_for(&self, n: usize, deadline: Duration) -> Result<Vec<Received>, TooFew> {
         let until = tokio::time::Instant::now() + deadline;
         loop {
             let notified = self.arrived.notified();
             if self.count() >= n {
-                return self.received();
+                return Ok(self.received());
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {
-                return self.received();
+                return Err(TooFew {
+                    wanted: n,
+                    waited: deadline,
+                    counted: self.count(),
+                    arrived: self.received(),
+                });
             }
         }
     }

@@ -35,6 +35,7 @@ pub async fn receive(
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
             got = receiver.wait_for(shown + 1, std::time::Duration::from_secs(3600)) => {
+                let got = got.unwrap_or_else(|too_few| too_few.arrived);
                 for r in &got[shown..] {
                     println!("---- {} {}", r.method, r.path);
                     for (name, value) in &r.headers {

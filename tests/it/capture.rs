@@ -1,11 +1,11 @@
 //! The SQL capture: what the triggers write into netbox_outbox.change, and what they leave out.
 
-use std::time::Duration;
-
 use netbox_outbox::receiver::Receiver;
 
 use crate::support::db::{Captured, TestDb, captured, content_type, insert_site};
-use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
+use crate::support::rules::{Rule, webhook};
+use crate::support::sidecar::{Sidecar, test_config};
+use crate::support::wait::exactly;
 
 fn kinds(rows: &[Captured]) -> Vec<&str> {
     rows.iter().map(|r| r.kind.as_str()).collect()
@@ -624,16 +624,7 @@ async fn nobody_attaches_the_capture_to_a_table_of_their_own() {
         .unwrap();
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
 
     let attacker = db.database.with_user(&role).connect().await.unwrap();
@@ -676,7 +667,7 @@ async fn nobody_attaches_the_capture_to_a_table_of_their_own() {
 
     // Meanwhile NetBox's changes are captured and delivered as ever.
     insert_site(&client, "alpha").await;
-    assert_eq!(receiver.wait_for(1, Duration::from_secs(20)).await.len(), 1);
+    exactly(&receiver, &client, 1).await;
     sidecar.stop().await;
     let mode: String = client
         .query_one(

@@ -5,7 +5,9 @@ use std::time::Duration;
 use netbox_outbox::receiver::{Receiver, Reply};
 
 use crate::support::db::{TestDb, insert_site};
-use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
+use crate::support::rules::{Rule, webhook};
+use crate::support::sidecar::{Sidecar, test_config};
+use crate::support::wait::exactly;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -23,16 +25,7 @@ async fn create_update_delete_reach_the_receiver() {
         &[("secret", "'s3cret'")],
     )
     .await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
 
     let id = insert_site(&client, "alpha").await;
@@ -48,8 +41,7 @@ async fn create_update_delete_reach_the_receiver() {
         .await
         .unwrap();
 
-    let got = receiver.wait_for(3, WAIT).await;
-    assert_eq!(got.len(), 3, "{got:?}");
+    let got = exactly(&receiver, &client, 3).await;
     let bodies: Vec<serde_json::Value> = got.iter().map(|r| r.json()).collect();
     assert_eq!(
         bodies
@@ -107,20 +99,10 @@ async fn a_failed_attempt_is_retried_with_the_same_body() {
     let receiver = Receiver::start().await.unwrap();
     receiver.script([Reply::Status(503)]);
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
     insert_site(&client, "alpha").await;
-    let got = receiver.wait_for(2, WAIT).await;
-    assert_eq!(got.len(), 2);
+    let got = exactly(&receiver, &client, 2).await;
     assert_eq!(got[0].body, got[1].body);
     assert_eq!(
         got[0].header("x-netbox-outbox-delivery"),
@@ -147,16 +129,7 @@ async fn a_receiver_that_never_succeeds_ends_dead() {
     let receiver = Receiver::start().await.unwrap();
     receiver.default_reply(Reply::Status(500));
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
     insert_site(&client, "alpha").await;
     let (attempts, error) = crate::support::wait::eventually("the delivery to die", WAIT, || async {
@@ -197,20 +170,10 @@ async fn retry_after_is_honoured() {
         vec![("Retry-After".into(), "2".into())],
     )]);
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
     insert_site(&client, "alpha").await;
-    let got = receiver.wait_for(2, WAIT).await;
-    assert_eq!(got.len(), 2);
+    let got = exactly(&receiver, &client, 2).await;
     let waited = got[1].at.duration_since(got[0].at).unwrap();
     assert!(
         waited >= Duration::from_millis(1900),
@@ -256,20 +219,14 @@ async fn tls_verification_and_private_cas() {
         ("c", unverified),
         ("d", missing),
     ] {
-        rule(
-            &client,
-            name,
-            &["dcim.site"],
-            &["object_created"],
-            hook,
-            "null",
-            "null",
-        )
-        .await;
+        Rule::to_webhook(name, hook)
+            .events(&["object_created"])
+            .create(&client)
+            .await;
     }
     let sidecar = Sidecar::start(&db, test_config("[delivery]\nretry_schedule = [\"10s\"]\n"));
     insert_site(&client, "alpha").await;
-    let got = tls.receiver.wait_for(2, WAIT).await;
+    let got = tls.receiver.wait_for(2, WAIT).await.unwrap();
     let mut paths: Vec<&str> = got.iter().map(|r| r.path.as_str()).collect();
     paths.sort();
     assert_eq!(paths, ["/trusted", "/unverified"]);
@@ -306,19 +263,10 @@ async fn poll_only_mode_delivers() {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config("[assembly]\nlisten = false\n"));
     insert_site(&client, "alpha").await;
-    assert_eq!(receiver.wait_for(1, WAIT).await.len(), 1);
+    exactly(&receiver, &client, 1).await;
     let listeners: i64 = client
         .query_one("select count(*) from pg_stat_activity where datname = current_database() and query ilike 'listen%'", &[])
         .await

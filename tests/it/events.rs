@@ -6,8 +6,9 @@ use netbox_outbox::receiver::Receiver;
 use serde_json::{Value, json};
 
 use crate::support::db::{TestDb, content_type, insert_site};
-use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
-use crate::support::wait::eventually;
+use crate::support::rules::{Rule, webhook};
+use crate::support::sidecar::{Sidecar, test_config};
+use crate::support::wait::{eventually, exactly};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -81,26 +82,12 @@ async fn a_new_rule_applies_to_the_next_change() {
     caught_up(&s.client).await;
     // As NetBox's API does it: the rule and its object types in one transaction.
     s.client.batch_execute("begin").await.unwrap();
-    rule(
-        &s.client,
-        "new",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        s.hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("new", s.hook).create(&s.client).await;
     s.client.batch_execute("commit").await.unwrap();
     let after = insert_site(&s.client, "after").await;
-    let got = s.receiver.wait_for(1, WAIT).await;
+    // The site created before the rule sends nothing: only the one after it arrives.
+    let got = exactly(&s.receiver, &s.client, 1).await;
     assert_eq!(got[0].json()["data"]["id"], json!(after));
-    caught_up(&s.client).await;
-    assert_eq!(
-        s.receiver.count(),
-        1,
-        "the site created before the rule sends nothing"
-    );
     sidecar.stop().await;
 }
 
@@ -110,16 +97,7 @@ async fn a_new_rule_applies_to_the_next_change() {
 #[tokio::test]
 async fn changes_in_one_transaction_merge_like_netbox() {
     let s = setup().await;
-    rule(
-        &s.client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        s.hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", s.hook).create(&s.client).await;
     let site_ct = content_type(&s.client, "dcim.site").await;
     s.client
         .batch_execute("insert into extras_tag (name, slug, weight) values ('gold', 'gold', 10), ('bronze', 'bronze', 100)")
@@ -128,7 +106,7 @@ async fn changes_in_one_transaction_merge_like_netbox() {
     let kept = insert_site(&s.client, "kept").await;
     let doomed = insert_site(&s.client, "doomed").await;
     let sidecar = Sidecar::start(&s.db, test_config(""));
-    assert_eq!(s.receiver.wait_for(2, WAIT).await.len(), 2);
+    exactly(&s.receiver, &s.client, 2).await;
 
     // create then update, in one transaction
     s.client
@@ -165,8 +143,7 @@ async fn changes_in_one_transaction_merge_like_netbox() {
         .await
         .unwrap();
 
-    let got = s.receiver.wait_for(6, WAIT).await;
-    assert_eq!(got.len(), 6, "one webhook per object per transaction");
+    let got = exactly(&s.receiver, &s.client, 6).await;
     let bodies: Vec<Value> = got[2..].iter().map(|r| r.json()).collect();
     let find = |name: &str, event: &str| {
         bodies
@@ -223,16 +200,7 @@ async fn changes_in_one_transaction_merge_like_netbox() {
 #[tokio::test]
 async fn updates_of_ignored_columns_are_not_events() {
     let s = setup().await;
-    rule(
-        &s.client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        s.hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", s.hook).create(&s.client).await;
     let id = insert_site(&s.client, "alpha").await;
     s.client
         .batch_execute(
@@ -242,7 +210,7 @@ async fn updates_of_ignored_columns_are_not_events() {
         .await
         .unwrap();
     let sidecar = Sidecar::start(&s.db, test_config(""));
-    assert_eq!(s.receiver.wait_for(1, WAIT).await.len(), 1);
+    exactly(&s.receiver, &s.client, 1).await;
     s.client
         .execute(
             "update dcim_site set facility = 'DC1' where id = $1",
@@ -264,9 +232,7 @@ async fn updates_of_ignored_columns_are_not_events() {
         )
         .await
         .unwrap();
-    let got = s.receiver.wait_for(2, WAIT).await;
-    caught_up(&s.client).await;
-    assert_eq!(got.len(), 2);
+    let got = exactly(&s.receiver, &s.client, 2).await;
     assert_eq!(got[1].json()["data"]["comments"], "real");
     let stored: Vec<_> = events(&s.client)
         .await
@@ -286,16 +252,7 @@ async fn updates_of_ignored_columns_are_not_events() {
 #[tokio::test]
 async fn netbox_mode_sends_only_what_netbox_would() {
     let s = setup().await;
-    rule(
-        &s.client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        s.hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", s.hook).create(&s.client).await;
     let site_ct = content_type(&s.client, "dcim.site").await;
     s.client
         .batch_execute(
@@ -323,8 +280,7 @@ async fn netbox_mode_sends_only_what_netbox_would() {
         ))
         .await
         .unwrap();
-    let got = s.receiver.wait_for(2, WAIT).await;
-    caught_up(&s.client).await;
+    let got = exactly(&s.receiver, &s.client, 2).await;
     let mut bodies: Vec<Value> = got.iter().map(|r| r.json()).collect();
     bodies.sort_by_key(|b| b["event"].as_str().unwrap().to_string());
     let names: Vec<(&str, &str)> = bodies
@@ -356,58 +312,31 @@ async fn netbox_mode_sends_only_what_netbox_would() {
 async fn rules_match_like_netbox() {
     let s = setup().await;
     let second = webhook(&s.client, "second", &s.receiver.url("/second"), &[]).await;
-    rule(
-        &s.client,
-        "b-active only",
-        &["dcim.site"],
-        &["object_created"],
-        s.hook,
-        r#"'{"attr": "status.value", "value": "active"}'"#,
-        r#"'{"zz": 1, "id": 999, "a": "first"}'"#,
-    )
-    .await;
-    rule(
-        &s.client,
-        "a-all",
-        &["dcim.site"],
-        &["object_created"],
-        second,
-        "null",
-        "null",
-    )
-    .await;
-    rule(&s.client, "c-regex", &["dcim.site"], &["object_created"], s.hook,
-         r#"'{"and": [{"attr": "name", "value": "ed", "op": "regex", "negate": true}, {"attr": "tags.slug", "value": [], "op": "eq"}]}'"#, "null").await;
-    rule(
-        &s.client,
-        "d-malformed",
-        &["dcim.site"],
-        &["object_created"],
-        s.hook,
-        r#"'{"attr": "name"}'"#,
-        "null",
-    )
-    .await;
-    rule(
-        &s.client,
-        "e-invalid",
-        &["dcim.site"],
-        &["object_created"],
-        s.hook,
-        r#"'{"attr": "tenant.name", "value": "x"}'"#,
-        "null",
-    )
-    .await;
-    rule(
-        &s.client,
-        "f-updates only",
-        &["dcim.site"],
-        &["object_updated"],
-        s.hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("b-active only", s.hook)
+        .events(&["object_created"])
+        .conditions(r#"'{"attr": "status.value", "value": "active"}'"#)
+        .action_data(r#"'{"zz": 1, "id": 999, "a": "first"}'"#)
+        .create(&s.client)
+        .await;
+    Rule::to_webhook("a-all", second)
+        .events(&["object_created"])
+        .create(&s.client)
+        .await;
+    Rule::to_webhook("c-regex", s.hook).events(&["object_created"]).conditions(r#"'{"and": [{"attr": "name", "value": "ed", "op": "regex", "negate": true}, {"attr": "tags.slug", "value": [], "op": "eq"}]}'"#).create(&s.client).await;
+    Rule::to_webhook("d-malformed", s.hook)
+        .events(&["object_created"])
+        .conditions(r#"'{"attr": "name"}'"#)
+        .create(&s.client)
+        .await;
+    Rule::to_webhook("e-invalid", s.hook)
+        .events(&["object_created"])
+        .conditions(r#"'{"attr": "tenant.name", "value": "x"}'"#)
+        .create(&s.client)
+        .await;
+    Rule::to_webhook("f-updates only", s.hook)
+        .events(&["object_updated"])
+        .create(&s.client)
+        .await;
     let sidecar = Sidecar::start(&s.db, test_config(""));
     s.client
         .batch_execute("insert into dcim_site (name, slug, status) values ('edge', 'edge', 'active'), ('core', 'core', 'planned')")
@@ -464,7 +393,7 @@ async fn rules_match_like_netbox() {
         "{invalid:?}"
     );
 
-    let got = s.receiver.wait_for(4, WAIT).await;
+    let got = s.receiver.wait_for(4, WAIT).await.unwrap();
     let with_action_data = got
         .iter()
         .map(|r| r.json())
@@ -486,23 +415,10 @@ async fn rules_match_like_netbox() {
 #[tokio::test]
 async fn netbox_webhook_rules_only_when_enabled() {
     let s = setup().await;
-    let id = rule(
-        &s.client,
-        "native",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        s.hook,
-        "null",
-        "null",
-    )
-    .await;
-    s.client
-        .execute(
-            "update extras_eventrule set action_type = 'webhook' where id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
+    Rule::to_webhook("native", s.hook)
+        .action_type("webhook")
+        .create(&s.client)
+        .await;
     let sidecar = Sidecar::start(&s.db, test_config(""));
     insert_site(&s.client, "alpha").await;
     caught_up(&s.client).await;
@@ -518,7 +434,7 @@ async fn netbox_webhook_rules_only_when_enabled() {
         test_config("[rules]\ndeliver_netbox_webhook_rules = true\n"),
     );
     insert_site(&s.client, "beta").await;
-    let got = s.receiver.wait_for(1, WAIT).await;
+    let got = s.receiver.wait_for(1, WAIT).await.unwrap();
     assert_eq!(got[0].json()["data"]["name"], "beta");
     sidecar.stop().await;
 }
@@ -528,32 +444,23 @@ async fn netbox_webhook_rules_only_when_enabled() {
 #[tokio::test]
 async fn templates_headers_and_url() {
     let s = setup().await;
-    let templated = webhook(
-        &s.client,
+    Rule::new(
         "templated",
         &s.receiver.url("/hook/{{ object_type }}/{{ data.id }}"),
-        &[
-            ("http_method", "'PUT'"),
-            ("http_content_type", "'text/plain; charset=utf-8'"),
-            ("additional_headers", "E'X-Event: {{ event }}\\nno colon\\nX-Empty:   \\nx-event: {{ event | upper }}\\nX-Name: {{ data.name | header_safe }}'"),
-            ("body_template", "'{{ event }} {{ object_type }} {{ data.name }} {{ snapshots.prechange }} {{ username }}|{{ data | tojson }}'"),
-            ("secret", "'k'"),
-        ],
     )
-    .await;
-    rule(
-        &s.client,
-        "templated",
-        &["dcim.site"],
-        &["object_created"],
-        templated,
-        "null",
-        "null",
-    )
+    .webhook_columns(&[
+        ("http_method", "'PUT'"),
+        ("http_content_type", "'text/plain; charset=utf-8'"),
+        ("additional_headers", "E'X-Event: {{ event }}\\nno colon\\nX-Empty:   \\nx-event: {{ event | upper }}\\nX-Name: {{ data.name | header_safe }}'"),
+        ("body_template", "'{{ event }} {{ object_type }} {{ data.name }} {{ snapshots.prechange }} {{ username }}|{{ data | tojson }}'"),
+        ("secret", "'k'"),
+    ])
+    .events(&["object_created"])
+    .create(&s.client)
     .await;
     let sidecar = Sidecar::start(&s.db, test_config(""));
     let id = insert_site(&s.client, "alpha").await;
-    let got = s.receiver.wait_for(1, WAIT).await;
+    let got = s.receiver.wait_for(1, WAIT).await.unwrap();
     let r = &got[0];
     assert_eq!(r.method, "PUT");
     assert_eq!(r.path, format!("/hook/dcim.site/{id}"));
@@ -584,16 +491,7 @@ async fn a_queued_delivery_is_frozen() {
         )
         .await
         .unwrap();
-    rule(
-        &s.client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        s.hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", s.hook).create(&s.client).await;
     s.client
         .batch_execute("select netbox_outbox.pause_webhook('crm')")
         .await
@@ -613,8 +511,7 @@ async fn a_queued_delivery_is_frozen() {
         .batch_execute("select netbox_outbox.resume_webhook('crm')")
         .await
         .unwrap();
-    let got = s.receiver.wait_for(1, WAIT).await;
-    assert_eq!(got.len(), 1);
+    let got = exactly(&s.receiver, &s.client, 1).await;
     assert!(got[0].signature_valid("old"));
     assert_eq!(got[0].json()["data"]["name"], "alpha");
     assert_eq!(elsewhere.count(), 0);
@@ -625,22 +522,13 @@ async fn a_queued_delivery_is_frozen() {
 #[tokio::test]
 async fn legacy_payload_format() {
     let s = setup().await;
-    rule(
-        &s.client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        s.hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", s.hook).create(&s.client).await;
     let sidecar = Sidecar::start(
         &s.db,
         test_config("[delivery.payload_format_by_webhook]\ncrm = \"legacy\"\n"),
     );
     insert_site(&s.client, "alpha").await;
-    let got = s.receiver.wait_for(1, WAIT).await;
+    let got = s.receiver.wait_for(1, WAIT).await.unwrap();
     let body = got[0].json();
     let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
     assert_eq!(

@@ -13,8 +13,9 @@ use tokio::net::TcpListener;
 use tokio_postgres::Client;
 
 use crate::support::db::{TestDb, insert_site};
-use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
-use crate::support::wait::eventually;
+use crate::support::rules::Rule;
+use crate::support::sidecar::{Sidecar, test_config};
+use crate::support::wait::{eventually, exactly};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -93,18 +94,11 @@ impl World {
 
     /// A webhook with a rule for every site change.
     async fn hook(&self, name: &str, url: &str, extra: &[(&str, &str)]) -> i64 {
-        let id = webhook(&self.client, name, url, extra).await;
-        rule(
-            &self.client,
-            name,
-            &["dcim.site"],
-            &ALL_EVENTS,
-            id,
-            "null",
-            "null",
-        )
-        .await;
-        id
+        Rule::new(name, url)
+            .webhook_columns(extra)
+            .create(&self.client)
+            .await
+            .webhook
     }
 
     /// Waits until the healthy webhook's delivery of the site is recorded as delivered.
@@ -511,7 +505,7 @@ async fn sigterm_with_a_request_held_records_an_unknown_outcome() {
     insert_site(&world.client, "alpha").await;
 
     world.healthy_delivered().await;
-    holding.wait_for(1, WAIT).await;
+    holding.wait_for(1, WAIT).await.unwrap();
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -546,8 +540,7 @@ async fn sigterm_with_a_request_held_records_an_unknown_outcome() {
     // after a restart it is sent again: the receiver may get it twice, with one delivery id
     let sidecar = Sidecar::start(&world.db, test_config(""));
     assert_eq!(world.finished("holding").await, "delivered");
-    let got = holding.wait_for(2, WAIT).await;
-    assert_eq!(got.len(), 2);
+    let got = exactly(&holding, &world.client, 2).await;
     assert_eq!(
         got[0].header("x-netbox-outbox-delivery"),
         got[1].header("x-netbox-outbox-delivery")

@@ -5,16 +5,14 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use netbox_outbox::config::Config;
 use netbox_outbox::receiver::Receiver;
-use tokio::task::JoinHandle;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
 use crate::support::db::{TestDb, insert_site, least_privilege_role};
-use crate::support::sidecar::{ALL_EVENTS, init_logging, rule, test_config, webhook};
+use crate::support::rules::Rule;
+use crate::support::sidecar::{Sidecar, test_config};
 use crate::support::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -22,58 +20,16 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A good webhook watching sites and RIRs, and a "bad" rule on sites whose webhook has `extra`
 /// columns (a body template) and `conditions`.
 async fn scene(client: &Client, receiver: &Receiver, extra: &[(&str, &str)], conditions: &str) {
-    let good = webhook(client, "good", &receiver.url("/good"), &[]).await;
-    rule(
-        client,
-        "good",
-        &["dcim.site", "ipam.rir"],
-        &ALL_EVENTS,
-        good,
-        "null",
-        "null",
-    )
-    .await;
-    if !extra.is_empty() || conditions != "null" {
-        let bad = webhook(client, "bad", &receiver.url("/bad"), extra).await;
-        rule(
-            client,
-            "bad",
-            &["dcim.site"],
-            &ALL_EVENTS,
-            bad,
-            conditions,
-            "null",
-        )
+    Rule::new("good", &receiver.url("/good"))
+        .models(&["dcim.site", "ipam.rir"])
+        .create(client)
         .await;
-    }
-}
-
-/// A sidecar whose end the test can time (the support one stops without saying when).
-struct Running {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-fn start(db: &TestDb, config: Config) -> Running {
-    init_logging();
-    let stop = CancellationToken::new();
-    let signal = stop.clone();
-    let database = db.database.clone();
-    let task = tokio::spawn(async move {
-        netbox_outbox::sidecar::run(config, database, async move { signal.cancelled().await })
-            .await
-            .expect("the sidecar starts");
-    });
-    Running { stop, task }
-}
-
-impl Running {
-    /// Cancels and waits for the sidecar to return; how long it took.
-    async fn stop(self) -> Duration {
-        let asked = Instant::now();
-        self.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
-        asked.elapsed()
+    if !extra.is_empty() || conditions != "null" {
+        Rule::new("bad", &receiver.url("/bad"))
+            .webhook_columns(extra)
+            .conditions(conditions)
+            .create(client)
+            .await;
     }
 }
 
@@ -170,7 +126,7 @@ async fn a_template_with_nested_loops_is_rejected_and_blocks_nothing() {
          [netbox]\ntemplate_fuel = 1000000000000\ntemplate_timeout = \"3s\"\n\
          template_max_bytes = 1000000000\n"
     ));
-    let sidecar = start(&db, config.clone());
+    let sidecar = Sidecar::start(&db, config.clone());
     eventually("the health endpoint", WAIT, || async {
         tokio::task::spawn_blocking(move || healthz(port))
             .await
@@ -240,7 +196,7 @@ async fn a_template_with_nested_loops_is_rejected_and_blocks_nothing() {
     );
 
     // After a restart the interrupted batch is read again: rejected again, not stuck.
-    let sidecar = start(&db, config);
+    let sidecar = Sidecar::start(&db, config);
     let (state, error) = finished(&client, "bad", beta).await;
     assert_eq!(state, "rejected", "{error}");
     good_receives(&receiver, "dcim.site", "beta").await;
@@ -280,7 +236,7 @@ async fn a_template_that_loops_without_writing_runs_out_of_fuel() {
     let nested =
         "'{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}'";
     scene(&client, &receiver, &[("body_template", nested)], "null").await;
-    let sidecar = start(&db, test_config(""));
+    let sidecar = Sidecar::start(&db, test_config(""));
     let alpha = insert_site(&client, "alpha").await;
     let (state, error) = finished(&client, "bad", alpha).await;
     assert_eq!(state, "rejected", "{error}");
@@ -323,7 +279,7 @@ async fn a_template_with_a_huge_output_is_rejected() {
     let receiver = Receiver::start().await.unwrap();
     let huge = "'{% for i in range(100000) %}{{ data }}{% endfor %}'";
     scene(&client, &receiver, &[("body_template", huge)], "null").await;
-    let sidecar = start(&db, test_config(""));
+    let sidecar = Sidecar::start(&db, test_config(""));
     let alpha = insert_site(&client, "alpha").await;
     let (state, error) = finished(&client, "bad", alpha).await;
     assert_eq!(state, "rejected", "{error}");
@@ -368,7 +324,7 @@ async fn a_renamed_column_defers_only_its_model_until_renamed_back() {
         .batch_execute("alter table dcim_site_asns rename column site_id to site_ref")
         .await
         .unwrap();
-    let sidecar = start(
+    let sidecar = Sidecar::start(
         &db,
         test_config("[assembly]\ndeferred_retry_interval = \"200ms\"\n"),
     );
@@ -439,7 +395,7 @@ async fn a_revoked_select_defers_only_its_model_until_granted() {
         .unwrap();
 
     let restricted = TestDb::attach(&db, &role);
-    let sidecar = start(
+    let sidecar = Sidecar::start(
         &restricted,
         test_config("[assembly]\ndeferred_retry_interval = \"200ms\"\n"),
     );
@@ -493,7 +449,7 @@ async fn a_condition_failing_for_one_object_rejects_only_its_delivery() {
         r#"'{"attr": "latitude", "op": "gt", "value": 5}'"#,
     )
     .await;
-    let sidecar = start(&db, test_config(""));
+    let sidecar = Sidecar::start(&db, test_config(""));
     let nowhere = insert_site(&client, "nowhere").await;
     let north: i64 = client
         .query_one(

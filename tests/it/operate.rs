@@ -7,7 +7,8 @@ use std::time::Duration;
 use netbox_outbox::receiver::{Receiver, Reply};
 
 use crate::support::db::{TestDb, insert_site, psql_file};
-use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
+use crate::support::rules::{Rule, webhook};
+use crate::support::sidecar::{Sidecar, test_config};
 use crate::support::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -37,19 +38,10 @@ async fn with_history() -> (TestDb, tokio_postgres::Client, Receiver) {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[("secret", "'k'")]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config("[delivery]\nretry_schedule = []\n"));
     insert_site(&client, "delivered").await;
-    receiver.wait_for(1, WAIT).await;
+    receiver.wait_for(1, WAIT).await.unwrap();
     receiver.script([Reply::Status(500)]);
     insert_site(&client, "dead").await;
     eventually("one delivered and one dead delivery", WAIT, || async {
@@ -149,7 +141,7 @@ async fn replay_by_selection() {
 
     let sidecar = Sidecar::start(&db, test_config(""));
     let before = receiver.count();
-    let got = receiver.wait_for(before + 1, WAIT).await;
+    let got = receiver.wait_for(before + 1, WAIT).await.unwrap();
     assert_eq!(got.last().unwrap().json()["data"]["name"], "dead");
     let original: String = client
         .query_one(
@@ -183,17 +175,10 @@ async fn check_finds_misconfigurations() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
-    let good = webhook(&client, "good", &receiver.url("/"), &[]).await;
-    rule(
-        &client,
-        "good",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        good,
-        "null",
-        "null",
-    )
-    .await;
+    let good = Rule::new("good", &receiver.url("/"))
+        .create(&client)
+        .await
+        .webhook;
     let ok = cli(&db, &["check"]).await;
     assert_eq!(ok.status.code(), Some(0), "{}{}", out(&ok), err(&ok));
     assert!(out(&ok).contains("migrations are current"));
@@ -244,28 +229,15 @@ async fn check_finds_misconfigurations() {
         ),
     ];
     for (name, url, extra, _) in cases {
-        let id = webhook(&client, name, url, extra).await;
-        rule(
-            &client,
-            name,
-            &["dcim.site"],
-            &ALL_EVENTS,
-            id,
-            "null",
-            "null",
-        )
-        .await;
+        Rule::new(name, url)
+            .webhook_columns(extra)
+            .create(&client)
+            .await;
     }
-    rule(
-        &client,
-        "bad condition",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        good,
-        r#"'{"attr": "x", "op": "nope", "value": 1}'"#,
-        "null",
-    )
-    .await;
+    Rule::to_webhook("bad condition", good)
+        .conditions(r#"'{"attr": "x", "op": "nope", "value": 1}'"#)
+        .create(&client)
+        .await;
     let bad = cli(&db, &["check"]).await;
     assert_eq!(bad.status.code(), Some(5));
     let report = out(&bad);
@@ -307,16 +279,7 @@ async fn test_webhook_shows_request_and_answer() {
         &[("secret", "'k'")],
     )
     .await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     insert_site(&client, "alpha").await;
     let dry = cli(&db, &["test-webhook", "crm", "--dry-run"]).await;
     assert_eq!(dry.status.code(), Some(0), "{}", err(&dry));
@@ -364,16 +327,7 @@ async fn metrics_and_health_endpoints() {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -384,7 +338,7 @@ async fn metrics_and_health_endpoints() {
         test_config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")),
     );
     insert_site(&client, "alpha").await;
-    receiver.wait_for(1, WAIT).await;
+    receiver.wait_for(1, WAIT).await.unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let body = eventually("the delivery to show in the metrics", WAIT, || async {
@@ -497,16 +451,10 @@ async fn the_sidecar_runs_with_the_least_privilege_role() {
     }
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "sites and owners",
-        &["dcim.site", "users.owner"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites and owners", hook)
+        .models(&["dcim.site", "users.owner"])
+        .create(&client)
+        .await;
 
     let restricted = TestDb::attach(&db, &role);
     let sidecar = Sidecar::start(&restricted, test_config(""));
@@ -519,7 +467,7 @@ async fn the_sidecar_runs_with_the_least_privilege_role() {
         )
         .await
         .unwrap();
-    let received = receiver.wait_for(2, WAIT).await;
+    let received = receiver.wait_for(2, WAIT).await.unwrap();
     let owner = received
         .iter()
         .map(|r| r.json())
@@ -769,19 +717,10 @@ async fn uninstall_leaves_netbox_as_it_was() {
         .unwrap();
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let sidecar = Sidecar::start(&db, test_config(""));
     insert_site(&client, "alpha").await;
-    receiver.wait_for(1, WAIT).await;
+    receiver.wait_for(1, WAIT).await.unwrap();
     sidecar.stop().await;
     client
         .batch_execute("delete from extras_eventrule_object_types; delete from extras_eventrule; delete from extras_webhook; delete from dcim_site")

@@ -12,7 +12,7 @@ use netbox_outbox::receiver::Receiver;
 use tokio_postgres::Client;
 
 use crate::support::db::insert_site;
-use crate::support::sidecar::{ALL_EVENTS, rule, webhook};
+use crate::support::rules::{Rule, webhook};
 use crate::support::wait::eventually;
 use cluster::{CERT_USER, PASSWORD, TlsCluster, write_private};
 
@@ -340,23 +340,14 @@ async fn the_sidecar_delivers_over_verified_tls() {
     let client = netbox_database(&cluster).await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let url = cluster.url(
         "netbox",
         &format!("sslmode=verify-full&sslrootcert={}", cluster.ca_file()),
     );
     let (_sidecar, _log) = spawn_sidecar(&cluster, &url, FAST, &[]);
     insert_site(&client, "over-tls").await;
-    let got = receiver.wait_for(1, WAIT).await;
+    let got = receiver.wait_for(1, WAIT).await.unwrap();
     assert_eq!(
         got.len(),
         1,
@@ -410,16 +401,9 @@ async fn no_secrets_in_logs_at_trace() {
     .await;
     let plain_hook = webhook(&client, "plain", &receiver.url("/plain"), &[]).await;
     for hook in [secret_hook, plain_hook] {
-        rule(
-            &client,
-            &format!("sites-{hook}"),
-            &["dcim.site"],
-            &ALL_EVENTS,
-            hook,
-            "null",
-            "null",
-        )
-        .await;
+        Rule::to_webhook(&format!("sites-{hook}"), hook)
+            .create(&client)
+            .await;
     }
     let url = cluster.url("netbox", "sslmode=require");
     let (mut sidecar, log) = spawn_sidecar(
@@ -429,7 +413,7 @@ async fn no_secrets_in_logs_at_trace() {
         &[("RUST_LOG", "trace")],
     );
     insert_site(&client, "logged").await;
-    let got = receiver.wait_for(2, WAIT).await;
+    let got = receiver.wait_for(2, WAIT).await.unwrap();
     let secret = got
         .iter()
         .find(|r| r.path == "/secret")

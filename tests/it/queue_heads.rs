@@ -8,7 +8,8 @@ use netbox_outbox::receiver::{Receiver, Reply};
 use tokio_postgres::Client;
 
 use crate::support::db::{TestDb, content_type, insert_site};
-use crate::support::sidecar::{Sidecar, rule, test_config, webhook};
+use crate::support::rules::{Rule, webhook};
+use crate::support::sidecar::{Sidecar, test_config};
 use crate::support::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -157,16 +158,11 @@ async fn deep_queues_go_out_in_order_with_several_sidecars() {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "updates",
-        &["dcim.site"],
-        &["object_updated"],
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("updates", hook)
+        .models(&["dcim.site"])
+        .events(&["object_updated"])
+        .create(&client)
+        .await;
     let sites = ["s1", "s2", "s3", "s4", "s5", "s6"];
     for name in sites {
         insert_site(&client, name).await;
@@ -183,7 +179,7 @@ async fn deep_queues_go_out_in_order_with_several_sidecars() {
     let sidecars: Vec<Sidecar> = (0..3)
         .map(|_| Sidecar::start(&db, test_config(config)))
         .collect();
-    let got = receiver.wait_for(300, WAIT).await;
+    let got = receiver.wait_for(300, WAIT).await.unwrap();
     assert_eq!(got.len(), 300);
     let seen = by_site(&receiver);
     for name in sites {
@@ -231,26 +227,16 @@ async fn a_retrying_head_blocks_only_its_own_object() {
     let unrelated = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook/{{ data.name }}"), &[]).await;
     let other = webhook(&client, "other", &unrelated.url("/other"), &[]).await;
-    rule(
-        &client,
-        "crm",
-        &["dcim.site"],
-        &["object_updated"],
-        hook,
-        "null",
-        "null",
-    )
-    .await;
-    rule(
-        &client,
-        "other",
-        &["dcim.site"],
-        &["object_updated"],
-        other,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("crm", hook)
+        .models(&["dcim.site"])
+        .events(&["object_updated"])
+        .create(&client)
+        .await;
+    Rule::to_webhook("other", other)
+        .models(&["dcim.site"])
+        .events(&["object_updated"])
+        .create(&client)
+        .await;
     let a = insert_site(&client, "a").await;
     insert_site(&client, "b").await;
     receiver.script_path("/hook/a", std::iter::repeat_n(Reply::Status(500), 1000));
@@ -266,7 +252,7 @@ async fn a_retrying_head_blocks_only_its_own_object() {
             "[delivery]\nretry_schedule = [\"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\"]\n",
         ),
     );
-    unrelated.wait_for(6, WAIT).await;
+    unrelated.wait_for(6, WAIT).await.unwrap();
     eventually(
         "b's three webhooks and three failed attempts for a",
         WAIT,
@@ -332,26 +318,16 @@ async fn dead_and_rejected_heads_release_the_next() {
     )
     .await;
     let other = webhook(&client, "other", &unrelated.url("/other"), &[]).await;
-    rule(
-        &client,
-        "crm",
-        &["dcim.site"],
-        &["object_updated"],
-        hook,
-        "null",
-        "null",
-    )
-    .await;
-    rule(
-        &client,
-        "other",
-        &["dcim.site"],
-        &["object_updated"],
-        other,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("crm", hook)
+        .models(&["dcim.site"])
+        .events(&["object_updated"])
+        .create(&client)
+        .await;
+    Rule::to_webhook("other", other)
+        .models(&["dcim.site"])
+        .events(&["object_updated"])
+        .create(&client)
+        .await;
     let a = insert_site(&client, "a").await;
     receiver.script_path("/hook/a", [Reply::Status(500), Reply::Status(500)]);
     for n in 1..=3 {
@@ -364,8 +340,8 @@ async fn dead_and_rejected_heads_release_the_next() {
         &db,
         test_config("[delivery]\nretry_schedule = [\"100ms\"]\n"),
     );
-    unrelated.wait_for(3, WAIT).await;
-    let got = receiver.wait_for(3, WAIT).await;
+    unrelated.wait_for(3, WAIT).await.unwrap();
+    let got = receiver.wait_for(3, WAIT).await.unwrap();
     let bodies: Vec<String> = got
         .iter()
         .map(|r| r.json()["d"].as_str().unwrap_or("").to_string())
@@ -424,16 +400,11 @@ async fn a_replayed_delivery_joins_the_end_of_its_queue() {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "crm",
-        &["dcim.site"],
-        &["object_updated"],
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("crm", hook)
+        .models(&["dcim.site"])
+        .events(&["object_updated"])
+        .create(&client)
+        .await;
     let a = insert_site(&client, "a").await;
     receiver.script([Reply::Status(500), Reply::Status(500)]);
     let sidecar = Sidecar::start(
@@ -490,7 +461,7 @@ async fn a_replayed_delivery_joins_the_end_of_its_queue() {
         .batch_execute("select netbox_outbox.resume_webhook('crm')")
         .await
         .unwrap();
-    let got = receiver.wait_for(5, WAIT).await;
+    let got = receiver.wait_for(5, WAIT).await.unwrap();
     let order: Vec<String> = got[2..]
         .iter()
         .map(|r| {

@@ -8,7 +8,8 @@ use netbox_outbox::receiver::{Received, Receiver};
 use serde_json::{Value, json};
 
 use crate::support::db::{TestDb, content_type};
-use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
+use crate::support::rules::{Rule, webhook};
+use crate::support::sidecar::{Sidecar, test_config};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -24,7 +25,10 @@ async fn setup(models: &[&str]) -> Setup {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "hook", &receiver.url("/hook"), &[]).await;
-    rule(&client, "all", models, &ALL_EVENTS, hook, "null", "null").await;
+    Rule::to_webhook("all", hook)
+        .models(models)
+        .create(&client)
+        .await;
     Setup {
         db,
         client,
@@ -104,7 +108,7 @@ async fn config_context_merges_matching_contexts_like_netbox() {
         )
         .await
         .unwrap();
-    let got = s.receiver.wait_for(2, WAIT).await;
+    let got = s.receiver.wait_for(2, WAIT).await.unwrap();
     let config_context = |r: &Received| {
         let body = String::from_utf8(r.body.clone()).unwrap();
         let start = body
@@ -143,7 +147,7 @@ async fn config_context_merges_matching_contexts_like_netbox() {
         )
         .await
         .unwrap();
-    let got = s.receiver.wait_for(3, WAIT).await;
+    let got = s.receiver.wait_for(3, WAIT).await.unwrap();
     assert_eq!(
         got[2].json()["data"]["config_context"],
         json!({"cached": 1})
@@ -208,7 +212,7 @@ async fn link_peers_and_connected_endpoints() {
     let s = setup(&["dcim.interface"]).await;
     let sidecar = Sidecar::start(&s.db, test_config(""));
     let c = cabled(&s.client).await;
-    s.receiver.wait_for(5, WAIT).await;
+    s.receiver.wait_for(5, WAIT).await.unwrap();
     s.client
         .execute(
             "update dcim_interface set description = 'uplink' where id in ($1, $2)",
@@ -216,7 +220,7 @@ async fn link_peers_and_connected_endpoints() {
         )
         .await
         .unwrap();
-    let got = s.receiver.wait_for(7, WAIT).await;
+    let got = s.receiver.wait_for(7, WAIT).await.unwrap();
     let a = find(&got[5..], "dcim.interface", "updated", c.a).json();
     let data = &a["data"];
     let peers = data["link_peers"].as_array().expect("a list of peers");
@@ -268,7 +272,7 @@ async fn cable_terminations_as_netbox_serialized_them() {
     let s = setup(&["dcim.cable"]).await;
     let sidecar = Sidecar::start(&s.db, test_config(""));
     let c = cabled(&s.client).await;
-    let got = s.receiver.wait_for(1, WAIT).await;
+    let got = s.receiver.wait_for(1, WAIT).await.unwrap();
     let created = got[0].json();
     assert_eq!(created["event"], "created");
     for end in ["a_terminations", "b_terminations"] {
@@ -290,7 +294,7 @@ async fn cable_terminations_as_netbox_serialized_them() {
         )
         .await
         .unwrap();
-    let got = s.receiver.wait_for(2, WAIT).await;
+    let got = s.receiver.wait_for(2, WAIT).await.unwrap();
     let deleted = got[1].json();
     assert_eq!(deleted["event"], "deleted");
     let a = deleted["data"]["a_terminations"].as_array().unwrap();
@@ -322,7 +326,7 @@ async fn a_mac_created_before_it_became_primary_is_not_primary() {
         ))
         .await
         .unwrap();
-    let got = s.receiver.wait_for(1, WAIT).await;
+    let got = s.receiver.wait_for(1, WAIT).await.unwrap();
     assert_eq!(got[0].json()["data"]["is_primary"], false);
 
     // saved again later, it is primary
@@ -333,7 +337,7 @@ async fn a_mac_created_before_it_became_primary_is_not_primary() {
         )
         .await
         .unwrap();
-    let got = s.receiver.wait_for(2, WAIT).await;
+    let got = s.receiver.wait_for(2, WAIT).await.unwrap();
     assert_eq!(got[1].json()["data"]["is_primary"], true);
     sidecar.stop().await;
 }
@@ -366,7 +370,7 @@ async fn a_deleted_objects_links_come_from_netbox_change_log() {
         ))
         .await
         .unwrap();
-    let got = s.receiver.wait_for(2, WAIT).await;
+    let got = s.receiver.wait_for(2, WAIT).await.unwrap();
     let deleted = find(&got, "extras.configcontext", "deleted", 1).json();
     let roles = deleted["data"]["roles"].as_array().unwrap();
     assert_eq!(roles.len(), 1, "{deleted}");

@@ -8,8 +8,9 @@ use std::time::Duration;
 use netbox_outbox::receiver::{Receiver, Reply};
 
 use crate::support::db::{TestDb, insert_site};
-use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
-use crate::support::wait::eventually;
+use crate::support::rules::{Rule, webhook};
+use crate::support::sidecar::{Sidecar, test_config};
+use crate::support::wait::{eventually, exactly};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -54,16 +55,7 @@ async fn two_sidecars_deliver_each_event_once() {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     let first = Sidecar::start(&db, test_config(""));
     let second = Sidecar::start(&db, test_config(""));
     for batch in 0..20 {
@@ -74,21 +66,8 @@ async fn two_sidecars_deliver_each_event_once() {
             .await
             .unwrap();
     }
-    let got = receiver.wait_for(200, WAIT).await;
-    assert_eq!(got.len(), 200);
-    // give a duplicate, if any, the time to arrive: wait for every delivery to be recorded
-    eventually("every delivery to be recorded", WAIT, || async {
-        let pending: i64 = client
-            .query_one(
-                "select count(*) from netbox_outbox.delivery where state <> 'delivered'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (pending == 0).then_some(())
-    })
-    .await;
+    // Idle, then exactly 200: a duplicate would have arrived by then.
+    exactly(&receiver, &client, 200).await;
     let seen = per_delivery(&receiver);
     assert_eq!(seen.len(), 200);
     assert!(
@@ -114,16 +93,7 @@ async fn a_killed_sidecar_loses_nothing() {
     let receiver = Receiver::start().await.unwrap();
     receiver.default_reply(Reply::Delay(Duration::from_millis(300), 200));
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[("timeout", "1")]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     client
         .batch_execute("insert into dcim_site (name, slug) select 's' || n, 's' || n from generate_series(1, 50) n")
         .await
@@ -132,7 +102,7 @@ async fn a_killed_sidecar_loses_nothing() {
         &db,
         &FAST.replace("[delivery]\n", "[delivery]\nconcurrency = 2\n"),
     );
-    receiver.wait_for(5, WAIT).await;
+    receiver.wait_for(5, WAIT).await.unwrap();
     child.kill().expect("SIGKILL the sidecar");
     child.wait().unwrap();
     let before = receiver.count();
@@ -167,16 +137,10 @@ async fn per_object_order_holds_under_retries() {
     let client = db.client().await;
     let receiver = Receiver::start().await.unwrap();
     let hook = webhook(&client, "crm", &receiver.url("/hook/{{ data.name }}"), &[]).await;
-    rule(
-        &client,
-        "updates",
-        &["dcim.site"],
-        &["object_updated"],
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("updates", hook)
+        .events(&["object_updated"])
+        .create(&client)
+        .await;
     let a = insert_site(&client, "a").await;
     let b = insert_site(&client, "b").await;
     receiver.script_path("/hook/a", [Reply::Status(500), Reply::Status(500)]);
@@ -193,8 +157,7 @@ async fn per_object_order_holds_under_retries() {
             .await
             .unwrap();
     }
-    let got = receiver.wait_for(8, WAIT).await;
-    assert_eq!(got.len(), 8, "3 for b, 3 for a plus 2 failed attempts");
+    let got = exactly(&receiver, &client, 8).await;
     let for_a: Vec<String> = got
         .iter()
         .filter(|r| r.path == "/hook/a")
@@ -239,19 +202,10 @@ async fn sigterm_finishes_what_is_in_flight() {
     let receiver = Receiver::start().await.unwrap();
     receiver.default_reply(Reply::Delay(Duration::from_millis(1500), 200));
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
-    rule(
-        &client,
-        "sites",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
     insert_site(&client, "alpha").await;
     let mut child = spawn_sidecar(&db, FAST);
-    receiver.wait_for(1, WAIT).await;
+    receiver.wait_for(1, WAIT).await.unwrap();
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

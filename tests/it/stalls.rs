@@ -8,14 +8,15 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use netbox_outbox::receiver::{Receiver, Reply};
 use tokio_postgres::Client;
 
+use crate::support::binary::SidecarBinary;
 use crate::support::db::{TestDb, insert_site};
-use crate::support::sidecar::{ALL_EVENTS, Sidecar, rule, test_config, webhook};
+use crate::support::rules::{Rule, webhook};
+use crate::support::sidecar::{Sidecar, test_config};
 use crate::support::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -48,8 +49,7 @@ fn config_file(extra: &str) -> PathBuf {
 /// The sidecar binary, with its log in a file and (unless `metrics` is false) its endpoint on a
 /// free port.
 struct Running {
-    child: Child,
-    log: PathBuf,
+    binary: SidecarBinary,
     base: String,
     http: reqwest::Client,
 }
@@ -68,27 +68,15 @@ impl Running {
         let config = config_file(&format!(
             "{toml}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
         ));
-        let log = std::env::temp_dir().join(format!("nbo-stall-log-{}.txt", uuid::Uuid::new_v4()));
-        let child = Command::new(env!("CARGO_BIN_EXE_netbox-outbox"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("DATABASE_URL", db.url())
-            .env("NETBOX_OUTBOX_LOG__LEVEL", "warn")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start the sidecar binary");
         Running {
-            child,
-            log,
+            binary: SidecarBinary::start(db, &config),
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
         }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.binary.log()
     }
 
     /// One scrape of /metrics: `series -> value`, series as written (`name{labels}`).
@@ -128,14 +116,6 @@ impl Running {
                 .map(|a| a.name.clone())
                 .collect(),
         )
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -256,18 +236,7 @@ impl Alert {
 }
 
 async fn site_rule(client: &Client, name: &str, url: &str) -> i64 {
-    let hook = webhook(client, name, url, &[]).await;
-    rule(
-        client,
-        name,
-        &["dcim.site"],
-        &ALL_EVENTS,
-        hook,
-        "null",
-        "null",
-    )
-    .await;
-    hook
+    Rule::new(name, url).create(client).await.webhook
 }
 
 /// Waits until the receiver got a request on `path` for the site `name`.
@@ -756,16 +725,9 @@ async fn custom_field_numbers_are_sent_as_netbox_sends_them() {
         &[("body_template", "'{{ data.custom_fields.n }}'")], // a SQL literal
     )
     .await;
-    rule(
-        &client,
-        "templated",
-        &["dcim.site"],
-        &ALL_EVENTS,
-        templated,
-        "null",
-        "null",
-    )
-    .await;
+    Rule::to_webhook("templated", templated)
+        .create(&client)
+        .await;
     let cf: i64 = client
         .query_one(
             "insert into extras_customfield (type, name, status) values ('integer', 'n', 'active') returning id",

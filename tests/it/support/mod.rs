@@ -1,6 +1,10 @@
-//! Shared test support: a fresh database per test, the sidecar, and polling waits.
+//! Shared test support: a fresh database per test, NetBox's rules, the sidecar, and polling
+//! waits.
 
+pub mod binary;
+mod checks;
 pub mod db;
+pub mod rules;
 pub mod sidecar;
 pub mod tls;
 pub mod wait;

@@ -1,14 +1,14 @@
-//! Running the sidecar inside the test, with short intervals, and setting up NetBox's event
-//! rules and webhooks in the fixture database.
+//! Running the sidecar inside the test, with short intervals, and knowing how it ended.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use netbox_outbox::config::Config;
+use netbox_outbox::sidecar::StartError;
 use tokio::task::JoinHandle;
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::db::{TestDb, content_type};
+use super::db::TestDb;
 
 /// A configuration for tests: fast polls, a short retry schedule, no metrics listener.
 pub fn test_config(extra_toml: &str) -> Config {
@@ -33,10 +33,35 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
     }
 }
 
-/// A sidecar running in the test's runtime; stopped (gracefully) on `stop` or drop.
+/// A sidecar running in the test's runtime. `stop` fails the test unless the sidecar ran and
+/// stopped cleanly within its grace period: a start error or a panic is the test's failure too.
 pub struct Sidecar {
     stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Result<(), StartError>>>,
+    /// How long it may take to stop: its configured grace plus time to record its outcome.
+    grace: Duration,
+}
+
+/// Why a sidecar did not stop cleanly.
+#[derive(Debug)]
+pub enum Unclean {
+    /// `sidecar::run` returned an error (it never started, or stopped on one).
+    Failed(String),
+    Panicked(String),
+    /// Still running this long after being asked to stop.
+    Hung(Duration),
+}
+
+impl std::fmt::Display for Unclean {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unclean::Failed(cause) => write!(f, "the sidecar failed: {cause}"),
+            Unclean::Panicked(cause) => write!(f, "the sidecar panicked: {cause}"),
+            Unclean::Hung(after) => {
+                write!(f, "the sidecar had not stopped {after:?} after being asked")
+            }
+        }
+    }
 }
 
 impl Sidecar {
@@ -45,96 +70,94 @@ impl Sidecar {
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let database = db.database.clone();
+        let grace = config.shutdown_grace + Duration::from_secs(5);
         let task = tokio::spawn(async move {
             netbox_outbox::sidecar::run(config, database, async move { signal.cancelled().await })
                 .await
-                .expect("the sidecar starts");
         });
         Sidecar {
             stop,
             task: Some(task),
+            grace,
         }
     }
 
-    pub async fn stop(mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    /// Asks the sidecar to stop and waits for it; fails the test, with the cause, unless it
+    /// stopped cleanly in time. Returns how long stopping took.
+    #[track_caller]
+    pub fn stop(self) -> impl std::future::Future<Output = Duration> {
+        let caller = std::panic::Location::caller();
+        async move {
+            match self.try_stop().await {
+                Ok(took) => took,
+                Err(unclean) => panic!("{unclean} (stopped at {caller})"),
+            }
         }
     }
+
+    /// Like `stop`, but hands back the outcome (for tests of a sidecar that must fail).
+    pub async fn try_stop(mut self) -> Result<Duration, Unclean> {
+        let asked = Instant::now();
+        self.stop.cancel();
+        let task = self.task.take().expect("stopped once");
+        let abort = task.abort_handle();
+        match tokio::time::timeout(self.grace, task).await {
+            Ok(Ok(Ok(()))) => Ok(asked.elapsed()),
+            Ok(Ok(Err(e))) => Err(Unclean::Failed(error_chain(&e))),
+            Ok(Err(join)) => Err(Unclean::Panicked(panic_message(join))),
+            Err(_) => {
+                abort.abort();
+                Err(Unclean::Hung(self.grace))
+            }
+        }
+    }
+}
+
+/// The error and its sources, one after another.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+fn panic_message(join: tokio::task::JoinError) -> String {
+    if !join.is_panic() {
+        return join.to_string();
+    }
+    let payload = join.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 impl Drop for Sidecar {
+    /// A test that never called `stop` still fails if its sidecar already failed; a running one
+    /// is asked to stop.
     fn drop(&mut self) {
         self.stop.cancel();
+        let Some(task) = self.task.as_mut() else {
+            return;
+        };
+        if std::thread::panicking() || !task.is_finished() {
+            return;
+        }
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let outcome = std::pin::Pin::new(task).poll(&mut context);
+        match outcome {
+            std::task::Poll::Ready(Ok(Err(e))) => panic!("the sidecar failed: {}", error_chain(&e)),
+            std::task::Poll::Ready(Err(join)) if join.is_panic() => {
+                panic!("the sidecar panicked: {}", panic_message(join))
+            }
+            _ => {}
+        }
     }
 }
-
-/// A NetBox webhook row; returns its id.
-pub async fn webhook(client: &Client, name: &str, url: &str, extra: &[(&str, &str)]) -> i64 {
-    let mut columns = vec!["name".to_string(), "payload_url".to_string()];
-    let mut values = vec![
-        format!("'{}'", name.replace('\'', "''")),
-        format!("'{}'", url.replace('\'', "''")),
-    ];
-    for (column, value) in extra {
-        columns.push(column.to_string());
-        values.push(value.to_string());
-    }
-    client
-        .query_one(
-            &format!(
-                "insert into extras_webhook ({}) values ({}) returning id",
-                columns.join(", "),
-                values.join(", ")
-            ),
-            &[],
-        )
-        .await
-        .expect("insert webhook")
-        .get(0)
-}
-
-/// A netbox_outbox.webhook event rule for `models` and `events` (object_created...), pointing at
-/// a webhook; `conditions` and `action_data` are JSON or "null". Returns its id.
-pub async fn rule(
-    client: &Client,
-    name: &str,
-    models: &[&str],
-    events: &[&str],
-    webhook_id: i64,
-    conditions: &str,
-    action_data: &str,
-) -> i64 {
-    let webhook_ct = content_type(client, "extras.webhook").await;
-    let events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
-    let id: i64 = client
-        .query_one(
-            &format!(
-                "insert into extras_eventrule (name, action_type, action_object_type_id, action_object_id,
-                     event_types, conditions, action_data)
-                 values ($1, 'netbox_outbox.webhook', $2, $3, $4, {conditions}::jsonb, {action_data}::jsonb)
-                 returning id"
-            ),
-            &[&name, &webhook_ct, &webhook_id, &events],
-        )
-        .await
-        .expect("insert event rule")
-        .get(0);
-    for model in models {
-        let ct = content_type(client, model).await;
-        client
-            .execute(
-                "insert into extras_eventrule_object_types (eventrule_id, contenttype_id) values ($1, $2)",
-                &[&id, &ct],
-            )
-            .await
-            .expect("insert rule object type");
-    }
-    id
-}
-
-pub const ALL_EVENTS: [&str; 3] = ["object_created", "object_updated", "object_deleted"];
 
 /// Logs of the code under test, shown for failing tests (RUST_LOG, default warn).
 pub fn init_logging() {
