@@ -86,52 +86,41 @@ impl Selection {
                 "say what to {verb}: --delivery, --event, --object, --webhook, --since or --until"
             )));
         }
+        // The selection itself is SQL's (netbox_outbox.replay_selection, V10), so that
+        // replay() in psql and this command select the same deliveries for the same words.
         let mut texts = vec![states.join(",")];
-        let mut conditions = vec!["d.state = any(string_to_array($1::text, ','))".to_string()];
+        let mut args = vec!["states => string_to_array($1::text, ',')".to_string()];
+        let mut arg = |name: &str, cast: &str, value: String, texts: &mut Vec<String>| {
+            texts.push(value);
+            args.push(format!("{name} => ${}::text{cast}", texts.len()));
+        };
         if let Some(id) = self.delivery {
-            conditions.push(format!("d.id = {id}"));
+            arg("delivery_id", "::bigint", id.to_string(), &mut texts);
         }
         if let Some(id) = self.event {
-            conditions.push(format!("d.event_id = {id}"));
+            arg("event_id", "::bigint", id.to_string(), &mut texts);
         }
         if let Some(object) = &self.object {
             let (model, id) = object_selector(object)?;
-            let ct: Option<i32> = client
-                .query_opt(
-                    "select id from django_content_type where app_label || '.' || model = lower($1)",
-                    &[&model],
-                )
-                .await?
-                .map(|r| r.get(0));
-            let Some(ct) = ct else {
-                return Err(ReplayError::Invalid(format!(
-                    "--object {object:?}: {model} is not a NetBox model; give the model as \
-                     app_label.model, for example dcim.device:12"
-                )));
-            };
-            conditions.push(format!("d.content_type_id = {ct}"));
+            arg("object_type", "", model.to_string(), &mut texts);
             if let Some(id) = id {
-                conditions.push(format!("d.object_id = {id}"));
+                arg("object_id", "::bigint", id.to_string(), &mut texts);
             }
         }
         if let Some(webhook) = &self.webhook {
-            texts.push(webhook.clone());
-            conditions.push(format!(
-                "d.webhook_id = netbox_outbox.webhook_id(${}::text)",
-                texts.len()
-            ));
+            arg("webhook", "", webhook.clone(), &mut texts);
         }
         if let Some(since) = &self.since {
             let expr = time_sql(since, &mut texts);
-            conditions.push(format!("d.created_at >= {expr}"));
+            args.push(format!("since => {expr}"));
         }
         if let Some(until) = &self.until {
             let expr = time_sql(until, &mut texts);
-            conditions.push(format!("d.created_at < {expr}"));
+            args.push(format!("until => {expr}"));
         }
         let sql = format!(
-            "select d.id from netbox_outbox.delivery d where {} order by d.seq, d.id",
-            conditions.join(" and ")
+            "select s.id from netbox_outbox.replay_selection({}) with ordinality as s(id, n) order by s.n",
+            args.join(", ")
         );
         match client.query(&sql, &text_params(&texts)).await {
             Ok(rows) => Ok(rows.iter().map(|r| r.get(0)).collect()),
