@@ -413,7 +413,9 @@ async fn latency() {
     let seconds: u64 = env("BENCH_SECONDS", 20);
     println!("== commit to receipt latency: {rate} commits/s for {seconds} s ==");
     let (database, client) = scratch("nbo_bench_latency").await;
-    let receiver = netbox_outbox::receiver::Receiver::start().await.unwrap();
+    let receiver = netbox_outbox::commands::receive::Receiver::start()
+        .await
+        .unwrap();
     hook(&client, &receiver.url("/hook")).await;
     client
         .batch_execute("insert into dcim_site (name, slug) select 'site-' || g, 'site-' || g from generate_series(1, 1000) g")

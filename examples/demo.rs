@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
+use netbox_outbox::commands::receive::Receiver;
 use netbox_outbox::config::Config;
 use netbox_outbox::db::Database;
-use netbox_outbox::receiver::Receiver;
 use tokio_util::sync::CancellationToken;
 
 const SCHEMA: &str = include_str!("../tests/fixtures/netbox_schema.sql");

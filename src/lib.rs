@@ -19,24 +19,28 @@
 //!    the renderer, with [`python`] for Python's value forms), and matches NetBox's event rules
 //!    and webhooks ([`rules`], [`condition`]). A model that cannot be read is deferred, not the
 //!    batch failed.
-//! 4. **Deliveries** ([`request`], [`template`]): each matching rule becomes a delivery whose
-//!    HTTP request (URL, headers, body, signature) is rendered and frozen in the same
-//!    transaction as the batch's read position.
+//! 4. **Deliveries** (`assemble::build`, with [`request`] and [`template`]): each matching rule
+//!    becomes a delivery whose HTTP request (URL, headers, body, signature) is rendered and
+//!    frozen in the same transaction as the batch's read position. `replay --rerender` and
+//!    `test-webhook` use the same builder.
 //! 5. **Attempts** ([`deliver`]): every sidecar claims due deliveries (`FOR UPDATE SKIP LOCKED`,
 //!    leases), sends them outside any transaction, and records each outcome; retries, dead
 //!    letters and pauses follow the schedule.
 //!
-//! Around them: [`sidecar`] runs the tasks until shutdown, [`db`] makes every connection as a
-//! libpq client would (TLS by `sslmode`, `PG*` variables, `~/.pgpass`), [`migrations`] applies
+//! Around them: [`sidecar`] runs the tasks until shutdown, each task owning one connection that
+//! [`reconnect`] keeps alive, [`db`] makes every connection as a libpq client would (TLS by
+//! `sslmode`, `PG*` variables, `~/.pgpass`), [`migrations`] applies
 //! or prints the SQL, [`config`] parses and checks the configuration, [`health`] and [`metrics`]
 //! serve `/healthz`, `/readyz` and `/metrics`, [`cli`] and [`commands`] are the operator
-//! commands, and [`receiver`] is the request bin behind `netbox-outbox receive` and the tests.
+//! commands (the `receive` command's request bin, [`commands::receive::Receiver`], is also the
+//! receiver of the tests, benchmarks and demo).
 //!
 //! # What is public
 //!
 //! The binary needs [`cli`]; the integration tests, benchmarks and demo need [`config`], [`db`],
-//! [`migrations`], [`sidecar`], [`receiver`], [`wakeup`] and [`deliver`]'s queue. Everything else
-//! is `pub(crate)`, so the compiler reports what nothing uses.
+//! [`migrations`], [`sidecar`], [`wakeup`], [`deliver`]'s queue and the request bin of
+//! [`commands::receive`]. Everything else is `pub(crate)`, so the compiler reports what nothing
+//! uses.
 //!
 //! Delivery is at least once: a webhook may arrive twice (after a crash, or when a receiver
 //! answers after its timeout), never zero times. Each request carries a stable delivery id so
@@ -48,7 +52,7 @@
 pub(crate) mod assemble;
 pub(crate) mod change;
 pub mod cli;
-pub(crate) mod commands;
+pub mod commands;
 pub(crate) mod condition;
 pub mod config;
 pub mod db;
@@ -58,7 +62,6 @@ pub(crate) mod metrics;
 pub mod migrations;
 pub(crate) mod netbox;
 pub(crate) mod python;
-pub mod receiver;
 pub(crate) mod reconnect;
 pub(crate) mod request;
 pub(crate) mod rules;

@@ -1,6 +1,6 @@
 //! The SQL capture: what the triggers write into netbox_outbox.change, and what they leave out.
 
-use netbox_outbox::receiver::Receiver;
+use netbox_outbox::commands::receive::Receiver;
 
 use crate::support::db::{Captured, TestDb, captured, content_type, insert_site};
 use crate::support::rules::{Rule, webhook};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use netbox_outbox::receiver::{Receiver, Reply};
+use netbox_outbox::commands::receive::{Receiver, Reply};
 
 use crate::support::db::{TestDb, insert_site};
 use crate::support::rules::{Rule, webhook};

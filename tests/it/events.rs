@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use netbox_outbox::receiver::Receiver;
+use netbox_outbox::commands::receive::Receiver;
 use serde_json::{Value, json};
 
 use crate::support::db::{TestDb, content_type, insert_site};

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use netbox_outbox::receiver::Receiver;
+use netbox_outbox::commands::receive::Receiver;
 use tokio_postgres::Client;
 
 use crate::support::db::{TestDb, insert_site, least_privilege_role};

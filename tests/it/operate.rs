@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use netbox_outbox::receiver::{Receiver, Reply};
+use netbox_outbox::commands::receive::{Receiver, Reply};
 
 use crate::support::db::{TestDb, insert_site, psql_file};
 use crate::support::rules::{Rule, webhook};

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use netbox_outbox::commands::receive::Receiver;
 use netbox_outbox::db::Database;
-use netbox_outbox::receiver::Receiver;
 use tokio_postgres::Client;
 
 use crate::support::db::insert_site;

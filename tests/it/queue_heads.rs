@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use netbox_outbox::receiver::{Receiver, Reply};
+use netbox_outbox::commands::receive::{Receiver, Reply};
 use tokio_postgres::Client;
 
 use crate::support::db::{TestDb, content_type, insert_site};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use netbox_outbox::receiver::{Received, Receiver};
+use netbox_outbox::commands::receive::{Received, Receiver};
 use serde_json::{Value, json};
 
 use crate::support::db::{TestDb, content_type};

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use netbox_outbox::receiver::{Receiver, Reply};
+use netbox_outbox::commands::receive::{Receiver, Reply};
 use tokio_postgres::Client;
 
 use crate::support::binary::SidecarBinary;

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use netbox_outbox::commands::receive::Receiver;
 use netbox_outbox::db::Database;
-use netbox_outbox::receiver::Receiver;
 use tokio_postgres::Client;
 
 use crate::support::binary::SidecarBinary;
@@ -76,7 +76,7 @@ impl Scene {
     }
 
     /// Waits for the good webhook to get `n` requests; returns them.
-    async fn good(&self, n: usize) -> Vec<netbox_outbox::receiver::Received> {
+    async fn good(&self, n: usize) -> Vec<netbox_outbox::commands::receive::Received> {
         eventually("the good webhook's requests", WAIT, || async {
             let got: Vec<_> = self
                 .receiver
@@ -188,7 +188,7 @@ impl Scene {
     }
 
     /// Waits for the first request to `path` (one `replay --rerender` queued); returns it.
-    async fn re_rendered(&self, path: &str) -> netbox_outbox::receiver::Received {
+    async fn re_rendered(&self, path: &str) -> netbox_outbox::commands::receive::Received {
         eventually("the re-rendered request", WAIT, || async {
             self.receiver
                 .received()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use netbox_outbox::receiver::Receiver;
+use netbox_outbox::commands::receive::Receiver;
 
 use super::binary::SidecarBinary;
 use super::db::{TestDb, insert_site};

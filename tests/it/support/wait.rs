@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use netbox_outbox::receiver::{Received, Receiver};
+use netbox_outbox::commands::receive::{Received, Receiver};
 use tokio_postgres::Client;
 
 /// Polls `check` until it returns `Some`, or panics after `deadline` naming what was awaited and

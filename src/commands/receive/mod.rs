@@ -1,8 +1,12 @@
 //! `netbox-outbox receive`: a local request bin that prints every webhook it gets (or only a
-//! count per second, for load tests). The receiver itself is [`crate::receiver`].
+//! count per second, for load tests). The request bin itself ([`request_bin`]) is also the
+//! receiver of the integration tests, the benchmarks and the demo.
+
+pub mod request_bin;
+
+pub use self::request_bin::{Received, Receiver, Reply, TooFew};
 
 use crate::cli::{Failure, exit};
-use crate::receiver::{Receiver, Reply};
 
 /// A request bin: prints each webhook as it arrives.
 pub async fn receive(
