@@ -245,100 +245,20 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Replay {
             selection,
             dry_run,
-            rerender: true,
+            rerender,
         } => {
             let config = config(&cli)?;
-            let mut client = database(&config)?.connect().await?;
-            let report =
-                crate::commands::replay::rerender(&mut client, &config, selection, *dry_run)
-                    .await
-                    .map_err(|e| match e {
-                        crate::commands::replay::ReplayError::Invalid(_) => {
-                            Failure::new(exit::USAGE, e)
-                        }
-                        other => Failure::new(exit::FAILURE, other),
-                    })?;
-            for (id, reason) in &report.still_failing {
-                eprintln!("delivery {id} still fails: {reason}");
-            }
-            println!(
-                "{} deliveries {}",
-                report.created,
-                if *dry_run {
-                    "would be re-rendered"
-                } else {
-                    "re-rendered"
-                }
-            );
-            Ok(if report.still_failing.is_empty() {
-                exit::OK
-            } else {
-                exit::FAILURE
-            })
-        }
-        Command::Replay {
-            selection, dry_run, ..
-        } => {
-            use std::io::IsTerminal;
-            let config = config(&cli)?;
-            let client = database(&config)?.connect().await?;
-            let n = crate::commands::replay::replay(
-                &client,
-                selection,
-                *dry_run,
-                std::io::stderr().is_terminal(),
-            )
-            .await
-            .map_err(|e| match e {
-                crate::commands::replay::ReplayError::Invalid(_) => Failure::new(exit::USAGE, e),
-                other => Failure::new(exit::FAILURE, other),
-            })?;
-            if *dry_run {
-                println!("{n} deliveries would be replayed");
-            } else {
-                println!("{n} deliveries replayed");
-            }
-            Ok(exit::OK)
+            commands::replay::command(&config, database(&config)?, selection, *dry_run, *rerender)
+                .await
         }
         Command::Check { offline } => {
             let config = config(&cli)?;
-            println!(
-                "ok       configuration is valid ({})",
-                cli.config
-                    .as_ref()
-                    .map_or("defaults and environment".to_string(), |p| p
-                        .display()
-                        .to_string())
-            );
-            let database = database(&config)?;
-            let client = database.connect().await?;
-            println!("ok       database {database} answers");
-            let findings = crate::commands::check::run(&client, &config, !*offline).await;
-            for finding in &findings {
-                println!("{}", finding.line());
-            }
-            Ok(if findings.iter().any(|f| f.is_problem()) {
-                exit::PROBLEMS
-            } else {
-                exit::OK
-            })
+            commands::check::command(&config, cli.config.as_deref(), database(&config)?, *offline)
+                .await
         }
         Command::TestWebhook(args) => {
             let config = config(&cli)?;
-            let client = database(&config)?.connect().await?;
-            let tested = crate::commands::test_webhook::run(&client, &config, args)
-                .await
-                .map_err(|e| match e {
-                    crate::commands::test_webhook::TestError::Invalid(_) => {
-                        Failure::new(exit::USAGE, e)
-                    }
-                    other => Failure::new(exit::FAILURE, other),
-                })?;
-            print!("{}", crate::commands::test_webhook::render(&tested));
-            Ok(match &tested.result {
-                Some(r) if !r.succeeded() => exit::FAILURE,
-                _ => exit::OK,
-            })
+            commands::test_webhook::command(&config, database(&config)?, args).await
         }
         Command::Receive {
             listen,

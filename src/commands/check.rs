@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::Client;
 
 use crate::assemble::build::Builder;
+use crate::cli::{Failure, exit};
 use crate::config::Config;
 use crate::deliver::http::Sender;
 use crate::netbox::catalogue::catalogue;
@@ -459,4 +460,31 @@ async fn webhooks(
         }
     }
     Ok(())
+}
+
+/// `netbox-outbox check`: the configuration, the database, then every finding; exit 5 when any
+/// is a problem.
+pub(crate) async fn command(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+    database: crate::db::Database,
+    offline: bool,
+) -> Result<u8, Failure> {
+    println!(
+        "ok       configuration is valid ({})",
+        config_path.map_or("defaults and environment".to_string(), |p| p
+            .display()
+            .to_string())
+    );
+    let client = database.connect().await?;
+    println!("ok       database {database} answers");
+    let findings = run(&client, config, !offline).await;
+    for finding in &findings {
+        println!("{}", finding.line());
+    }
+    Ok(if findings.iter().any(|f| f.is_problem()) {
+        exit::PROBLEMS
+    } else {
+        exit::OK
+    })
 }

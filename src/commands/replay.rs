@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
+use crate::cli::{Failure, exit};
+
 /// Which deliveries to replay; the filters combine with AND.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Selection {
@@ -368,4 +370,51 @@ pub async fn rerender(
         report.created += 1;
     }
     Ok(report)
+}
+
+/// `netbox-outbox replay [--rerender]`: sends (or re-renders) the selected deliveries and prints
+/// how many; a bad selection is a usage error, a rerender that still fails exits 1.
+pub(crate) async fn command(
+    config: &crate::config::Config,
+    database: crate::db::Database,
+    selection: &Selection,
+    dry_run: bool,
+    rerender: bool,
+) -> Result<u8, Failure> {
+    let failure = |e: ReplayError| match e {
+        ReplayError::Invalid(_) => Failure::new(exit::USAGE, e),
+        other => Failure::new(exit::FAILURE, other),
+    };
+    if rerender {
+        let mut client = database.connect().await?;
+        let report = self::rerender(&mut client, config, selection, dry_run)
+            .await
+            .map_err(failure)?;
+        for (id, reason) in &report.still_failing {
+            eprintln!("delivery {id} still fails: {reason}");
+        }
+        let done = if dry_run {
+            "would be re-rendered"
+        } else {
+            "re-rendered"
+        };
+        println!("{} deliveries {done}", report.created);
+        return Ok(if report.still_failing.is_empty() {
+            exit::OK
+        } else {
+            exit::FAILURE
+        });
+    }
+    use std::io::IsTerminal;
+    let client = database.connect().await?;
+    let n = replay(&client, selection, dry_run, std::io::stderr().is_terminal())
+        .await
+        .map_err(failure)?;
+    let done = if dry_run {
+        "would be replayed"
+    } else {
+        "replayed"
+    };
+    println!("{n} deliveries {done}");
+    Ok(exit::OK)
 }

@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 
 use crate::assemble::build::{Builder, Event, standing_change};
 use crate::change::{Action, TxChange};
+use crate::cli::{Failure, exit};
 use crate::config::Config;
 use crate::deliver::http::{AttemptResult, Sender};
 use crate::netbox::{self, Netbox};
@@ -318,4 +319,23 @@ fn humanize(d: std::time::Duration) -> String {
     } else {
         format!("{}ms", d.as_millis())
     }
+}
+
+/// `netbox-outbox test-webhook`: renders (and unless --dry-run sends) one webhook for a real
+/// object and prints it; exit 1 when the receiver does not answer 2xx.
+pub(crate) async fn command(
+    config: &Config,
+    database: crate::db::Database,
+    args: &TestWebhook,
+) -> Result<u8, Failure> {
+    let client = database.connect().await?;
+    let tested = run(&client, config, args).await.map_err(|e| match e {
+        TestError::Invalid(_) => Failure::new(exit::USAGE, e),
+        other => Failure::new(exit::FAILURE, other),
+    })?;
+    print!("{}", render(&tested));
+    Ok(match &tested.result {
+        Some(r) if !r.succeeded() => exit::FAILURE,
+        _ => exit::OK,
+    })
 }
