@@ -76,6 +76,32 @@ where created_at > now() - interval '1 hour'
 group by 1, 2, 3, 4
 order by count(*) desc;
 
+-- Events deferred because their model could not be read (a renamed column, a missing grant):
+-- the sidecar retries them by itself once the model reads again.
+select event_id, object_type, object_id, attempts, last_error as reason, created_at as deferred_at
+from netbox_outbox.failed
+where state = 'deferred'
+order by created_at;
+
+-- Objects whose queue is held by a head that keeps failing (a retrying head blocks the later
+-- deliveries of its object to that webhook; dead and rejected heads release them).
+select d.webhook_name, d.content_type_id, d.object_id, d.attempts, d.last_status, d.last_error,
+       h.next_attempt_at,
+       (select count(*) from netbox_outbox.delivery w
+        where w.webhook_id = h.webhook_id and w.content_type_id = h.content_type_id
+          and w.object_id = h.object_id and w.state = 'pending') - 1 as waiting_behind
+from netbox_outbox.queue_head h
+join netbox_outbox.delivery d on d.id = h.delivery_id
+where d.attempts > 0
+order by d.attempts desc, h.next_attempt_at
+limit 50;
+
+-- TRUNCATE of a watched table: NetBox sends nothing for it, neither does netbox-outbox; each is
+-- recorded here (and logged and counted by the sidecar).
+select table_name, truncated_at, db_user, application_name, reported_at
+from netbox_outbox.truncation
+order by truncated_at desc;
+
 -- ---------------------------------------------------------------------------------------------
 -- Throughput
 -- ---------------------------------------------------------------------------------------------
@@ -165,8 +191,30 @@ order by pg_total_relation_size(c.oid) desc;
 -- Sidecars
 -- ---------------------------------------------------------------------------------------------
 
+-- Unread changes and how old the oldest is (what /readyz and the stall alert look at).
+select * from netbox_outbox.read_lag();
+
 -- The sidecars that ran in the last hour.
 select id, hostname, pid, version, started_at, last_seen_at, stopped_at
 from netbox_outbox.sidecar
 where last_seen_at > now() - interval '1 hour'
 order by started_at;
+
+-- What shapes the payloads, per live sidecar: sidecars on one database must agree on it.
+select id, hostname, fingerprint
+from netbox_outbox.sidecar
+where stopped_at is null and last_seen_at > now() - interval '30 seconds';
+
+-- ---------------------------------------------------------------------------------------------
+-- Privileges (docs/privileges.md)
+-- ---------------------------------------------------------------------------------------------
+
+-- Everything the sidecar's role may read, write or call.
+select object_kind, object_name, privileges, columns, reason
+from netbox_outbox.sidecar_grant
+order by object_kind, object_name;
+
+-- The roles sidecars log in with. As the migrations' owner, make their rights equal to the list
+-- again (sync() does it every minute; it prints what it changed):
+--   select * from netbox_outbox.refresh_grants();
+select role_name, granted_at from netbox_outbox.sidecar_role;
