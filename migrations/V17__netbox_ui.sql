@@ -33,8 +33,11 @@ select d.id, d.event_id, e.event, e.committed_at, e.user_name, e.request_id, e.o
            join netbox_outbox.delivery hd on hd.id = h.delivery_id
            where h.webhook_id = d.webhook_id and h.content_type_id = d.content_type_id
              and h.object_id = d.object_id and h.delivery_id <> d.id and hd.attempts > 0) as blocked,
-       d.attempts, d.last_status, d.last_error, d.next_attempt_at, d.created_at, d.finished_at,
-       d.replay_of
+       d.attempts, d.last_status, d.last_error,
+       -- the start of the last attempt's response, for the tables
+       (select left(a.response_excerpt, 200) from netbox_outbox.attempt a
+        where a.delivery_id = d.id order by a.attempt desc, a.id desc limit 1) as last_excerpt,
+       d.next_attempt_at, d.created_at, d.finished_at, d.replay_of
 from netbox_outbox.delivery d
 join netbox_outbox.event e on e.id = d.event_id
 left join netbox_outbox.webhook_state s on s.webhook_id = d.webhook_id;
