@@ -187,8 +187,8 @@ def run():
           dead_count and dead_count.group(1) == '2' and blocked_count and blocked_count.group(1) == '1',
           (dead_count and dead_count.group(0), blocked_count and blocked_count.group(0)))
     for query, expected, name in (
-        (f'?state=dead', {dead, other_dead}, 'state'),
-        (f'?state=blocked', {behind}, 'blocked'),
+        ('?state=dead', {dead, other_dead}, 'state'),
+        ('?state=blocked', {behind}, 'blocked'),
         (f'?webhook_id={other.pk}', {other_dead}, 'webhook'),
         (f'?event_rule_id={rule.pk}&state=delivered', {delivered}, 'event rule and state'),
         (f'?object_type_id={ContentType.objects.get_for_model(Site).pk}', set(), 'object type'),
