@@ -4,8 +4,8 @@
 -- of deliveries, a delivery's page, a health panel on each Webhook, and buttons to replay a
 -- delivery and pause or resume a webhook. It reads only the views below, which never carry a
 -- secret (header values that look like credentials are masked, a URL's user:password too), and
--- acts only through the owner-rights ui_* functions below, which call the same replay() and
--- pause/resume functions the CLI and psql use. It never writes an outbox table itself.
+-- acts only through the owner-rights ui_* functions below, which call the same replay(), skip()
+-- and pause/resume functions the CLI and psql use. It never writes an outbox table itself.
 --
 -- NetBox's role usually applied the migrations and owns all of this. When a DBA owns the
 -- netbox_outbox schema instead, grant NetBox's role exactly what the pages need:
@@ -19,7 +19,8 @@
 -- Every delivery with its event, as the pages list it. state is the delivery's state made
 -- precise for a reader: pending deliveries are 'retrying' after a failed attempt and 'paused'
 -- while their webhook is paused; blocked says a pending delivery waits behind a head of its
--- object's queue that keeps failing.
+-- object's queue that has failed (as netbox_outbox.blocked_heads of issue 13 counts them). Later
+-- states (replayed, skipped) pass through as they are.
 create view netbox_outbox.ui_delivery as
 select d.id, d.event_id, e.event, e.committed_at, e.user_name, e.request_id, e.origin,
        d.content_type_id, e.object_type, d.object_id, d.event_rule_id, d.event_rule_name,
@@ -32,7 +33,7 @@ select d.id, d.event_id, e.event, e.committed_at, e.user_name, e.request_id, e.o
            select 1 from netbox_outbox.queue_head h
            join netbox_outbox.delivery hd on hd.id = h.delivery_id
            where h.webhook_id = d.webhook_id and h.content_type_id = d.content_type_id
-             and h.object_id = d.object_id and h.delivery_id <> d.id and hd.attempts > 0) as blocked,
+             and h.object_id = d.object_id and h.delivery_id <> d.id and hd.last_error is not null) as blocked,
        d.attempts, d.last_status, d.last_error,
        -- the start of the last attempt's response, for the tables
        (select left(a.response_excerpt, 200) from netbox_outbox.attempt a
@@ -80,7 +81,7 @@ select w.webhook_id,
        (select count(*) from netbox_outbox.delivery d where d.webhook_id = w.webhook_id and d.state = 'rejected') as rejected,
        (select min(d.created_at) from netbox_outbox.delivery d where d.webhook_id = w.webhook_id and d.state = 'pending') as oldest_pending,
        (select count(*) from netbox_outbox.queue_head h join netbox_outbox.delivery hd on hd.id = h.delivery_id
-        where h.webhook_id = w.webhook_id and hd.attempts > 0) as blocked_heads,
+        where h.webhook_id = w.webhook_id and hd.last_error is not null) as blocked_heads,
        s.paused_until, coalesce(s.paused_by_operator, false) as paused_by_operator, s.reason as pause_reason,
        coalesce(s.consecutive_failures, 0) as consecutive_failures, s.last_success_at, s.last_failure_at
 from (select id as webhook_id from public.extras_webhook
@@ -119,26 +120,52 @@ revoke all on netbox_outbox.ui_delivery, netbox_outbox.ui_request, netbox_outbox
 -- these and nothing on the tables they write. NetBox checks its own permissions first.
 -- ---------------------------------------------------------------------------------------------
 
--- replay() with its filters (delivery, event, object, webhook by id, time range, states);
--- returns how many deliveries were (or, with dry_run, would be) replayed.
-create function netbox_outbox.ui_replay(
-    delivery_id bigint default null,
-    event_id    bigint default null,
-    object_type text default null,
-    object_id   bigint default null,
-    webhook_id  bigint default null,
-    since       timestamptz default null,
-    until       timestamptz default null,
-    states      text[] default '{dead}',
-    dry_run     boolean default false
-) returns bigint
-language sql security definer set search_path = pg_catalog, pg_temp
+-- Replays the listed deliveries that are in a state replay() copies (dead, delivered, and from
+-- issue 13's V11 on, skipped); returns how many were (or, with dry_run, would be) replayed.
+-- Each is replayed in its own state, so the call works whichever replay() is installed: V10's
+-- returns a count, V11's one row per delivery (and keeps the message id the receiver sees).
+create function netbox_outbox.ui_replay(delivery_ids bigint[], dry_run boolean default false) returns bigint
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
-    select netbox_outbox.replay(delivery_id => ui_replay.delivery_id, event_id => ui_replay.event_id,
-                                object_type => ui_replay.object_type, object_id => ui_replay.object_id,
-                                webhook => ui_replay.webhook_id::text, since => ui_replay.since,
-                                until => ui_replay.until, states => ui_replay.states,
-                                dry_run => ui_replay.dry_run)
+declare
+    counts boolean := not (select p.proretset from pg_catalog.pg_proc p
+                           where p.oid = 'netbox_outbox.replay(bigint, bigint, text, bigint, text, timestamp with time zone, timestamp with time zone, text[], boolean)'::regprocedure);
+    d record;
+    n bigint := 0;
+    one bigint;
+begin
+    for d in select x.id, x.state from netbox_outbox.delivery x
+             where x.id = any(delivery_ids) and x.state in ('dead', 'delivered', 'skipped')
+             order by x.seq, x.id loop
+        if counts then
+            select netbox_outbox.replay(delivery_id => d.id, states => array[d.state], dry_run => ui_replay.dry_run)
+              into one;
+        else
+            select count(*) into one
+            from netbox_outbox.replay(delivery_id => d.id, states => array[d.state], dry_run => ui_replay.dry_run);
+        end if;
+        n := n + one;
+    end loop;
+    return n;
+end
+$$;
+
+-- Releases a blocked queue: the delivery (a pending one, usually its failing head) becomes
+-- skipped, and the next delivery of its object goes out. Calls skip() of issue 13's V11; before
+-- V11 it says so. Returns how many deliveries were skipped (0 or 1).
+create function netbox_outbox.ui_skip(delivery_id bigint, reason text) returns bigint
+language plpgsql security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    n bigint;
+begin
+    if to_regprocedure('netbox_outbox.skip(bigint, text, text, bigint, text)') is null then
+        raise exception 'netbox_outbox: skipping a delivery needs netbox-outbox''s migration V11 (netbox_outbox.skip)'
+            using hint = 'Apply the migrations of a netbox-outbox release that has it: netbox-outbox migrate.';
+    end if;
+    select count(*) into n from netbox_outbox.skip(delivery_id => ui_skip.delivery_id, reason => ui_skip.reason);
+    return n;
+end
 $$;
 
 create function netbox_outbox.ui_pause_webhook(webhook_id bigint, reason text) returns bigint
@@ -153,7 +180,8 @@ as $$
     select netbox_outbox.resume_webhook(ui_resume_webhook.webhook_id::text)
 $$;
 
-revoke all on function netbox_outbox.ui_replay(bigint, bigint, text, bigint, bigint, timestamptz, timestamptz, text[], boolean) from public;
+revoke all on function netbox_outbox.ui_replay(bigint[], boolean) from public;
+revoke all on function netbox_outbox.ui_skip(bigint, text) from public;
 revoke all on function netbox_outbox.ui_pause_webhook(bigint, text) from public;
 revoke all on function netbox_outbox.ui_resume_webhook(bigint) from public;
 
@@ -185,7 +213,7 @@ begin
         end if;
     end loop;
     foreach object in array array[
-        'netbox_outbox.ui_replay(bigint, bigint, text, bigint, bigint, timestamp with time zone, timestamp with time zone, text[], boolean)',
+        'netbox_outbox.ui_replay(bigint[], boolean)', 'netbox_outbox.ui_skip(bigint, text)',
         'netbox_outbox.ui_pause_webhook(bigint, text)', 'netbox_outbox.ui_resume_webhook(bigint)'] loop
         if not has_function_privilege(target, object, 'execute') then
             execute format('grant execute on function %s to %I', object, netbox);

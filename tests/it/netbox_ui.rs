@@ -21,9 +21,10 @@ async fn delivery(client: &Client, hook: i64, object_id: i64, state: &str, attem
              , d as (
                  insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
                      webhook_name, content_type_id, object_id, seq, state, timeout_ms, ssl_verification,
-                     attempts, last_status, finished_at)
+                     attempts, last_status, last_error, finished_at)
                  select e.id, 1, 'rule', $3, 'crm', $1, $2, e.seq, $4, 1000, true, $5,
                         case when $5 > 0 then 503 end,
+                        case when $5 > 0 then 'HTTP 503 Service Unavailable' end,
                         case when $4 <> 'pending' then now() end
                  from e returning id)
              , r as (
@@ -55,6 +56,8 @@ async fn netbox_role_reads_the_views_and_acts_only_through_the_functions() {
         .unwrap();
     let hook = webhook(&owner, "crm", "https://crm.example/hook", &[]).await;
     let dead = delivery(&owner, hook, 1, "dead", 3).await;
+    // still being sent: never replayed from NetBox
+    let pending = delivery(&owner, hook, 2, "pending", 0).await;
 
     let granted = owner
         .query("select * from netbox_outbox.grant_netbox($1)", &[&role])
@@ -105,17 +108,17 @@ async fn netbox_role_reads_the_views_and_acts_only_through_the_functions() {
     // Replay: the count first, then the copy, which the owner sees as a new pending delivery.
     let would: i64 = netbox
         .query_one(
-            "select netbox_outbox.ui_replay(delivery_id => $1, dry_run => true)",
-            &[&dead],
+            "select netbox_outbox.ui_replay(array[$1, $2]::bigint[], dry_run => true)",
+            &[&dead, &pending],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(would, 1);
+    assert_eq!(would, 1, "the dead delivery, not the pending one");
     let replayed: i64 = netbox
         .query_one(
-            "select netbox_outbox.ui_replay(delivery_id => $1)",
-            &[&dead],
+            "select netbox_outbox.ui_replay(array[$1, $2]::bigint[])",
+            &[&dead, &pending],
         )
         .await
         .unwrap()
@@ -130,6 +133,15 @@ async fn netbox_role_reads_the_views_and_acts_only_through_the_functions() {
         .unwrap()
         .get(0);
     assert_eq!(copies, 1, "the replay is a new pending delivery");
+    let again: i64 = netbox
+        .query_one(
+            "select netbox_outbox.ui_replay(array[$1]::bigint[])",
+            &[&pending],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, 0, "a pending delivery is not replayed");
 
     // Pause and resume, seen through the health view.
     netbox
@@ -246,4 +258,60 @@ async fn retrying_heads_and_the_deliveries_they_block_are_visible() {
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .unwrap();
     assert_eq!(health, (3, 1, 1));
+}
+
+/// Skipping a blocked head from NetBox: ui_skip() calls issue 13's skip() where it exists (the
+/// head becomes skipped and the delivery behind it is no longer blocked), and before that
+/// migration it fails saying which migration it needs.
+#[tokio::test]
+async fn skipping_a_blocked_head_calls_skip_or_names_the_migration() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let hook = webhook(&client, "crm", "https://crm.example/hook", &[]).await;
+    let head = delivery(&client, hook, 7, "pending", 2).await;
+    let behind = delivery(&client, hook, 7, "pending", 0).await;
+    let has_skip: bool = client
+        .query_one(
+            "select to_regprocedure('netbox_outbox.skip(bigint, text, text, bigint, text)') is not null",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let skipped = client
+        .query_one(
+            "select netbox_outbox.ui_skip($1, 'skipped in NetBox by admin')",
+            &[&head],
+        )
+        .await;
+    if has_skip {
+        assert_eq!(skipped.unwrap().get::<_, i64>(0), 1);
+        let rows = client
+            .query(
+                "select id, state, blocked from netbox_outbox.ui_delivery where id in ($1, $2) order by id",
+                &[&head, &behind],
+            )
+            .await
+            .unwrap();
+        let states: Vec<(i64, String, bool)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (head, "skipped".to_string(), false),
+                (behind, "pending".to_string(), false)
+            ]
+        );
+    } else {
+        let error = skipped.expect_err("no skip() before V11");
+        let message = error.as_db_error().map(|e| e.message().to_string());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("needs netbox-outbox's migration V11")),
+            "{error:?}"
+        );
+    }
 }
