@@ -28,6 +28,9 @@ STATES = {
     'delivered': ('Delivered', 'green'),
     'dead': ('Dead', 'red'),
     'rejected': ('Rejected', 'red'),
+    # from issue 13's migration V11 on
+    'replayed': ('Replayed', 'cyan'),
+    'skipped': ('Skipped', 'gray'),
 }
 
 
@@ -90,8 +93,14 @@ class Delivery(models.Model):
 
     @property
     def replayable(self):
-        # replay() copies a frozen request: a rejected delivery has none, a pending one is still going
-        return self.state in ('dead', 'delivered')
+        # replay() copies a frozen request: a rejected delivery has none, a pending one is still
+        # going, a replayed one was copied already
+        return self.state in ('dead', 'delivered', 'skipped')
+
+    @property
+    def skippable(self):
+        # a pending delivery that failed: the head its object's later deliveries wait behind
+        return self.state in ('retrying', 'paused') and self.last_error is not None
 
 
 class Attempt(models.Model):

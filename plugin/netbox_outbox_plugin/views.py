@@ -29,7 +29,7 @@ from .health import live_sidecars
 from .models import Delivery
 from .tables import AttemptTable, DeliveryTable, ObjectDeliveryTable
 
-__all__ = ('DeliveryListView', 'DeliveryReplayView', 'DeliveryView', 'ObjectDeliveriesView',
+__all__ = ('DeliveryListView', 'DeliveryReplayView', 'DeliverySkipView', 'DeliveryView', 'ObjectDeliveriesView',
            'WebhookPauseView', 'WebhookResumeView')
 
 VIEW_PERMISSION = 'netbox_outbox_plugin.view_delivery'
@@ -184,6 +184,7 @@ class DeliveryView(ConditionalLoginRequiredMixin, View):
             'webhook': Webhook.objects.restrict(request.user, 'view').filter(pk=delivery.webhook_id).first(),
             'replays': replays,
             'original': _deliveries(request).filter(pk=delivery.replay_of).first() if delivery.replay_of else None,
+            'can_skip': delivery.skippable and actions.can_skip(),
             **_common(request),
         })
 
@@ -199,6 +200,24 @@ class DeliveryView(ConditionalLoginRequiredMixin, View):
         copy = Delivery.objects.filter(replay_of=delivery.pk).order_by('-id').first()
         messages.success(request, _('Replayed: delivery {n} is on its way.').format(n=copy.pk if copy else '?'))
         return redirect(copy.get_absolute_url() if copy else delivery.get_absolute_url())
+
+
+class DeliverySkipView(ConditionalLoginRequiredMixin, View):
+    """Skip a failing pending delivery, releasing the deliveries of its object queued behind it."""
+
+    def post(self, request, pk):
+        _require_view(request)
+        _require_act(request)
+        delivery = get_object_or_404(_deliveries(request), pk=pk)
+        if delivery.state not in ('pending', 'retrying', 'paused'):
+            return HttpResponseBadRequest(f'delivery {delivery.pk} is {delivery.state}: only pending deliveries '
+                                          'can be skipped')
+        try:
+            actions.skip(delivery.pk, request.user)
+            messages.success(request, _('Skipped: the next delivery of this object goes out.'))
+        except DatabaseError as error:
+            messages.error(request, _('netbox-outbox could not skip it: {e}').format(e=error))
+        return redirect(delivery.get_absolute_url())
 
 
 class _WebhookAction(ConditionalLoginRequiredMixin, View):

@@ -263,7 +263,8 @@ def run():
     check('a viewer gets no pause button', 'id="pause-webhook"' not in text(c.get(webhook_page)))
     check('a viewer gets no "Replay these" button', 'id="replay-selection"' not in text(c.get(listing)))
     before = deliveries_count()
-    for url, data in ((page, {}), (replay_selection, {'state': 'dead'}), (pause, {}), (resume, {})):
+    skip_url = reverse('plugins:netbox_outbox_plugin:delivery_skip', kwargs={'pk': retrying})
+    for url, data in ((page, {}), (replay_selection, {'state': 'dead'}), (pause, {}), (resume, {}), (skip_url, {})):
         r = c.post(url, data)
         check(f'a viewer cannot POST {url}', r.status_code == 403, r.status_code)
     r = c.get(replay_selection + '?state=dead')
@@ -298,6 +299,16 @@ def run():
     r = c.post(reverse('plugins:netbox_outbox_plugin:delivery', kwargs={'pk': retrying}),
                {'csrfmiddlewaretoken': token})
     check('a pending delivery is not replayed', r.status_code == 400, r.status_code)
+    # skip: issue 13's skip() where the database has it (migration V11), else no button
+    has_skip = sql("select to_regprocedure('netbox_outbox.skip(bigint, text, text, bigint, text)') is not null")[0][0]
+    retrying_page = reverse('plugins:netbox_outbox_plugin:delivery', kwargs={'pk': retrying})
+    skip_url = reverse('plugins:netbox_outbox_plugin:delivery_skip', kwargs={'pk': retrying})
+    body = text(c.get(retrying_page))
+    check(f"the skip button is shown exactly when skip() exists ({has_skip})", ('id="skip-delivery"' in body) == has_skip)
+    r = c.post(skip_url, {'csrfmiddlewaretoken': token})
+    state = sql('select state from netbox_outbox.ui_delivery where id = %s', [retrying])[0][0]
+    check('skipping the failing head: skipped with skip(), left alone without it',
+          r.status_code == 302 and state == ('skipped' if has_skip else 'retrying'), (r.status_code, state))
     r = c.get(replay_selection + f'?state=dead&webhook_id={crm.pk}')
     count = re.search(r'id="replay-count">\s*(\d+)', text(r))
     check('replaying a selection shows the count first', r.status_code == 200 and count and count.group(1) == '1',
