@@ -309,12 +309,13 @@ def run():
     state = sql('select state from netbox_outbox.ui_delivery where id = %s', [retrying])[0][0]
     check('skipping the failing head: skipped with skip(), left alone without it',
           r.status_code == 302 and state == ('skipped' if has_skip else 'retrying'), (r.status_code, state))
-    r = c.get(replay_selection + f'?state=dead&webhook_id={crm.pk}')
+    # (the other webhook's dead delivery: untouched so far, whichever replay() the database has)
+    r = c.get(replay_selection + f'?state=dead&webhook_id={other.pk}')
     count = re.search(r'id="replay-count">\s*(\d+)', text(r))
     check('replaying a selection shows the count first', r.status_code == 200 and count and count.group(1) == '1',
           count and count.group(0))
     before = deliveries_count()
-    r = c.post(replay_selection, {'csrfmiddlewaretoken': token, 'state': 'dead', 'webhook_id': str(crm.pk)})
+    r = c.post(replay_selection, {'csrfmiddlewaretoken': token, 'state': 'dead', 'webhook_id': str(other.pk)})
     check('replaying the selection sends exactly the count', r.status_code == 302 and deliveries_count() == before + 1,
           (r.status_code, deliveries_count() - before))
     check('an actor may pause a webhook (change_delivery)', c.post(pause, {'csrfmiddlewaretoken': token}).status_code == 302
