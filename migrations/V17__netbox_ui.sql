@@ -82,7 +82,10 @@ select w.webhook_id,
        (select min(d.created_at) from netbox_outbox.delivery d where d.webhook_id = w.webhook_id and d.state = 'pending') as oldest_pending,
        (select count(*) from netbox_outbox.queue_head h join netbox_outbox.delivery hd on hd.id = h.delivery_id
         where h.webhook_id = w.webhook_id and hd.last_error is not null) as blocked_heads,
-       s.paused_until, coalesce(s.paused_by_operator, false) as paused_by_operator, s.reason as pause_reason,
+       -- an operator's pause lasts until resumed ('infinity', which drivers cannot represent)
+       coalesce(s.paused_until > now(), false) as paused,
+       case when s.paused_until = 'infinity' then null else s.paused_until end as paused_until,
+       coalesce(s.paused_by_operator, false) as paused_by_operator, s.reason as pause_reason,
        coalesce(s.consecutive_failures, 0) as consecutive_failures, s.last_success_at, s.last_failure_at
 from (select id as webhook_id from public.extras_webhook
       union select webhook_id from netbox_outbox.webhook_state) w

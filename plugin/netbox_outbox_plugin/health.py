@@ -21,6 +21,8 @@ class WebhookHealth:
     rejected: int = 0
     oldest_pending: datetime.datetime | None = None
     blocked_heads: int = 0
+    paused: bool = False
+    # None while paused: until resumed
     paused_until: datetime.datetime | None = None
     paused_by_operator: bool = False
     pause_reason: str | None = None
@@ -31,12 +33,8 @@ class WebhookHealth:
     hours: list = field(default_factory=list)
 
     @property
-    def paused(self):
-        return self.paused_until is not None and self.paused_until > timezone.now()
-
-    @property
     def paused_forever(self):
-        return self.paused and self.paused_until.year >= 9999
+        return self.paused and self.paused_until is None
 
     @property
     def attempts_24h(self):

@@ -151,15 +151,20 @@ async fn netbox_role_reads_the_views_and_acts_only_through_the_functions() {
         )
         .await
         .unwrap();
-    let paused: (bool, Option<String>) = netbox
+    let paused: (bool, bool, Option<String>, bool) = netbox
         .query_one(
-            "select paused_by_operator, pause_reason from netbox_outbox.ui_webhook_health where webhook_id = $1",
+            "select paused, paused_by_operator, pause_reason, paused_until is null
+             from netbox_outbox.ui_webhook_health where webhook_id = $1",
             &[&hook],
         )
         .await
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .unwrap();
-    assert_eq!(paused, (true, Some("paused in NetBox by admin".into())));
+    assert_eq!(
+        paused,
+        (true, true, Some("paused in NetBox by admin".into()), true),
+        "paused until resumed: no infinite timestamp for drivers to choke on"
+    );
     let state: String = netbox
         .query_one(
             "select state from netbox_outbox.ui_delivery where replay_of = $1",
@@ -175,7 +180,7 @@ async fn netbox_role_reads_the_views_and_acts_only_through_the_functions() {
         .unwrap();
     let resumed: bool = netbox
         .query_one(
-            "select paused_until is null and not paused_by_operator from netbox_outbox.ui_webhook_health where webhook_id = $1",
+            "select not paused and paused_until is null and not paused_by_operator from netbox_outbox.ui_webhook_health where webhook_id = $1",
             &[&hook],
         )
         .await
