@@ -63,11 +63,12 @@ class WebhookHealth:
             ok_h = height * succeeded / peak
             fail_h = height * failed / peak
             label = f'{hour:%H}:00 UTC: {succeeded} delivered, {failed} failed'
-            rects.append((x, height - ok_h, bar - 2, ok_h, '#2fb344', label))
-            rects.append((x, height - ok_h - fail_h, bar - 2, fail_h, '#d63939', label))
+            for y, h, colour in ((height - ok_h, ok_h, '#2fb344'), (height - ok_h - fail_h, fail_h, '#d63939')):
+                if h > 0:
+                    # format_html escapes its arguments into strings: numbers are formatted first
+                    rects.append((f'{x:.1f}', f'{y:.1f}', f'{bar - 2:.1f}', f'{h:.1f}', colour, label))
         bars = format_html_join(
-            '', '<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}"><title>{}</title></rect>',
-            (r for r in rects if r[3] > 0))
+            '', '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>', rects)
         return format_html(
             '<svg class="netbox-outbox-chart" role="img" aria-label="attempts per hour, last 24 hours" '
             'viewBox="0 0 {w} {h2}" width="100%" height="{h2}" preserveAspectRatio="none">'

@@ -135,7 +135,7 @@ class DeliveryReplayView(ConditionalLoginRequiredMixin, View):
     def post(self, request):
         _require_view(request)
         _require_act(request)
-        _, selection = self._selection(request, request.POST)
+        selection = self._selection(request, request.POST)[1]
         ids = list(selection.values_list('pk', flat=True))
         replayed = actions.replay(ids)
         messages.success(request, _('Replayed {n} deliveries: each is a new pending delivery.').format(n=replayed))
