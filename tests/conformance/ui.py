@@ -179,7 +179,7 @@ def browser(netbox, root, binary, check, workdir, screenshots):
             "dtype = DeviceType.objects.create(manufacturer=maker, model='MX204', slug='mx204')",
             "role = DeviceRole.objects.create(name='Edge router', slug='edge-router')",
             f"w = Webhook.objects.create(name='crm', payload_url={receiver.url('/hook/crm')!r}, "
-            "secret='not-shown-anywhere', additional_headers='Authorization: Token not-shown-either')",
+            "secret='example-secret', additional_headers='Authorization: Token example-token')",
             "r = EventRule.objects.create(name='devices to crm', event_types=['object_created', 'object_updated'], "
             "action_type='netbox_outbox.webhook', action_object_type=ObjectType.objects.get_for_model(Webhook), "
             "action_object_id=w.id)",
@@ -229,7 +229,8 @@ def browser(netbox, root, binary, check, workdir, screenshots):
         page = driver.find_element(By.TAG_NAME, 'body').text
         check("browser: the delivery's page shows the request (secrets masked) and both attempts",
               'POST ' + receiver.url('/hook/crm') in page and '********' in page
-              and 'not-shown-either' not in driver.page_source and page.count(EXCERPT) >= 2, page[:3000])
+              and 'example-token' not in driver.page_source and 'example-secret' not in driver.page_source
+              and page.count(EXCERPT) >= 2, page[:3000])
         driver.save_screenshot(str(screenshots / 'delivery.png'))
 
         driver.find_element(By.ID, 'replay-delivery').click()
