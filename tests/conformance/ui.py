@@ -4,6 +4,9 @@ Run it with `tests/conformance/run --ui [--binary PATH] [--no-browser] [--keep]`
 On a clone of the migrated NetBox template database, with netbox-outbox migrated and the plugin
 enabled:
 
+NetBox connects as a role of its own that does not own netbox-outbox's schema and was given only
+what `netbox_outbox.grant_netbox()` grants (the DBA's case in docs/install.md).
+
 1. **Views and permissions** (`ui_views.py`, inside NetBox through its test client, no sidecar
    running): every page and action for anonymous, unprivileged, viewing, constrained and acting
    users; no secret on any page; CSRF enforced; filters and counts.
@@ -34,7 +37,10 @@ import environment as env
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-DBNAME = 'nbo_conformance_ui'
+# (overridable for a run outside the shared lock, with its own template and Redis databases)
+DBNAME = os.environ.get('NBO_UI_DBNAME', 'nbo_conformance_ui')
+# NetBox's database role: not the owner of netbox-outbox's schema (see prepare())
+NETBOX_ROLE = os.environ.get('NBO_UI_NETBOX_ROLE', 'nbo_conformance_ui_netbox')
 PLUGIN = 'netbox_outbox_plugin'
 ADMIN = ('admin', 'admin-password-not-a-secret')
 
@@ -127,12 +133,36 @@ def query(sql, params=()):
 
 
 def prepare(netbox, binary, workdir):
-    """A fresh clone of the template, netbox-outbox migrated, NetBox's Redis databases empty."""
+    """A fresh clone of the template, netbox-outbox migrated by the DBA (the superuser), NetBox's Redis
+    databases empty, and NetBox connecting as a role of its own that does not own netbox-outbox's
+    schema and has only what grant_netbox() gives it there: the pages must work with exactly that."""
     env.clone_template(DBNAME)
     for db in (env.REDIS_TASKS_DB, env.REDIS_CACHING_DB):
         env.redis_client(db).flushdb()
     env.run([str(binary), 'migrate', '--database-url', env.database_url(DBNAME)], log_path=workdir / 'migrate.log')
-    return netbox.write_instance(workdir / 'instance', DBNAME, [PLUGIN])
+    with env.pg_connect() as conn:
+        if conn.execute('select 1 from pg_roles where rolname = %s', [NETBOX_ROLE]).fetchone():
+            conn.execute(f'drop role "{NETBOX_ROLE}"')
+        conn.execute(f'create role "{NETBOX_ROLE}" login nosuperuser')
+    with env.pg_connect(DBNAME) as conn:
+        # what NetBox needs on its own tables (in production it owns them)
+        conn.execute(f'grant usage, create on schema public to "{NETBOX_ROLE}"')
+        conn.execute(f'grant select, insert, update, delete on all tables in schema public to "{NETBOX_ROLE}"')
+        conn.execute(f'grant usage, select, update on all sequences in schema public to "{NETBOX_ROLE}"')
+        granted = conn.execute('select * from netbox_outbox.grant_netbox(%s)', [NETBOX_ROLE]).fetchall()
+    (workdir / 'grant_netbox.log').write_text('\n'.join(map(str, granted)))
+    root = netbox.write_instance(workdir / 'instance', DBNAME, [PLUGIN])
+    conf = root / 'conf' / 'configuration.py'
+    conf.write_text(conf.read_text().replace(f"'USER': {env.PG_USER!r}", f"'USER': {NETBOX_ROLE!r}"))
+    # ui_views.py writes its deliveries and reads the outcome as the owner
+    os.environ['NBO_UI_OWNER_URL'] = env.database_url(DBNAME)
+    return root
+
+
+def drop_role():
+    with env.pg_connect() as conn:
+        if conn.execute('select 1 from pg_roles where rolname = %s', [NETBOX_ROLE]).fetchone():
+            conn.execute(f'drop role "{NETBOX_ROLE}"')
 
 
 def views_and_permissions(netbox, root, check, workdir):
@@ -333,6 +363,7 @@ def main():
     finally:
         if not args.keep:
             env.drop_database(DBNAME)
+            drop_role()
     print(f'ui: {len(check.passed)} passed, {len(check.failed)} failed')
     return 1 if check.failed else 0
 

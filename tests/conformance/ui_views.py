@@ -15,8 +15,11 @@ sidecar; ui.py's browser test runs the sidecar). Users, each with NetBox object 
 Prints one line per check (`ok  ...` / `FAIL ...`) and ends with `ui views: N passed, M failed`.
 """
 
+import os
 import re
 import traceback
+
+import psycopg
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
@@ -30,6 +33,7 @@ from users.models import ObjectPermission, User
 
 from netbox_outbox_plugin.models import Delivery
 
+OWNER_URL = os.environ['NBO_UI_OWNER_URL']
 SECRETS = ['s3cr3t-token', 'hunter2', 'sig-0123456789abcdef', 'webhook-secret-value']
 passed, failed = [], []
 
@@ -45,8 +49,9 @@ def shown(body, ids):
 
 
 def sql(query, params=()):
-    with connection.cursor() as cursor:
-        cursor.execute(query, params)
+    """As the owner of netbox-outbox's schema (NetBox's own role may only read the ui_* views)."""
+    with psycopg.connect(OWNER_URL, autocommit=True) as conn:
+        cursor = conn.execute(query, params)
         return cursor.fetchall() if cursor.description else None
 
 
@@ -151,6 +156,14 @@ def run():
     resume = reverse('plugins:netbox_outbox_plugin:webhook_resume', kwargs={'pk': crm.pk})
     webhook_page = crm.get_absolute_url()
     device_page = device.get_absolute_url()
+
+    # --- NetBox's role reads the views and nothing behind them
+    with connection.cursor() as cursor:
+        cursor.execute('select current_user, has_table_privilege(current_user, %s, %s), '
+                       'has_table_privilege(current_user, %s, %s)',
+                       ['netbox_outbox.request', 'select', 'netbox_outbox.ui_request', 'select'])
+        who, tables, views = cursor.fetchone()
+    check(f"NetBox's role ({who}) reads the ui views, not the tables", views and not tables, (who, tables, views))
 
     # --- anonymous: NetBox's login page, for every page and action
     anonymous = Client()
