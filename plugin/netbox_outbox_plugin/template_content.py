@@ -4,6 +4,7 @@ from netbox.plugins import PluginTemplateExtension
 
 from . import actions
 from .health import live_sidecars, webhook_health
+from .models import Delivery
 
 __all__ = ('template_extensions',)
 
@@ -12,7 +13,14 @@ class WebhookHealthPanel(PluginTemplateExtension):
     models = ['extras.webhook']
 
     def _visible(self):
-        return self.context['request'].user.has_perm('netbox_outbox_plugin.view_delivery')
+        # a webhook's totals, for users who may see its deliveries (a constraint such as
+        # {"webhook_id": 3} hides the panel on every other webhook's page)
+        user = self.context['request'].user
+        if not user.has_perm('netbox_outbox_plugin.view_delivery'):
+            return False
+        webhook = self.context['object']
+        return user.is_superuser or Delivery.objects.restrict(user, 'view').filter(webhook_id=webhook.pk).exists() \
+            or not Delivery.objects.filter(webhook_id=webhook.pk).exists()
 
     def alerts(self):
         if not self._visible() or live_sidecars() != 0:

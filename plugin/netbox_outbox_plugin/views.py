@@ -21,6 +21,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.generic import View
 
 from extras.models import EventRule, Webhook
+from netbox.context import current_request
 from utilities.views import ConditionalLoginRequiredMixin, ViewTab, get_default_template
 
 from . import actions
@@ -62,14 +63,22 @@ def _safe_return(request, fallback):
     return fallback
 
 
+def _visible_count(obj):
+    """The tab's badge: the object's deliveries the current user may see (constraints apply)."""
+    request = current_request.get()
+    if request is None:
+        return None
+    return Delivery.objects.restrict(request.user, 'view').filter(
+        content_type=ContentType.objects.get_for_model(obj), object_id=obj.pk).count()
+
+
 class ObjectDeliveriesView(ConditionalLoginRequiredMixin, View):
     """The "Webhook deliveries" tab: the object's events and their deliveries, newest first."""
 
     base_template = None
     tab = ViewTab(
         label=_('Webhook deliveries'),
-        badge=lambda obj: Delivery.objects.filter(
-            content_type=ContentType.objects.get_for_model(obj), object_id=obj.pk).count(),
+        badge=lambda obj: _visible_count(obj),
         permission=VIEW_PERMISSION,
         weight=10500,
     )

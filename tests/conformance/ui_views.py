@@ -300,6 +300,13 @@ def run():
           shown(body, (dead, delivered, retrying, behind, other_dead)) == {other_dead})
     check("a constrained viewer cannot open another webhook's delivery", c.get(page).status_code == 404)
     check("a constrained viewer opens an allowed delivery", c.get(other_page).status_code == 200)
+    check("a constrained viewer sees no health panel for a webhook outside the constraint",
+          'webhook-health' not in text(c.get(webhook_page)))
+    check("a constrained viewer sees the health panel of the allowed webhook",
+          'id="webhook-health"' in text(c.get(other.get_absolute_url())))
+    badge = re.search(r'Webhook deliveries\s*<span class="badge[^"]*">\s*(\d+)', text(c.get(device_page)))
+    check("a constrained viewer's tab badge counts only allowed deliveries", badge and badge.group(1) == '1',
+          badge and badge.group(0))
     body = text(c.get(tab))
     check("a constrained viewer's tab shows only allowed deliveries",
           shown(body, (dead, delivered, retrying, behind, other_dead)) == {other_dead})
