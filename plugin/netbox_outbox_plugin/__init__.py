@@ -1,14 +1,17 @@
 """netbox-outbox's NetBox plugin.
 
-It does two small things, both for the netbox-outbox sidecar, which delivers webhooks from
-PostgreSQL triggers instead of NetBox's RQ worker:
+For the netbox-outbox sidecar, which delivers webhooks from PostgreSQL triggers instead of
+NetBox's RQ worker:
 
 * it registers the event rule action type ``netbox_outbox.webhook`` ("Webhook (netbox-outbox)"),
   whose target is an ordinary NetBox Webhook and whose dispatch inside NetBox does nothing: rules
   of this type are delivered by the sidecar only (see ``event_rules.py``);
 * it hands each write's request context (request id, path, method, query, user) to the capture
   triggers through the PostgreSQL session setting ``netbox_outbox.request``, so the sidecar's
-  webhooks carry NetBox's exact ``request`` block (see ``request_context.py``).
+  webhooks carry NetBox's exact ``request`` block (see ``request_context.py``);
+* it shows the delivery log inside NetBox: a "Webhook deliveries" tab on every object whose model
+  has event rules, a Deliveries list, a delivery's page, a health panel on each Webhook, and
+  replay, pause and resume buttons (``views.py``, read through migration V17's views).
 
 Enable it with ``PLUGINS = ['netbox_outbox_plugin']`` in NetBox's configuration.py.
 """
@@ -35,6 +38,23 @@ class NetBoxOutboxConfig(PluginConfig):
         from . import request_context
 
         request_context.connect()
+        _register_tabs()
+
+
+def _register_tabs():
+    """The "Webhook deliveries" tab on every model NetBox sends events for (EventRulesMixin),
+    NetBox's and other plugins' alike, the way NetBox registers its own changelog tab."""
+    from django.apps import apps
+
+    from netbox.models.features import EventRulesMixin
+    from utilities.views import register_model_view
+
+    from .views import ObjectDeliveriesView
+
+    for model in apps.get_models():
+        if issubclass(model, EventRulesMixin):
+            register_model_view(model, 'webhook_deliveries', path='webhook-deliveries',
+                                kwargs={'model': model})(ObjectDeliveriesView)
 
 
 config = NetBoxOutboxConfig

@@ -28,8 +28,9 @@ PG_USER = os.environ.get('NBO_CONFORMANCE_PGUSER', 'postgres')
 REDIS_PORT = 6379
 # Redis databases for NetBox's task queue and cache; NetBox's defaults are 0 and 1, the anchors used
 # 10 and 11, the catalogue checks 14 and 15.
-REDIS_TASKS_DB = 12
-REDIS_CACHING_DB = 13
+# NBO_CONFORMANCE_REDIS_TASKS_DB / _CACHING_DB override them for a run outside the shared lock.
+REDIS_TASKS_DB = int(os.environ.get('NBO_CONFORMANCE_REDIS_TASKS_DB', '12'))
+REDIS_CACHING_DB = int(os.environ.get('NBO_CONFORMANCE_REDIS_CACHING_DB', '13'))
 
 API_USER = 'conformance'
 # A v1 token (`Authorization: Token <40 hex>`): fixed, so nothing needs to be read back.

@@ -56,6 +56,8 @@ mod hostile_receivers;
 mod local_failure;
 /// Applying the migrations, by the binary and by a DBA with psql.
 mod migrate;
+/// What the NetBox plugin's pages read and do: views without secrets, NetBox's role's grants.
+mod netbox_ui;
 /// Operating it: commands, SQL cookbook, metrics, least privilege, uninstall.
 mod operate;
 /// PostgreSQL like psql: TLS by sslmode against a TLS-only cluster, PG* variables, ~/.pgpass,
