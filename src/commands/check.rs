@@ -478,6 +478,11 @@ pub(crate) async fn command(
     );
     let client = database.connect().await?;
     println!("ok       database {database} answers");
+    // Not installed, pending migrations or no rights: one problem that says what to run.
+    if let Err(failure) = super::installed::require(&client, &database).await {
+        println!("PROBLEM  {}", failure.error);
+        return Ok(exit::PROBLEMS);
+    }
     let findings = run(&client, config, !offline).await;
     for finding in &findings {
         println!("{}", finding.line());
