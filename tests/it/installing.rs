@@ -231,3 +231,41 @@ async fn a_role_without_rights_is_told_which_grant_it_lacks() {
         .await
         .unwrap();
 }
+
+/// A second sidecar on one host (the metrics address taken): exit 3 naming the address and the
+/// setting, not a sidecar running on without health endpoints.
+#[tokio::test]
+async fn a_metrics_address_in_use_stops_the_start() {
+    let db = TestDb::migrated().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_netbox-outbox"))
+        .arg("run")
+        .env("DATABASE_URL", db.url())
+        .env("NETBOX_OUTBOX_METRICS__LISTEN", &addr)
+        .env_remove("NETBOX_OUTBOX_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run netbox-outbox");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains(&format!(
+            "cannot serve /metrics, /healthz and /readyz on {addr}"
+        )) && said.contains("[metrics] listen"),
+        "{said}"
+    );
+    // check warns (a running sidecar may hold it), and still passes on that account
+    let check = Command::new(env!("CARGO_BIN_EXE_netbox-outbox"))
+        .args(["check", "--offline"])
+        .env("DATABASE_URL", db.url())
+        .env("NETBOX_OUTBOX_METRICS__LISTEN", &addr)
+        .output()
+        .unwrap();
+    assert!(
+        text(&check).contains(&format!("warning  [metrics] listen {addr} is taken")),
+        "{}",
+        text(&check)
+    );
+    drop(taken);
+}
