@@ -521,6 +521,29 @@ impl Config {
                 format!("{delivery_id_header:?} is not a valid HTTP header name"),
             ));
         }
+        // Checked here rather than at the first send, so `check` and the start refuse them.
+        let proxy = d.proxy.filter(|p| !p.is_empty());
+        if let Some(proxy) = &proxy
+            && let Err(e) = reqwest::Proxy::all(proxy.as_str())
+        {
+            return Err(invalid(
+                "delivery.proxy",
+                format!(
+                    "{proxy:?} is not a proxy URL ({e}); write one such as http://proxy.example.net:3128, as NetBox's HTTP_PROXIES"
+                ),
+            ));
+        }
+        let user_agent = d
+            .user_agent
+            .unwrap_or_else(|| format!("netbox-outbox/{}", env!("CARGO_PKG_VERSION")));
+        if reqwest::header::HeaderValue::from_str(&user_agent).is_err() {
+            return Err(invalid(
+                "delivery.user_agent",
+                format!(
+                    "{user_agent:?} cannot be an HTTP header value (control characters or non-ASCII)"
+                ),
+            ));
+        }
         let metrics_listen = match raw.metrics.listen.as_deref() {
             None | Some("") => None,
             Some(addr) => Some(addr.parse().map_err(|_| {
@@ -562,13 +585,11 @@ impl Config {
                 pause_initial,
                 pause_max,
                 response_excerpt_bytes: d.response_excerpt_bytes.unwrap_or(1024),
-                user_agent: d
-                    .user_agent
-                    .unwrap_or_else(|| format!("netbox-outbox/{}", env!("CARGO_PKG_VERSION"))),
+                user_agent,
                 delivery_id_header,
                 payload_format: d.payload_format.unwrap_or(PayloadFormat::Netbox47),
                 payload_format_by_webhook: d.payload_format_by_webhook.unwrap_or_default(),
-                proxy: d.proxy.filter(|p| !p.is_empty()),
+                proxy,
             },
             assembly: AssemblyConfig {
                 poll_interval: nonzero(
@@ -1046,6 +1067,27 @@ mod tests {
                 && listed.contains("(set by test.toml line 2)"),
             "{listed}"
         );
+    }
+
+    /// What would fail only at the first send is refused with the configuration.
+    #[test]
+    fn proxy_and_user_agent_are_checked_up_front() {
+        let proxy = load("[delivery]\nproxy = \"not a url\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            proxy.starts_with("delivery.proxy: \"not a url\" is not a proxy URL"),
+            "{proxy}"
+        );
+        let agent = load("[delivery]\nuser_agent = \"a\\nb\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(agent.starts_with("delivery.user_agent:"), "{agent}");
+        load(
+            "[delivery]\nproxy = \"http://proxy.example.net:3128\"\n",
+            &[],
+        )
+        .unwrap();
     }
 
     /// `verbose` would be read by tracing as a target name and silence every line of `run`:
