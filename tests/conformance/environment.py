@@ -161,8 +161,17 @@ def drop_database(name):
 
 def clone_template(name):
     drop_database(name)
-    with pg_connect() as conn:
-        conn.execute(f'create database "{name}" template "{TEMPLATE_DB}"')
+    # A template cannot be cloned while anyone is connected to it (a pg_dump of it, such as
+    # tests/install/walkthrough's, or a psql session): wait for them a little.
+    for attempt in range(60):
+        try:
+            with pg_connect() as conn:
+                conn.execute(f'create database "{name}" template "{TEMPLATE_DB}"')
+            return
+        except psycopg.errors.ObjectInUse:
+            if attempt == 59:
+                raise
+            time.sleep(1)
 
 
 # ------------------------------------------------------------------------------------------------
