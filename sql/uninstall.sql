@@ -9,6 +9,9 @@
 --   drop owned by netbox_outbox; drop role netbox_outbox;
 -- (drop owned also takes back its grants on NetBox's tables; the schema's removal takes the rest.)
 
+-- The schema's removal lists every object it cascades to as a NOTICE: only warnings here.
+set client_min_messages = warning;
+
 begin;
 
 drop event trigger if exists netbox_outbox_ddl;

@@ -39,8 +39,8 @@ pub mod exit {
     long_about = None,
     max_term_width = 100,
     after_help = "Exit codes: 0 success, 1 failure, 2 bad arguments, 3 invalid configuration, \
-                  4 database unreachable, 5 problems found (check, migrate --check, pending \
-                  migrations at run)."
+                  4 database unreachable, 5 problems found (check, migrate --check) or \
+                  netbox-outbox not installed or migrations pending."
 )]
 pub struct Cli {
     /// NetBox's PostgreSQL database, as a URL (postgres://user:password@host:5432/netbox) or
@@ -236,7 +236,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Status { json } => {
             let config = config(&cli)?;
-            let client = database(&config)?.connect().await?;
+            let database = database(&config)?;
+            let client = database.connect().await?;
+            commands::installed::require(&client, &database).await?;
             commands::status::print(&client, *json)
                 .await
                 .map_err(|e| Failure::new(exit::FAILURE, e))?;

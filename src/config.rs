@@ -19,26 +19,201 @@ use crate::db::DatabaseUrl;
 /// The documented defaults, as a config file an operator can start from.
 pub const DEFAULT_TOML: &str = include_str!("../examples/netbox-outbox.toml");
 
-/// A configuration error: which key, what is wrong, and what to do.
+/// A configuration error: where it was set (file and line, or environment variable), which key,
+/// what is wrong, and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}: {cause}{}", path.display(), read_hint(path, cause))]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
-    #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
+    #[error("{key}: {message}{}", origin.as_ref().map(|o| format!(" (set by {o})")).unwrap_or_default())]
+    Invalid {
+        key: String,
+        message: String,
+        /// Where the value came from, once known.
+        origin: Option<String>,
+    },
+}
+
+/// What to do about a config file that cannot be read.
+fn read_hint(path: &Path, cause: &std::io::Error) -> String {
+    match cause.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "; write one with every default: netbox-outbox config > {}",
+            path.display()
+        ),
+        std::io::ErrorKind::PermissionDenied => "; the user running netbox-outbox may not read \
+            it: under systemd, pass it with LoadCredential= as examples/netbox-outbox.service \
+            does (docs/install.md, step 7)"
+            .to_string(),
+        _ => String::new(),
+    }
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
         message: message.into(),
+        origin: None,
     }
+}
+
+/// Where each setting came from: the file (with the line it is on) or an environment variable.
+struct Origins<'a> {
+    file: &'a str,
+    text: &'a str,
+    /// `section.key` (or `key` at the top level) → the environment variable that set it.
+    environment: BTreeMap<String, String>,
+}
+
+impl Origins<'_> {
+    /// `NETBOX_OUTBOX_DELIVERY__CONCURRENCY`, or `file line 12`, or the file alone when the
+    /// key is not on a line of its own (an inline table).
+    fn of(&self, key: &str) -> String {
+        // `delivery.retry_schedule[2]` was set as `delivery.retry_schedule`
+        let key = key.split('[').next().unwrap_or(key);
+        let mut path = key.to_string();
+        loop {
+            if let Some(variable) = self.environment.get(&path) {
+                return format!("environment variable {variable}");
+            }
+            match path.rsplit_once('.') {
+                Some((parent, _)) => path = parent.to_string(),
+                None => break,
+            }
+        }
+        match line_of(self.text, key) {
+            Some(line) => format!("{} line {line}", self.file),
+            None => self.file.to_string(),
+        }
+    }
+
+    fn locate(&self, error: ConfigError) -> ConfigError {
+        match error {
+            ConfigError::Invalid {
+                key,
+                message,
+                origin: None,
+            } => ConfigError::Invalid {
+                origin: Some(self.of(&key)),
+                key,
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+/// The line (from 1) on which `section.key` is set in a TOML text: the first `key =` after the
+/// `[section]` header. Enough for messages; the parser has already accepted the text.
+fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = match dotted.rsplit_once('.') {
+        Some((section, key)) => (section, key),
+        None => ("", dotted),
+    };
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            continue;
+        }
+        if current != section {
+            continue;
+        }
+        let name = line.split('=').next().unwrap_or_default().trim();
+        if line.contains('=') && name.trim_matches('"') == key {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// Rewrites serde's wording for an operator: Rust type names become what to write, and an
+/// unknown choice gets its nearest valid one.
+fn type_message(message: &str) -> String {
+    let mut out = message.to_string();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number, such as 10"),
+        ("expected u32", "expected a whole number, such as 10"),
+        ("expected u64", "expected a whole number, such as 10"),
+        ("expected f64", "expected a number, such as 0.5"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected a quoted string"),
+        (
+            "expected a sequence",
+            "expected a list, such as [\"5s\", \"1m\"]",
+        ),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `")
+        && let Some((given, choices)) = rest.split_once('`')
+    {
+        let choices: Vec<&str> = choices.split('`').skip(1).step_by(2).collect();
+        if let Some(near) = nearest(given, &choices) {
+            out.push_str(&format!("; did you mean `{near}`?"));
+        }
+    }
+    out
+}
+
+/// The valid choice closest to what was written, if it is close enough to be a typo.
+fn nearest<'a>(given: &str, choices: &[&'a str]) -> Option<&'a str> {
+    choices
+        .iter()
+        .map(|c| {
+            (
+                strsim::levenshtein(&c.to_lowercase(), &given.to_lowercase()),
+                *c,
+            )
+        })
+        .min()
+        .filter(|(d, c)| *d <= 3.max(c.len() / 3))
+        .map(|(_, c)| c)
+}
+
+/// The levels `[log] level` accepts alone; a filter such as `netbox_outbox=debug` may also
+/// name a target.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks `[log] level` as `run` will use it: a bare word that is no level would be read by
+/// tracing as a target name and silence every line, so it is refused with the nearest level.
+fn log_level(text: &str) -> Result<String, ConfigError> {
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
+        if !LOG_LEVELS.contains(&level.to_lowercase().as_str()) {
+            let near = nearest(level, &LOG_LEVELS)
+                .map(|n| format!("did you mean `{n}`? "))
+                .unwrap_or_default();
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{level:?} is not a level; {near}expected one of {} (or a filter such as \
+                     \"info,netbox_outbox=debug\")",
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
+    }
+    if tracing_subscriber::EnvFilter::try_new(text).is_err() {
+        return Err(invalid(
+            "log.level",
+            format!("{text:?} is not a level or a filter such as \"info,netbox_outbox=debug\""),
+        ));
+    }
+    Ok(text.to_string())
 }
 
 /// The sidecar's settings.
@@ -244,9 +419,9 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let (text, origin) = match path {
             Some(path) => (
-                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
                     path: path.to_path_buf(),
-                    source,
+                    cause,
                 })?,
                 path.display().to_string(),
             ),
@@ -267,19 +442,24 @@ impl Config {
                     origin: origin.to_string(),
                     message: e.to_string(),
                 })?;
-        apply_environment(&mut table, vars)?;
-        check_keys(&table, origin)?;
+        let origins = Origins {
+            file: origin,
+            text,
+            environment: apply_environment(&mut table, vars)?,
+        };
+        check_keys(&table, &origins)?;
         let raw: RawConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    origin: origin.to_string(),
-                    message: format!(
-                        "{}; `netbox-outbox config` prints every valid key with its default",
-                        e.message()
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                origins.locate(invalid(
+                    &key,
+                    format!(
+                        "{}; `netbox-outbox config` prints every key with its default",
+                        type_message(e.inner().message())
                     ),
-                })?;
-        Self::validate(raw)
+                ))
+            })?;
+        Self::validate(raw).map_err(|e| origins.locate(e))
     }
 
     fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
@@ -341,6 +521,29 @@ impl Config {
                 format!("{delivery_id_header:?} is not a valid HTTP header name"),
             ));
         }
+        // Checked here rather than at the first send, so `check` and the start refuse them.
+        let proxy = d.proxy.filter(|p| !p.is_empty());
+        if let Some(proxy) = &proxy
+            && let Err(e) = reqwest::Proxy::all(proxy.as_str())
+        {
+            return Err(invalid(
+                "delivery.proxy",
+                format!(
+                    "{proxy:?} is not a proxy URL ({e}); write one such as http://proxy.example.net:3128, as NetBox's HTTP_PROXIES"
+                ),
+            ));
+        }
+        let user_agent = d
+            .user_agent
+            .unwrap_or_else(|| format!("netbox-outbox/{}", env!("CARGO_PKG_VERSION")));
+        if reqwest::header::HeaderValue::from_str(&user_agent).is_err() {
+            return Err(invalid(
+                "delivery.user_agent",
+                format!(
+                    "{user_agent:?} cannot be an HTTP header value (control characters or non-ASCII)"
+                ),
+            ));
+        }
         let metrics_listen = match raw.metrics.listen.as_deref() {
             None | Some("") => None,
             Some(addr) => Some(addr.parse().map_err(|_| {
@@ -382,13 +585,11 @@ impl Config {
                 pause_initial,
                 pause_max,
                 response_excerpt_bytes: d.response_excerpt_bytes.unwrap_or(1024),
-                user_agent: d
-                    .user_agent
-                    .unwrap_or_else(|| format!("netbox-outbox/{}", env!("CARGO_PKG_VERSION"))),
+                user_agent,
                 delivery_id_header,
                 payload_format: d.payload_format.unwrap_or(PayloadFormat::Netbox47),
                 payload_format_by_webhook: d.payload_format_by_webhook.unwrap_or_default(),
-                proxy: d.proxy.filter(|p| !p.is_empty()),
+                proxy,
             },
             assembly: AssemblyConfig {
                 poll_interval: nonzero(
@@ -431,7 +632,7 @@ impl Config {
             },
             log: LogConfig {
                 format: raw.log.format.unwrap_or(LogFormat::Text),
-                level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+                level: log_level(raw.log.level.as_deref().unwrap_or("info"))?,
             },
             shutdown_grace: duration_or("shutdown.grace_period", raw.shutdown.grace_period, "30s")?,
         })
@@ -561,13 +762,13 @@ const REMOVED: [(&str, &str, &str); 1] = [(
      and set the webhook's payload_url to where the receiver redirects",
 )];
 
-/// Rejects a key that is not a setting, naming the closest valid one and all of them, or what
-/// replaced a removed one.
-fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
+/// Rejects a key that is not a setting, naming where it was set, the closest valid one and all
+/// of them, or what replaced a removed one.
+fn check_keys(table: &toml::Table, origins: &Origins<'_>) -> Result<(), ConfigError> {
     fn valid(section: &str) -> Option<&'static [&'static str]> {
         KEYS.iter().find(|(s, _)| *s == section).map(|(_, k)| *k)
     }
-    fn walk(section: &str, table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
+    fn walk(section: &str, table: &toml::Table, origins: &Origins<'_>) -> Result<(), ConfigError> {
         let Some(keys) = valid(section) else {
             return Ok(());
         };
@@ -575,11 +776,16 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
             return Ok(());
         }
         for (key, value) in table {
+            let path = if section.is_empty() {
+                key.clone()
+            } else {
+                format!("{section}.{key}")
+            };
             if let Some((_, _, replaced)) =
                 REMOVED.iter().find(|(s, k, _)| *s == section && k == key)
             {
                 return Err(ConfigError::Parse {
-                    origin: origin.to_string(),
+                    origin: origins.of(&path),
                     message: format!("`{key}` in [{section}]: {replaced}"),
                 });
             }
@@ -597,7 +803,7 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
                     .map(|(_, k)| format!("did you mean `{k}`? "))
                     .unwrap_or_default();
                 return Err(ConfigError::Parse {
-                    origin: origin.to_string(),
+                    origin: origins.of(&path),
                     message: format!(
                         "unknown key `{key}` {place}; {closest}valid keys: {}; `netbox-outbox config` \
                          prints every key with its default",
@@ -606,24 +812,21 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
                 });
             }
             if let toml::Value::Table(inner) = value {
-                let path = if section.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{section}.{key}")
-                };
-                walk(&path, inner, origin)?;
+                walk(&path, inner, origins)?;
             }
         }
         Ok(())
     }
-    walk("", table, origin)
+    walk("", table, origins)
 }
 
 /// Applies `NETBOX_OUTBOX_<SECTION>__<KEY>` and `DATABASE_URL` overrides to the parsed file.
+/// Returns which variable set which `section.key`, for messages.
 fn apply_environment(
     table: &mut toml::Table,
     vars: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut origins = BTreeMap::new();
     // DATABASE_URL and NETBOX_OUTBOX_DATABASE_URL both name the database; when both are set
     // and differ, which one wins would depend on the environment's order: refuse instead.
     let vars: Vec<(String, String)> = vars.into_iter().collect();
@@ -641,6 +844,7 @@ fn apply_environment(
     for (name, value) in vars {
         if name == "DATABASE_URL" {
             table.insert("database_url".into(), toml::Value::String(value));
+            origins.insert("database_url".to_string(), name);
             continue;
         }
         let Some(path) = name.strip_prefix("NETBOX_OUTBOX_") else {
@@ -664,8 +868,9 @@ fn apply_environment(
             })?;
         }
         target.insert(parts[parts.len() - 1].clone(), parsed);
+        origins.insert(parts.join("."), name);
     }
-    Ok(())
+    Ok(origins)
 }
 
 /// An environment value as TOML: numbers, booleans and arrays as such, anything else a string.
@@ -788,6 +993,155 @@ mod tests {
         );
     }
 
+    /// Each error names where the value came from (file line or environment variable), the key,
+    /// what was expected, and a near match.
+    #[test]
+    fn errors_name_their_source_key_expectation_and_near_match() {
+        let env_typo = load(
+            "[delivery]\nconcurrency = 10\n",
+            &[("NETBOX_OUTBOX_DELIVERY__CONCURENCY", "10")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            env_typo.starts_with("environment variable NETBOX_OUTBOX_DELIVERY__CONCURENCY: unknown key `concurency` in [delivery]; did you mean `concurrency`?"),
+            "{env_typo}"
+        );
+        let file_typo = load("# a comment\n[delivery]\nconcurency = 3\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            file_typo.starts_with("test.toml line 3: unknown key `concurency`"),
+            "{file_typo}"
+        );
+
+        let env_type = load("", &[("NETBOX_OUTBOX_DELIVERY__CONCURRENCY", "ten")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            env_type.starts_with(
+                "delivery.concurrency: invalid type: string \"ten\", expected a whole number"
+            ),
+            "{env_type}"
+        );
+        assert!(
+            env_type.contains("(set by environment variable NETBOX_OUTBOX_DELIVERY__CONCURRENCY)"),
+            "{env_type}"
+        );
+        let file_type = load("[assembly]\n\nlisten = \"yes\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            file_type.starts_with(
+                "assembly.listen: invalid type: string \"yes\", expected true or false"
+            ),
+            "{file_type}"
+        );
+        assert!(
+            file_type.contains("(set by test.toml line 3)"),
+            "{file_type}"
+        );
+
+        let choice = load("[log]\nformat = \"jsno\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            choice.starts_with("log.format: unknown variant `jsno`, expected `text` or `json`; did you mean `json`?"),
+            "{choice}"
+        );
+        assert!(choice.contains("(set by test.toml line 2)"), "{choice}");
+
+        let duration = load("", &[("NETBOX_OUTBOX_DELIVERY__POLL_INTERVAL", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            duration
+                .contains("(set by environment variable NETBOX_OUTBOX_DELIVERY__POLL_INTERVAL)"),
+            "{duration}"
+        );
+        let listed = load("[delivery]\nretry_schedule = [\"5s\", \"later\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            listed.starts_with("delivery.retry_schedule[1]: \"later\" is not a duration")
+                && listed.contains("(set by test.toml line 2)"),
+            "{listed}"
+        );
+    }
+
+    /// What would fail only at the first send is refused with the configuration.
+    #[test]
+    fn proxy_and_user_agent_are_checked_up_front() {
+        let proxy = load("[delivery]\nproxy = \"not a url\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            proxy.starts_with("delivery.proxy: \"not a url\" is not a proxy URL"),
+            "{proxy}"
+        );
+        let agent = load("[delivery]\nuser_agent = \"a\\nb\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(agent.starts_with("delivery.user_agent:"), "{agent}");
+        load(
+            "[delivery]\nproxy = \"http://proxy.example.net:3128\"\n",
+            &[],
+        )
+        .unwrap();
+    }
+
+    /// `verbose` would be read by tracing as a target name and silence every line of `run`:
+    /// `check` (which loads the same configuration) refuses it.
+    #[test]
+    fn log_level_is_a_level_or_a_filter() {
+        let verbose = load("[log]\nlevel = \"verbose\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            verbose.starts_with("log.level: \"verbose\" is not a level")
+                && verbose.contains("error, warn, info, debug, trace")
+                && verbose.contains("(set by test.toml line 2)"),
+            "{verbose}"
+        );
+        let near = load("", &[("NETBOX_OUTBOX_LOG__LEVEL", "debgu")])
+            .unwrap_err()
+            .to_string();
+        assert!(near.contains("did you mean `debug`?"), "{near}");
+        for good in [
+            "info",
+            "WARN",
+            "info,netbox_outbox=debug",
+            "netbox_outbox=trace",
+            "off",
+        ] {
+            load("", &[("NETBOX_OUTBOX_LOG__LEVEL", good)])
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let bad_target_level = load("", &[("NETBOX_OUTBOX_LOG__LEVEL", "netbox_outbox=loud")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad_target_level.contains("\"loud\" is not a level"),
+            "{bad_target_level}"
+        );
+    }
+
+    /// A missing file: its cause once, and how to write one.
+    #[test]
+    fn a_missing_file_says_its_cause_once() {
+        let error =
+            Config::load(Some(Path::new("/nonexistent/nbo.toml")), std::iter::empty()).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("netbox-outbox config > /nonexistent/nbo.toml"),
+            "{text}"
+        );
+        assert!(
+            std::error::Error::source(&error).is_none(),
+            "the cause would print twice"
+        );
+    }
+
     #[test]
     fn the_key_list_matches_the_file_shape() {
         // the shipped example documents every listed key, and uses none that is not listed
@@ -804,7 +1158,15 @@ mod tests {
             }
         }
         let example: toml::Table = DEFAULT_TOML.parse().unwrap();
-        check_keys(&example, "example").unwrap();
+        check_keys(
+            &example,
+            &Origins {
+                file: "example",
+                text: DEFAULT_TOML,
+                environment: BTreeMap::new(),
+            },
+        )
+        .unwrap();
         // and every listed key is one the file's shape accepts
         load(
             "[delivery]\nproxy = \"\"\npayload_format_by_webhook = { \"old\" = \"legacy\" }\n",

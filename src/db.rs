@@ -153,6 +153,11 @@ impl Database {
         }
     }
 
+    /// The role connected as, when known (the URL's or `PGUSER`).
+    pub fn user(&self) -> Option<&str> {
+        self.config.get_user()
+    }
+
     /// Where we connect, for messages: user, host, port, database and sslmode, never the
     /// password.
     pub fn target(&self) -> String {

@@ -119,14 +119,19 @@ pub async fn read_lag(db: &tokio_postgres::Client) -> Result<ReadLag, tokio_post
     })
 }
 
-/// Serves the endpoint on `addr` until `cancel`.
+/// Binds the endpoint's address: done before the sidecar starts, so an address in use (a
+/// second sidecar on the host) stops the start instead of running on without health checks.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves the endpoint on a bound `listener` until `cancel`.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     database: Database,
     health: Arc<Health>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
     info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let handle = m::recorder();
     loop {

@@ -20,8 +20,22 @@ pub const HISTORY_TABLE: &str = "netbox_outbox.refinery_schema_history";
 pub enum MigrationError {
     #[error("could not read the migration history")]
     History(#[source] tokio_postgres::Error),
-    #[error("migration failed")]
-    Apply(#[source] refinery::Error),
+    #[error(
+        "migration failed{left}; apply the migrations as the role that owns NetBox's tables \
+         (NetBox's own database user), after NetBox's own migrations"
+    )]
+    Apply {
+        #[source]
+        source: refinery::Error,
+        /// What the failure left in the database, for the message.
+        left: &'static str,
+    },
+    #[error(
+        "this database has no NetBox tables (public.django_content_type, public.core_objecttype), \
+         so nothing was changed: apply the migrations to the database NetBox uses (its \
+         configuration.py DATABASE), after NetBox's own migrations"
+    )]
+    NotNetbox,
     #[error(
         "the database has migration V{version} which this netbox-outbox does not know; \
          it was migrated by a newer netbox-outbox, so run that version instead"
@@ -112,10 +126,37 @@ pub async fn pending(client: &Client) -> Result<Vec<Migration>, MigrationError> 
 }
 
 /// Applies every pending migration, each in its own transaction. Returns the ones applied.
+///
+/// A database that refuses the first install (no NetBox tables, a role that does not own them)
+/// is left as it was: nothing is created before NetBox is found, and the schema and history
+/// table made for the run are dropped again when no migration could be applied.
 pub async fn run(client: &mut Client) -> Result<Vec<Migration>, MigrationError> {
     let pending = pending(client).await?;
     if pending.is_empty() {
         return Ok(pending);
+    }
+    let fresh = pending.len() == all().len();
+    let schema_existed: bool = client
+        .query_one(
+            "select exists (select 1 from pg_namespace where nspname = 'netbox_outbox')",
+            &[],
+        )
+        .await
+        .map_err(MigrationError::History)?
+        .get(0);
+    if fresh {
+        let netbox: bool = client
+            .query_one(
+                "select to_regclass('public.django_content_type') is not null
+                    and to_regclass('public.core_objecttype') is not null",
+                &[],
+            )
+            .await
+            .map_err(MigrationError::History)?
+            .get(0);
+        if !netbox {
+            return Err(MigrationError::NotNetbox);
+        }
     }
     // refinery creates its history table before running the first migration, so the schema it
     // lives in must exist already.
@@ -123,12 +164,47 @@ pub async fn run(client: &mut Client) -> Result<Vec<Migration>, MigrationError> 
         .batch_execute("create schema if not exists netbox_outbox")
         .await
         .map_err(MigrationError::History)?;
-    runner()
-        .run_async(client)
-        .await
-        .map_err(MigrationError::Apply)?;
-    Ok(pending)
+    match runner().run_async(client).await {
+        Ok(_) => Ok(pending),
+        Err(source) => {
+            let mut left = "";
+            if fresh && !schema_existed && applied(client).await.is_ok_and(|a| a.is_empty()) {
+                // Never cascade: only what this run created goes, anything else stays.
+                let cleanup = client
+                    .batch_execute(&format!(
+                        "drop table if exists {HISTORY_TABLE}; drop schema if exists netbox_outbox"
+                    ))
+                    .await;
+                left = if cleanup.is_ok() {
+                    " (nothing was left in the database)"
+                } else {
+                    " (an empty netbox_outbox schema is left: drop schema netbox_outbox cascade)"
+                };
+            }
+            Err(MigrationError::Apply { source, left })
+        }
+    }
 }
+
+/// Whether the DDL event trigger that re-installs capture triggers during NetBox's migrations
+/// exists (only a superuser can create it; without it `netbox_outbox.sync()` does that job).
+pub async fn ddl_trigger_installed(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "select exists (select 1 from pg_event_trigger where evtname = 'netbox_outbox_ddl')",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// What it means when the DDL event trigger is missing, said once by `migrate`.
+pub const NO_DDL_TRIGGER: &str = "note: no DDL event trigger was installed (creating one needs a \
+    superuser). When NetBox's migrations drop or recreate a watched table, its capture trigger \
+    comes back within a minute through a running sidecar's netbox_outbox.sync(); changes made in \
+    between are not captured. After each NetBox upgrade, run select * from netbox_outbox.sync(); \
+    as NetBox's table owner (docs/install.md, Upgrade), or apply the migrations once as a \
+    superuser to get the trigger.";
 
 /// Renders the given migrations as one script for `psql -v ON_ERROR_STOP=1 -f`: each migration
 /// in its own transaction, followed by the history row `migrate` looks for.
@@ -139,7 +215,9 @@ pub fn script(migrations: &[Migration]) -> String {
          --   psql \"$DATABASE_URL\" -v ON_ERROR_STOP=1 -f this-file.sql\n\
          -- Apply it as the role that owns (or may create triggers on) NetBox's tables.\n\
          -- Afterwards `netbox-outbox migrate` recognises these migrations as applied.\n\n\
-         \\set ON_ERROR_STOP on\n\n",
+         \\set ON_ERROR_STOP on\n\
+         -- Only warnings and errors: the NOTICEs of `if not exists` and friends are noise.\n\
+         set client_min_messages = warning;\n\n",
     );
     if migrations.is_empty() {
         out.push_str("-- Nothing to apply: the database is up to date.\n");
@@ -162,5 +240,11 @@ pub fn script(migrations: &[Migration]) -> String {
             m.checksum()
         ));
     }
+    out.push_str(
+        "-- Said once: what a missing DDL event trigger means (see docs/install.md, Upgrade).\n\
+         do $$\nbegin\n    if not exists (select 1 from pg_event_trigger where evtname = 'netbox_outbox_ddl') then\n\
+         \x20       raise warning 'netbox_outbox: no DDL event trigger (it needs a superuser): after each NetBox upgrade run select * from netbox_outbox.sync(); (a running sidecar does within a minute)';\n\
+         \x20   end if;\nend\n$$;\n",
+    );
     out
 }

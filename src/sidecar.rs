@@ -40,6 +40,15 @@ pub enum StartError {
          (or netbox-outbox migrate --print-sql for a DBA)"
     )]
     NotMigrated { pending: String },
+    #[error(
+        "cannot serve /metrics, /healthz and /readyz on {addr}: {cause}; another process (a \
+         second sidecar on this host?) holds it: give each sidecar its own [metrics] listen \
+         (NETBOX_OUTBOX_METRICS__LISTEN=127.0.0.1:9188), or \"\" for none"
+    )]
+    Metrics {
+        addr: std::net::SocketAddr,
+        cause: std::io::Error,
+    },
     #[error("database query failed while starting")]
     Query(#[from] tokio_postgres::Error),
     #[error(
@@ -80,6 +89,14 @@ pub async fn run(
                 .join(", "),
         });
     }
+    let listener = match config.metrics.listen {
+        Some(addr) => Some(
+            crate::health::bind(addr)
+                .await
+                .map_err(|cause| StartError::Metrics { addr, cause })?,
+        ),
+        None => None,
+    };
     let identity = Identity { id: Uuid::new_v4() };
     register(&client, identity, &fingerprint(&config)).await?;
     match client
@@ -126,11 +143,11 @@ pub async fn run(
     ));
     // Recording metrics needs the recorder even when nothing serves them.
     let _ = m::recorder();
-    if let Some(addr) = config.metrics.listen {
+    if let Some(listener) = listener {
         let (database, health, cancel) = (database.clone(), health.clone(), cancel.clone());
         tracker.spawn(async move {
-            if let Err(error) = crate::health::serve(addr, database, health, cancel).await {
-                error!(%addr, error = %crate::error_chain(&error), "cannot serve metrics; set [metrics] listen to a free address or \"\" to disable");
+            if let Err(error) = crate::health::serve(listener, database, health, cancel).await {
+                error!(error = %crate::error_chain(&error), "serving metrics failed");
             }
         });
     }

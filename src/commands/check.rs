@@ -476,8 +476,29 @@ pub(crate) async fn command(
             .display()
             .to_string())
     );
+    // `run` refuses to start when it cannot serve its endpoints; a running sidecar on this host
+    // holds the address too, so this is a warning, not a problem.
+    if let Some(addr) = config.metrics.listen {
+        match crate::health::bind(addr).await {
+            Ok(_) => println!("ok       [metrics] listen {addr} is free"),
+            Err(e) => println!(
+                "{}",
+                Finding::Warning(format!(
+                    "[metrics] listen {addr} is taken ({e}): fine if this host's running \
+                     sidecar holds it, but another sidecar started here would refuse to start; \
+                     give each its own address"
+                ))
+                .line()
+            ),
+        }
+    }
     let client = database.connect().await?;
     println!("ok       database {database} answers");
+    // Not installed, pending migrations or no rights: one problem that says what to run.
+    if let Err(failure) = super::installed::require(&client, &database).await {
+        println!("PROBLEM  {}", failure.error);
+        return Ok(exit::PROBLEMS);
+    }
     let findings = run(&client, config, !offline).await;
     for finding in &findings {
         println!("{}", finding.line());

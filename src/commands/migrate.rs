@@ -39,5 +39,12 @@ pub async fn migrate(config: &Config, print_sql: bool, check: bool) -> Result<u8
     for m in &applied {
         println!("applied {m}");
     }
+    if !applied.is_empty()
+        && !migrations::ddl_trigger_installed(&client)
+            .await
+            .unwrap_or(true)
+    {
+        println!("{}", migrations::NO_DDL_TRIGGER);
+    }
     Ok(exit::OK)
 }

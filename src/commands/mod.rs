@@ -3,6 +3,7 @@
 
 pub(crate) mod check;
 pub(crate) mod config;
+pub(crate) mod installed;
 pub(crate) mod migrate;
 pub mod receive;
 pub(crate) mod replay;

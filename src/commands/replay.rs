@@ -387,6 +387,7 @@ pub(crate) async fn command(
     };
     if rerender {
         let mut client = database.connect().await?;
+        super::installed::require(&client, &database).await?;
         let report = self::rerender(&mut client, config, selection, dry_run)
             .await
             .map_err(failure)?;
@@ -407,6 +408,7 @@ pub(crate) async fn command(
     }
     use std::io::IsTerminal;
     let client = database.connect().await?;
+    super::installed::require(&client, &database).await?;
     let n = replay(&client, selection, dry_run, std::io::stderr().is_terminal())
         .await
         .map_err(failure)?;

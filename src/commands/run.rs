@@ -8,12 +8,18 @@ use crate::db::Database;
 /// Runs the sidecar until a shutdown signal; the exit code maps how it could not start.
 pub async fn run(config: Config, database: Database) -> Result<u8, Failure> {
     init_logging(&config);
+    // Not installed, or no rights: the same message as every other command, before starting.
+    {
+        let client = database.connect().await?;
+        super::installed::require(&client, &database).await?;
+    }
     crate::sidecar::run(config, database, shutdown_signal())
         .await
         .map_err(|e| match e {
             crate::sidecar::StartError::Connect(c) => Failure::from(c),
             crate::sidecar::StartError::NotMigrated { .. } => Failure::new(exit::PROBLEMS, e),
-            crate::sidecar::StartError::ConfigDiffers { .. } => Failure::new(exit::CONFIG, e),
+            crate::sidecar::StartError::ConfigDiffers { .. }
+            | crate::sidecar::StartError::Metrics { .. } => Failure::new(exit::CONFIG, e),
             other => Failure::new(exit::FAILURE, other),
         })?;
     Ok(exit::OK)

@@ -329,6 +329,7 @@ pub(crate) async fn command(
     args: &TestWebhook,
 ) -> Result<u8, Failure> {
     let client = database.connect().await?;
+    super::installed::require(&client, &database).await?;
     let tested = run(&client, config, args).await.map_err(|e| match e {
         TestError::Invalid(_) => Failure::new(exit::USAGE, e),
         other => Failure::new(exit::FAILURE, other),

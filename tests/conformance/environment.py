@@ -25,12 +25,15 @@ TEMPLATE_DB = os.environ.get('NBO_CONFORMANCE_TEMPLATE_DB', 'nbo_conformance_tpl
 PG_HOST = os.environ.get('NBO_CONFORMANCE_PGHOST', '127.0.0.1')
 PG_PORT = int(os.environ.get('NBO_CONFORMANCE_PGPORT', '5432'))
 PG_USER = os.environ.get('NBO_CONFORMANCE_PGUSER', 'postgres')
-REDIS_PORT = 6379
+REDIS_PORT = int(os.environ.get('NBO_CONFORMANCE_REDIS_PORT', '6379'))
 # Redis databases for NetBox's task queue and cache; NetBox's defaults are 0 and 1, the anchors used
 # 10 and 11, the catalogue checks 14 and 15.
 # NBO_CONFORMANCE_REDIS_TASKS_DB / _CACHING_DB override them for a run outside the shared lock.
 REDIS_TASKS_DB = int(os.environ.get('NBO_CONFORMANCE_REDIS_TASKS_DB', '12'))
 REDIS_CACHING_DB = int(os.environ.get('NBO_CONFORMANCE_REDIS_CACHING_DB', '13'))
+# Written into both databases when the suite takes them: a later run flushes only databases that
+# are empty or hold this key, never someone else's data.
+REDIS_OWNER_KEY = 'netbox-outbox:conformance-suite'
 
 API_USER = 'conformance'
 # A v1 token (`Authorization: Token <40 hex>`): fixed, so nothing needs to be read back.
@@ -130,6 +133,23 @@ def ensure_redis():
     raise SetupError('Redis did not come up')
 
 
+def claim_redis_databases():
+    """Empties Redis databases 12 and 13 for a configuration, if they are ours to empty: empty,
+    or marked by an earlier run of this suite. Another application's keys stop the suite instead."""
+    for db in (REDIS_TASKS_DB, REDIS_CACHING_DB):
+        client = redis_client(db)
+        keys = client.dbsize()
+        if keys and not client.exists(REDIS_OWNER_KEY):
+            raise SetupError(
+                f'Redis database {db} on 127.0.0.1:{REDIS_PORT} holds {keys} keys this suite did not '
+                f'write; it empties databases {REDIS_TASKS_DB} and {REDIS_CACHING_DB} before each '
+                'configuration, so it stops rather than delete them. Run it against another Redis '
+                f'(NBO_CONFORMANCE_REDIS_PORT), or empty them if they are disposable: '
+                f'redis-cli -n {db} flushdb')
+        client.flushdb()
+        client.set(REDIS_OWNER_KEY, 'tests/conformance: safe to flush')
+
+
 def database_exists(name):
     with pg_connect() as conn:
         return conn.execute('select 1 from pg_database where datname = %s', [name]).fetchone() is not None
@@ -142,8 +162,17 @@ def drop_database(name):
 
 def clone_template(name):
     drop_database(name)
-    with pg_connect() as conn:
-        conn.execute(f'create database "{name}" template "{TEMPLATE_DB}"')
+    # A template cannot be cloned while anyone is connected to it (a pg_dump of it, such as
+    # tests/install/walkthrough's, or a psql session): wait for them a little.
+    for attempt in range(60):
+        try:
+            with pg_connect() as conn:
+                conn.execute(f'create database "{name}" template "{TEMPLATE_DB}"')
+            return
+        except psycopg.errors.ObjectInUse:
+            if attempt == 59:
+                raise
+            time.sleep(1)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -182,8 +182,7 @@ def run_configuration(cfg, netbox, binary, out, keep):
     started = time.monotonic()
 
     env.clone_template(dbname)
-    for db in (env.REDIS_TASKS_DB, env.REDIS_CACHING_DB):
-        env.redis_client(db).flushdb()
+    env.claim_redis_databases()
     root = netbox.write_instance(workdir / 'instance', dbname, [PLUGIN] if cfg.plugin else [])
     env.run([str(binary), 'migrate', '--database-url', env.database_url(dbname)],
             log_path=workdir / 'migrate.log')

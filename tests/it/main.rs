@@ -51,6 +51,10 @@ mod events;
 /// a host clock behind the database's, redirects, and SIGTERM with a request held: each shows
 /// its local outcome in the delivery log while an unrelated webhook is delivered.
 mod hostile_receivers;
+/// Installing: every command before `migrate`, on a database without NetBox or as a role without
+/// rights, says what to run; a refused `migrate` leaves nothing; the documented systemd layout
+/// read by an unprivileged uid.
+mod installing;
 /// Failure is local: runaway templates, schema drift, revoked grants and failing conditions
 /// cost one delivery or one model's events, never the batch; drift heals without a restart.
 mod local_failure;

@@ -105,6 +105,20 @@ async fn status_reports_queue_failures_and_sidecars() {
     assert_eq!(crm["paused"], true);
     assert_eq!(status["sidecars"][0]["state"], "stopped");
     assert!(status["capture"]["watched_tables"].as_i64().unwrap() > 20);
+    assert_eq!(
+        status["capture"]["retention_days"], 7,
+        "a number, not a string"
+    );
+    // the text table: each webhook row's STATE starts under its header
+    let header = text
+        .lines()
+        .find(|l| l.contains("WEBHOOK"))
+        .expect("header");
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("crm"))
+        .expect("crm row");
+    assert_eq!(header.find("STATE"), row.find("paused by"), "{text}");
 }
 
 /// `replay` sends dead deliveries again (dry run first); bad selections say what to write.

@@ -112,6 +112,27 @@ impl TestDb {
         Self::create(true).await
     }
 
+    /// An empty database: no NetBox, no netbox-outbox (someone pointed DATABASE_URL elsewhere).
+    pub async fn empty() -> Self {
+        let admin_db = admin();
+        let name = format!(
+            "nbo_t_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        connect(&admin_db)
+            .await
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("could not create test database {name}: {e}"));
+        TestDb {
+            database: admin_db.with_dbname(&name),
+            name,
+            admin: admin_db,
+            owned: true,
+        }
+    }
+
     async fn create(migrated: bool) -> Self {
         let admin_db = admin();
         let template = template(&admin_db, migrated).await;
