@@ -72,6 +72,29 @@ pub async fn gather(client: &Client) -> Result<Value, tokio_postgres::Error> {
             })
         })
         .collect();
+    // Queues held back by a failing head, per webhook (netbox_outbox.blocked_heads, V11).
+    let blocked: Vec<Value> = client
+        .query(
+            "select webhook_name, count(*), sum(waiting_behind)::bigint,
+                    extract(epoch from max(blocked_for))::float8,
+                    (array_agg(delivery_id order by failing_since))[1],
+                    (array_agg(last_error order by failing_since))[1]
+             from netbox_outbox.blocked_heads group by webhook_name order by webhook_name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            json!({
+                "webhook": r.get::<_, String>(0),
+                "blocked_queues": r.get::<_, i64>(1),
+                "waiting_behind": r.get::<_, i64>(2),
+                "oldest_blocked_seconds": r.get::<_, Option<f64>>(3),
+                "oldest_delivery_id": r.get::<_, i64>(4),
+                "oldest_last_error": r.get::<_, Option<String>>(5),
+            })
+        })
+        .collect();
     let sidecars: Vec<Value> = client
         .query(
             "select id::text, hostname, pid, version, started_at::text, extract(epoch from now() - last_seen_at)::float8,
@@ -106,6 +129,7 @@ pub async fn gather(client: &Client) -> Result<Value, tokio_postgres::Error> {
             "retention_days": capture.get::<_, Option<String>>(5),
         },
         "webhooks": webhooks,
+        "blocked_heads": blocked,
         "sidecars": sidecars,
     }))
 }
@@ -184,6 +208,28 @@ pub fn render(status: &Value) -> String {
                 w["rejected"],
                 age(w["oldest_pending_seconds"].as_f64()),
                 state
+            ));
+        }
+    }
+    let blocked = status["blocked_heads"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !blocked.is_empty() {
+        out.push_str(
+            "\nqueues blocked behind a failing delivery (select * from netbox_outbox.blocked_heads):\n",
+        );
+        for b in blocked {
+            out.push_str(&format!(
+                "  {}: {} objects blocked, {} deliveries waiting, oldest for {} (delivery {}: {}); \
+                 release with netbox-outbox skip --delivery {}\n",
+                b["webhook"].as_str().unwrap_or("?"),
+                b["blocked_queues"],
+                b["waiting_behind"],
+                age(b["oldest_blocked_seconds"].as_f64()),
+                b["oldest_delivery_id"],
+                b["oldest_last_error"].as_str().unwrap_or("-"),
+                b["oldest_delivery_id"],
             ));
         }
     }
