@@ -80,7 +80,7 @@ begin
     select l.id, l.webhook_id, l.webhook_name, l.event_id, l.attempts, r.method, r.url,
            r.headers::text, r.body, l.timeout_ms, l.ssl_verification, l.ca_file_path, l.message_id,
            -- the secret as it is now: a rotation in NetBox applies to the next attempt
-           (select w.secret from public.extras_webhook w
+           (select w.secret::text from public.extras_webhook w
              where w.id = l.webhook_id and w.secret ~ '^\s*whsec_')
     from leased l join netbox_outbox.request r on r.delivery_id = l.id;
 end
