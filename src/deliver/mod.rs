@@ -45,6 +45,7 @@ pub struct Dispatcher {
     sender: Arc<Sender>,
     policies: Policies,
     wake: Arc<Notify>,
+    streaks: Streaks,
 }
 
 /// A finished send, from a send task to the dispatcher.
@@ -87,6 +88,7 @@ impl Dispatcher {
             sidecar,
             policies,
             wake,
+            streaks: Streaks::default(),
         }
     }
 
@@ -108,7 +110,11 @@ impl Dispatcher {
             self.policies.clone(),
             self.config.clone(),
             self.sidecar,
-            (recorded.clone(), pauses_changed.clone()),
+            (
+                recorded.clone(),
+                pauses_changed.clone(),
+                self.streaks.clone(),
+            ),
         ));
 
         // Each send task returns (webhook id, delivery id).
@@ -132,6 +138,13 @@ impl Dispatcher {
         let mut next_slot: HashMap<i64, Instant> = HashMap::new();
         // The rate limits (configured by webhook name) by webhook id, read with the pauses.
         let mut rate_limits: HashMap<i64, f64> = HashMap::new();
+        // Failures in a row per webhook as last read, and those seen by the send tasks since
+        // (not recorded yet, perhaps): a webhook whose streak may have reached the pause
+        // threshold sends nothing more until the recorder has recorded it and the pauses are
+        // read again, so it pauses after exactly that many failures, not after those that
+        // were sent while the outcomes were being recorded.
+        let unrecorded = self.streaks.clone();
+        let threshold = self.config.pause_after_failures as i32;
         let mut refreshed = Instant::now() - self.config.poll_interval;
 
         while !cancel.is_cancelled() {
@@ -152,9 +165,13 @@ impl Dispatcher {
             }
             if refreshed.elapsed() >= self.config.poll_interval / 2 {
                 match refresh(db).await {
-                    Ok((w, p)) => {
+                    Ok((w, p, s)) => {
                         webhooks = w;
                         pauses = p;
+                        for (webhook, streak) in unrecorded.lock().expect("not poisoned").iter_mut()
+                        {
+                            streak.recorded = s.get(webhook).copied().unwrap_or(0);
+                        }
                         probed.retain(|webhook, _| pauses.contains_key(webhook));
                         refreshed = Instant::now();
                         if !self.config.rate_limit_by_webhook.is_empty() {
@@ -191,6 +208,15 @@ impl Dispatcher {
                             .get(&webhook)
                             .is_none_or(|&(f, at)| f != failures || at.elapsed() > probe_lost),
                 ),
+                None if threshold > 0
+                    && unrecorded
+                        .lock()
+                        .expect("not poisoned")
+                        .get(&webhook)
+                        .is_some_and(|s| s.recorded + s.unrecorded >= threshold) =>
+                {
+                    0
+                }
                 None => self.config.per_webhook_concurrency,
             };
             let (stale, _) = self.launch(
@@ -198,7 +224,7 @@ impl Dispatcher {
                 &mut in_flight,
                 (&mut leased, &mut sending),
                 (&mut sends, &mut next_slot),
-                &outcomes_tx,
+                (&outcomes_tx, &unrecorded),
                 &cap_of,
             );
             if !stale.is_empty() {
@@ -287,7 +313,7 @@ impl Dispatcher {
                 &mut in_flight,
                 (&mut leased, &mut sending),
                 (&mut sends, &mut next_slot),
-                &outcomes_tx,
+                (&outcomes_tx, &unrecorded),
                 &cap_of,
             );
             // the probes just started
@@ -408,7 +434,7 @@ impl Dispatcher {
         in_flight: &mut HashMap<i64, usize>,
         (leased, sending): (&mut HashSet<i64>, &mut HashMap<i64, Sending>),
         (sends, next_slot): (&mut JoinSet<(i64, i64)>, &mut HashMap<i64, Instant>),
-        outcomes: &mpsc::UnboundedSender<Done>,
+        (outcomes, unrecorded): (&mpsc::UnboundedSender<Done>, &Streaks),
         cap_of: &impl Fn(i64, usize) -> usize,
     ) -> (Vec<i64>, Option<Instant>) {
         let mut stale = Vec::new();
@@ -455,6 +481,7 @@ impl Dispatcher {
                 let sender = self.sender.clone();
                 let header = self.config.delivery_id_header.clone();
                 let outcomes = outcomes.clone();
+                let unrecorded = unrecorded.clone();
                 sends.spawn(async move {
                     let result = sender
                         .send(
@@ -464,6 +491,15 @@ impl Dispatcher {
                             claimed.standard_webhooks.as_ref(),
                         )
                         .await;
+                    {
+                        let mut streaks = unrecorded.lock().expect("not poisoned");
+                        let streak = streaks.entry(webhook).or_default();
+                        if outcome::classify(result.status) == Class::Delivered {
+                            *streak = Streak::default();
+                        } else {
+                            streak.unrecorded += 1;
+                        }
+                    }
                     let _ = outcomes.send(Done { claimed, result });
                     (webhook, delivery)
                 });
@@ -488,15 +524,34 @@ fn release_slot(in_flight: &mut HashMap<i64, usize>, webhook: i64) {
     }
 }
 
-/// The webhooks with work, and when each paused one's pause ends on the monotonic clock (the
-/// database says how long it still runs; this host's wall clock is not asked).
+/// Each paused webhook's end of pause on the monotonic clock (the database says how long it
+/// still runs; this host's wall clock is not asked), with its failures in a row.
+type Pauses = HashMap<i64, (Instant, i32)>;
+
+/// A webhook's failures in a row: as last recorded (or read), and sent since but not recorded.
+/// A webhook whose sum reaches the pause threshold sends nothing more until the pauses are
+/// read again, so it pauses after exactly that many failures, not after those that were sent
+/// while the outcomes were being recorded.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Streak {
+    recorded: i32,
+    unrecorded: i32,
+}
+
+type Streaks = Arc<std::sync::Mutex<HashMap<i64, Streak>>>;
+
+/// The webhooks with work, the pauses, and every webhook's failures in a row.
 async fn refresh(
     db: &tokio_postgres::Client,
-) -> Result<(Vec<i64>, HashMap<i64, (Instant, i32)>), tokio_postgres::Error> {
+) -> Result<(Vec<i64>, Pauses, HashMap<i64, i32>), tokio_postgres::Error> {
     let webhooks = queue::webhooks_with_work(db).await?;
     let read_at = Instant::now();
-    let pauses = queue::pauses(db)
-        .await?
+    let all = queue::pauses(db).await?;
+    let streaks = all
+        .iter()
+        .map(|p| (p.webhook_id, p.consecutive_failures))
+        .collect();
+    let pauses = all
         .into_iter()
         .filter_map(|p| {
             Some((
@@ -505,7 +560,7 @@ async fn refresh(
             ))
         })
         .collect();
-    Ok((webhooks, pauses))
+    Ok((webhooks, pauses, streaks))
 }
 
 /// Writes outcomes in batches until the channel closes and everything is written.
@@ -515,7 +570,7 @@ async fn record_loop(
     policies: Policies,
     config: DeliveryConfig,
     sidecar: Uuid,
-    (recorded, pauses_changed): (Arc<Notify>, Arc<AtomicBool>),
+    (recorded, pauses_changed, streaks): (Arc<Notify>, Arc<AtomicBool>, Streaks),
 ) {
     // The webhooks this recorder last saw paused: a success of one of them ends its pause.
     let mut paused: HashSet<i64> = HashSet::new();
@@ -584,10 +639,26 @@ async fn record_loop(
         let mut changed = false;
         for (webhook, h) in health {
             match queue::update_health(db, webhook, h, policy).await {
-                Ok(now_paused) => {
-                    // a pause began or was extended (a failure while paused), or ended
-                    if now_paused && h.failures > 0 || paused.contains(&webhook) != now_paused {
+                Ok((now_paused, streak)) => {
+                    {
+                        let mut streaks = streaks.lock().expect("not poisoned");
+                        let s = streaks.entry(webhook).or_default();
+                        s.recorded = streak;
+                        s.unrecorded = (s.unrecorded - h.failures).max(0);
+                    }
+                    // a pause began, was extended or ended, or a streak grew (the dispatcher
+                    // holds a webhook whose streak may have reached the threshold until it
+                    // reads the recorded streak)
+                    if h.failures > 0 || paused.contains(&webhook) != now_paused {
                         changed = true;
+                    }
+                    if now_paused && !paused.contains(&webhook) {
+                        warn!(
+                            webhook,
+                            "webhook paused (netbox-outbox status says why and until when)"
+                        );
+                    } else if !now_paused && paused.contains(&webhook) {
+                        info!(webhook, "webhook resumed");
                     }
                     if now_paused {
                         paused.insert(webhook);

@@ -298,7 +298,7 @@ pub struct Health {
 }
 
 /// Updates a webhook's failure streak and pause after a batch of outcomes; returns whether the
-/// webhook is paused now.
+/// webhook is paused now, and its failures in a row.
 ///
 /// * A success ends the streak and an automatic pause (a probe succeeded).
 /// * The failure that makes the streak reach the threshold pauses the webhook for exactly
@@ -312,7 +312,7 @@ pub async fn update_health(
     webhook_id: i64,
     health: Health,
     policy: PausePolicy,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<(bool, i32), tokio_postgres::Error> {
     let Health {
         successes,
         failures,
@@ -377,7 +377,7 @@ pub async fn update_health(
                                       || format('(select netbox_outbox.resume_webhook(%L))', $1::text)
                      else w.reason end
              from s where w.webhook_id = s.webhook_id
-             returning w.paused_until is not null",
+             returning w.paused_until is not null, w.consecutive_failures",
             &[
                 &webhook_id,
                 &successes,
@@ -390,5 +390,5 @@ pub async fn update_health(
             ],
         )
         .await?;
-    Ok(row.get(0))
+    Ok((row.get(0), row.get(1)))
 }
