@@ -123,16 +123,16 @@ where d.state = 'delivered' and d.finished_at > now() - interval '1 hour';
 -- ---------------------------------------------------------------------------------------------
 
 -- How many dead deliveries of the last day would be replayed (dry run).
-select netbox_outbox.replay(since => now() - interval '1 day', dry_run => true);
+select * from netbox_outbox.replay(since => now() - interval '1 day', dry_run => true);
 
 -- Replay one delivery, whatever its state.
-select netbox_outbox.replay(delivery_id => 1, states => '{dead,delivered}');
+select * from netbox_outbox.replay(delivery_id => 1, states => '{dead,delivered}');
 
 -- Replay everything about one object.
-select netbox_outbox.replay(object_type => 'dcim.device', object_id => 1, states => '{dead,delivered}');
+select * from netbox_outbox.replay(object_type => 'dcim.device', object_id => 1, states => '{dead,delivered}');
 
 -- Replay a time range of dead deliveries to one webhook (after fixing its receiver).
-select netbox_outbox.replay(webhook => 'crm', since => now() - interval '6 hours', until => now());
+select * from netbox_outbox.replay(webhook => 'crm', since => now() - interval '6 hours', until => now());
 
 -- Rejected deliveries (a template, URL, header or condition error) have no request to copy, so
 -- replay() skips them: fix the webhook or rule in NetBox, then render them again with
@@ -218,3 +218,17 @@ order by object_kind, object_name;
 -- again (sync() does it every minute; it prints what it changed):
 --   select * from netbox_outbox.refresh_grants();
 select role_name, granted_at from netbox_outbox.sidecar_role;
+
+-- Queues held back by a failing delivery (the head of an object's queue that keeps failing), and
+-- how many deliveries wait behind each; release one (it becomes 'skipped'), or every failing
+-- head of a webhook; send a skipped one after all (same id at the receiver).
+select webhook_name, object_type, object_id, delivery_id, attempts, last_status, blocked_for, waiting_behind
+from netbox_outbox.blocked_heads order by blocked_for desc;
+select * from netbox_outbox.skip(delivery_id => 1);
+select * from netbox_outbox.skip(webhook => 'crm', reason => 'payload fixed by hand in the CRM');
+select * from netbox_outbox.replay(delivery_id => 1, states => '{skipped}');
+
+-- The chain of a replay: every delivery and attempt under one message id (what the receiver
+-- sees as X-Netbox-Outbox-Delivery / webhook-id).
+select delivery_id, replay_of, attempt, status, delivery_state, started_at
+from netbox_outbox.delivery_log where message_id = 1 order by started_at;
