@@ -231,7 +231,7 @@ async fn drain(profile: &Profile, stage: &Stage) -> Drained {
     stage.doomed.set_mode(Mode::Up).await;
     let replayed: i64 = scalar(
         &client,
-        &format!("select netbox_outbox.replay(webhook => '{DOOMED}')"),
+        &format!("select count(*) from netbox_outbox.replay(webhook => '{DOOMED}')"),
     )
     .await;
     if !settled(&client, deadline).await {

@@ -308,7 +308,32 @@ async fn a_blocked_head_is_visible_and_can_be_skipped() {
     receiver.script([Reply::Status(500)]);
     let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
     Rule::to_webhook("sites", hook).create(&client).await;
-    let sidecar = Sidecar::start(&db, test_config("[delivery]\nretry_schedule = [\"1h\"]\n"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sidecar = Sidecar::start(
+        &db,
+        test_config(&format!(
+            "[delivery]\nretry_schedule = [\"1h\"]\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+        )),
+    );
+    // the oldest blocked head's age for crm, from /metrics
+    let blocked_age = || async move {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with("netbox_outbox_oldest_blocked_head_seconds{webhook=\"crm\"}"))?
+            .rsplit_once(' ')?
+            .1
+            .parse::<f64>()
+            .ok()
+    };
     let site = insert_site(&client, "alpha").await;
     receiver.wait_for(1, WAIT).await.unwrap();
     client
@@ -344,6 +369,10 @@ async fn a_blocked_head_is_visible_and_can_be_skipped() {
         1,
         "the update waits behind the failing head"
     );
+    eventually("the metric to show the blocked head", WAIT, || async {
+        blocked_age().await.filter(|&age| age > 0.0)
+    })
+    .await;
 
     let skipped = cli(
         &db,
@@ -359,6 +388,10 @@ async fn a_blocked_head_is_visible_and_can_be_skipped() {
     let got = receiver.wait_for(2, WAIT).await.unwrap();
     assert_eq!(got[1].json()["event"], "updated");
     assert_eq!(state_of(&client, head).await, "skipped");
+    eventually("the metric to drop to 0", WAIT, || async {
+        blocked_age().await.filter(|&age| age == 0.0)
+    })
+    .await;
     let error: String = client
         .query_one(
             "select last_error from netbox_outbox.delivery where id = $1",
