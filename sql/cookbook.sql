@@ -118,8 +118,9 @@ join netbox_outbox.event e on e.id = d.event_id
 where d.state = 'delivered' and d.finished_at > now() - interval '1 hour';
 
 -- ---------------------------------------------------------------------------------------------
--- Replay (each replayed delivery is a new delivery with the same request, sent after whatever
--- is queued for its object; the original stays in the log)
+-- Replay (each replayed delivery is a new delivery with the same request and the same id at the
+-- receiver, sent after whatever is queued for its object; the original stays in the log as
+-- 'replayed' and is never replayed again). One row per delivery.
 -- ---------------------------------------------------------------------------------------------
 
 -- How many dead deliveries of the last day would be replayed (dry run).
