@@ -84,16 +84,12 @@ where state = 'deferred'
 order by created_at;
 
 -- Objects whose queue is held by a head that keeps failing (a retrying head blocks the later
--- deliveries of its object to that webhook; dead and rejected heads release them).
-select d.webhook_name, d.content_type_id, d.object_id, d.attempts, d.last_status, d.last_error,
-       h.next_attempt_at,
-       (select count(*) from netbox_outbox.delivery w
-        where w.webhook_id = h.webhook_id and w.content_type_id = h.content_type_id
-          and w.object_id = h.object_id and w.state = 'pending') - 1 as waiting_behind
-from netbox_outbox.queue_head h
-join netbox_outbox.delivery d on d.id = h.delivery_id
-where d.attempts > 0
-order by d.attempts desc, h.next_attempt_at
+-- deliveries of its object to that webhook; dead, rejected and skipped heads release them):
+-- netbox_outbox.blocked_heads, below with skip(), which releases them.
+select webhook_name, object_type, object_id, attempts, last_status, last_error, next_attempt_at,
+       waiting_behind
+from netbox_outbox.blocked_heads
+order by attempts desc, next_attempt_at
 limit 50;
 
 -- TRUNCATE of a watched table: NetBox sends nothing for it, neither does netbox-outbox; each is
