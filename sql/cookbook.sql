@@ -84,16 +84,12 @@ where state = 'deferred'
 order by created_at;
 
 -- Objects whose queue is held by a head that keeps failing (a retrying head blocks the later
--- deliveries of its object to that webhook; dead and rejected heads release them).
-select d.webhook_name, d.content_type_id, d.object_id, d.attempts, d.last_status, d.last_error,
-       h.next_attempt_at,
-       (select count(*) from netbox_outbox.delivery w
-        where w.webhook_id = h.webhook_id and w.content_type_id = h.content_type_id
-          and w.object_id = h.object_id and w.state = 'pending') - 1 as waiting_behind
-from netbox_outbox.queue_head h
-join netbox_outbox.delivery d on d.id = h.delivery_id
-where d.attempts > 0
-order by d.attempts desc, h.next_attempt_at
+-- deliveries of its object to that webhook; dead, rejected and skipped heads release them):
+-- netbox_outbox.blocked_heads, below with skip(), which releases them.
+select webhook_name, object_type, object_id, attempts, last_status, last_error, next_attempt_at,
+       waiting_behind
+from netbox_outbox.blocked_heads
+order by attempts desc, next_attempt_at
 limit 50;
 
 -- TRUNCATE of a watched table: NetBox sends nothing for it, neither does netbox-outbox; each is
@@ -118,21 +114,22 @@ join netbox_outbox.event e on e.id = d.event_id
 where d.state = 'delivered' and d.finished_at > now() - interval '1 hour';
 
 -- ---------------------------------------------------------------------------------------------
--- Replay (each replayed delivery is a new delivery with the same request, sent after whatever
--- is queued for its object; the original stays in the log)
+-- Replay (each replayed delivery is a new delivery with the same request and the same id at the
+-- receiver, sent after whatever is queued for its object; the original stays in the log as
+-- 'replayed' and is never replayed again). One row per delivery.
 -- ---------------------------------------------------------------------------------------------
 
 -- How many dead deliveries of the last day would be replayed (dry run).
-select netbox_outbox.replay(since => now() - interval '1 day', dry_run => true);
+select * from netbox_outbox.replay(since => now() - interval '1 day', dry_run => true);
 
 -- Replay one delivery, whatever its state.
-select netbox_outbox.replay(delivery_id => 1, states => '{dead,delivered}');
+select * from netbox_outbox.replay(delivery_id => 1, states => '{dead,delivered}');
 
 -- Replay everything about one object.
-select netbox_outbox.replay(object_type => 'dcim.device', object_id => 1, states => '{dead,delivered}');
+select * from netbox_outbox.replay(object_type => 'dcim.device', object_id => 1, states => '{dead,delivered}');
 
 -- Replay a time range of dead deliveries to one webhook (after fixing its receiver).
-select netbox_outbox.replay(webhook => 'crm', since => now() - interval '6 hours', until => now());
+select * from netbox_outbox.replay(webhook => 'crm', since => now() - interval '6 hours', until => now());
 
 -- Rejected deliveries (a template, URL, header or condition error) have no request to copy, so
 -- replay() skips them: fix the webhook or rule in NetBox, then render them again with
@@ -218,3 +215,17 @@ order by object_kind, object_name;
 -- again (sync() does it every minute; it prints what it changed):
 --   select * from netbox_outbox.refresh_grants();
 select role_name, granted_at from netbox_outbox.sidecar_role;
+
+-- Queues held back by a failing delivery (the head of an object's queue that keeps failing), and
+-- how many deliveries wait behind each; release one (it becomes 'skipped'), or every failing
+-- head of a webhook; send a skipped one after all (same id at the receiver).
+select webhook_name, object_type, object_id, delivery_id, attempts, last_status, blocked_for, waiting_behind
+from netbox_outbox.blocked_heads order by blocked_for desc;
+select * from netbox_outbox.skip(delivery_id => 1);
+select * from netbox_outbox.skip(webhook => 'crm', reason => 'payload fixed by hand in the CRM');
+select * from netbox_outbox.replay(delivery_id => 1, states => '{skipped}');
+
+-- The chain of a replay: every delivery and attempt under one message id (what the receiver
+-- sees as X-Netbox-Outbox-Delivery / webhook-id).
+select delivery_id, replay_of, attempt, status, delivery_state, started_at
+from netbox_outbox.delivery_log where message_id = 1 order by started_at;

@@ -89,8 +89,9 @@ pub enum Command {
         json: bool,
     },
     /// Send deliveries again, by delivery, event, object, webhook or time range (dead ones by
-    /// default). Each is copied into a new delivery with the same request; with --rerender,
-    /// rejected ones are rendered again after a fix.
+    /// default). Each is copied into a new delivery with the same request and the same id at
+    /// the receiver, and the original becomes `replayed` (never replayed twice); with
+    /// --rerender, rejected ones are rendered again after a fix.
     Replay {
         #[command(flatten)]
         selection: crate::commands::replay::Selection,
@@ -102,6 +103,14 @@ pub enum Command {
         /// payload shows the object as it stands now (a deleted one as last captured).
         #[arg(long)]
         rerender: bool,
+    },
+    /// Release queues blocked behind a failing delivery: the delivery (or each failing queue
+    /// head matched by --webhook and --object) becomes skipped, and the object's later
+    /// deliveries go out. `status` and netbox_outbox.blocked_heads list blocked queues;
+    /// `replay --state skipped` sends a skipped delivery after all.
+    Skip {
+        #[command(flatten)]
+        selection: crate::commands::replay::SkipSelection,
     },
     /// Check the configuration, the database, the migrations, the capture triggers, NetBox's
     /// schema, and every rule and webhook (templates, URL, TLS); exits 5 on any problem.
@@ -252,6 +261,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let config = config(&cli)?;
             commands::replay::command(&config, database(&config)?, selection, *dry_run, *rerender)
                 .await
+        }
+        Command::Skip { selection } => {
+            let config = config(&cli)?;
+            commands::replay::skip_command(database(&config)?, selection).await
         }
         Command::Check { offline } => {
             let config = config(&cli)?;

@@ -270,6 +270,33 @@ pub struct DeliveryConfig {
     /// Per-webhook payload format, by webhook name.
     pub payload_format_by_webhook: BTreeMap<String, PayloadFormat>,
     pub proxy: Option<String>,
+    /// What other 4xx answers do (see [`ClientErrors`]), and per webhook name.
+    pub client_errors: ClientErrors,
+    pub client_errors_by_webhook: BTreeMap<String, ClientErrors>,
+    /// The retries of [`ClientErrors::Short`].
+    pub client_error_schedule: Vec<Duration>,
+    /// Requests per second, at most, per webhook name (per sidecar).
+    pub rate_limit_by_webhook: BTreeMap<String, f64>,
+}
+
+impl DeliveryConfig {
+    /// What other 4xx answers of this webhook do.
+    pub fn client_errors_of(&self, webhook: &str) -> ClientErrors {
+        self.client_errors_by_webhook
+            .get(webhook)
+            .copied()
+            .unwrap_or(self.client_errors)
+    }
+}
+
+/// What a 4xx answer other than 408, 410, 425 and 429 does to a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientErrors {
+    /// Retried on `client_error_schedule`, then dead (the default).
+    Short,
+    /// Retried on `retry_schedule`, like a 5xx.
+    Schedule,
 }
 
 #[derive(Debug, Clone)]
@@ -366,6 +393,10 @@ struct RawDelivery {
     payload_format: Option<PayloadFormat>,
     payload_format_by_webhook: Option<BTreeMap<String, PayloadFormat>>,
     proxy: Option<String>,
+    client_errors: Option<ClientErrors>,
+    client_errors_by_webhook: Option<BTreeMap<String, ClientErrors>>,
+    client_error_schedule: Option<Vec<String>>,
+    rate_limit_by_webhook: Option<BTreeMap<String, f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -475,7 +506,30 @@ impl Config {
                 .map(|s| duration("delivery.retry_schedule", s))
                 .collect::<Result<Vec<_>, _>>()?,
         };
-        let retry_jitter = d.retry_jitter.unwrap_or(0.5);
+        let client_error_schedule = match &d.client_error_schedule {
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| duration(&format!("delivery.client_error_schedule[{i}]"), s))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => ["10s", "1m", "10m"]
+                .iter()
+                .map(|s| duration("delivery.client_error_schedule", s))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let rate_limit_by_webhook = d.rate_limit_by_webhook.clone().unwrap_or_default();
+        for (webhook, rate) in &rate_limit_by_webhook {
+            if !(rate.is_finite() && *rate > 0.0) {
+                return Err(invalid(
+                    "delivery.rate_limit_by_webhook",
+                    format!(
+                        "{webhook:?} = {rate}: give requests per second above 0 (0.5 is one \
+                         every two seconds), or remove the entry for no limit"
+                    ),
+                ));
+            }
+        }
+        let retry_jitter = d.retry_jitter.unwrap_or(0.2);
         if !(0.0..=1.0).contains(&retry_jitter) {
             return Err(invalid(
                 "delivery.retry_jitter",
@@ -590,6 +644,10 @@ impl Config {
                 payload_format: d.payload_format.unwrap_or(PayloadFormat::Netbox47),
                 payload_format_by_webhook: d.payload_format_by_webhook.unwrap_or_default(),
                 proxy,
+                client_errors: d.client_errors.unwrap_or(ClientErrors::Short),
+                client_errors_by_webhook: d.client_errors_by_webhook.unwrap_or_default(),
+                client_error_schedule,
+                rate_limit_by_webhook,
             },
             assembly: AssemblyConfig {
                 poll_interval: nonzero(
@@ -684,7 +742,7 @@ pub fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
 /// Every key, by section ("" for the top level): what an unknown key is compared with. The
 /// `Raw*` structs reject unknown keys too; this list only makes the message name the valid ones
 /// (a unit test keeps the two in step).
-const KEYS: [(&str, &[&str]); 9] = [
+const KEYS: [(&str, &[&str]); 11] = [
     (
         "",
         &[
@@ -723,6 +781,10 @@ const KEYS: [(&str, &[&str]); 9] = [
             "payload_format",
             "payload_format_by_webhook",
             "proxy",
+            "client_errors",
+            "client_errors_by_webhook",
+            "client_error_schedule",
+            "rate_limit_by_webhook",
         ],
     ),
     (
@@ -749,6 +811,8 @@ const KEYS: [(&str, &[&str]); 9] = [
     ("shutdown", &["grace_period"]),
     // a table of webhook names: any key is valid
     ("delivery.payload_format_by_webhook", &[]),
+    ("delivery.client_errors_by_webhook", &[]),
+    ("delivery.rate_limit_by_webhook", &[]),
 ];
 
 /// Settings that were removed, by section and key: what replaced each, for the error.

@@ -37,6 +37,8 @@ pub struct Health {
     /// Webhooks whose backlog gauges were last set, so a webhook that drained or was deleted
     /// (and so is absent from the query) gets 0 instead of its last value.
     backlog_webhooks: Mutex<HashSet<String>>,
+    /// The webhooks whose oldest-blocked-head gauge is set (reset to 0 when they clear).
+    blocked_webhooks: Mutex<HashSet<String>>,
 }
 
 impl Health {
@@ -45,6 +47,7 @@ impl Health {
             stall_after,
             failing_batches: AtomicU32::new(0),
             backlog_webhooks: Mutex::new(HashSet::new()),
+            blocked_webhooks: Mutex::new(HashSet::new()),
         })
     }
 
@@ -84,6 +87,28 @@ impl Health {
                 gauge!(m::OLDEST_PENDING, "webhook" => drained.clone()).set(0.0);
             }
             *reported = pending;
+        }
+        // The oldest blocked queue head per webhook (0 once none is blocked).
+        let mut blocked = HashSet::new();
+        for row in db
+            .query(
+                "select webhook_name, extract(epoch from max(blocked_for))::float8
+                 from netbox_outbox.blocked_heads group by webhook_name",
+                &[],
+            )
+            .await?
+        {
+            let name: String = row.get(0);
+            gauge!(m::OLDEST_BLOCKED_HEAD, "webhook" => name.clone())
+                .set(row.get::<_, Option<f64>>(1).unwrap_or(0.0));
+            blocked.insert(name);
+        }
+        {
+            let mut reported = self.blocked_webhooks.lock().expect("not poisoned");
+            for cleared in reported.difference(&blocked) {
+                gauge!(m::OLDEST_BLOCKED_HEAD, "webhook" => cleared.clone()).set(0.0);
+            }
+            *reported = blocked;
         }
         let row = db
             .query_one(

@@ -22,7 +22,8 @@
 //! 4. **Deliveries** (`assemble::build`, with [`request`] and [`template`]): each matching rule
 //!    becomes a delivery whose HTTP request (URL, headers, body, signature) is rendered and
 //!    frozen in the same transaction as the batch's read position. `replay --rerender` and
-//!    `test-webhook` use the same builder.
+//!    `test-webhook` use the same builder. A Standard Webhooks secret is not frozen: each attempt
+//!    is signed when sent ([`standard_webhooks`]).
 //! 5. **Attempts** ([`deliver`]): every sidecar claims due deliveries (`FOR UPDATE SKIP LOCKED`,
 //!    leases), sends them outside any transaction, and records each outcome; retries, dead
 //!    letters and pauses follow the schedule.
@@ -66,6 +67,7 @@ pub(crate) mod reconnect;
 pub(crate) mod request;
 pub(crate) mod rules;
 pub mod sidecar;
+pub(crate) mod standard_webhooks;
 pub(crate) mod template;
 pub mod wakeup;
 

@@ -24,6 +24,7 @@ pub const BACKLOG: &str = "netbox_outbox_backlog";
 pub const OLDEST_PENDING: &str = "netbox_outbox_oldest_pending_seconds";
 pub const UNREAD_CHANGES: &str = "netbox_outbox_unread_changes";
 pub const PAUSED_WEBHOOKS: &str = "netbox_outbox_paused_webhooks";
+pub const OLDEST_BLOCKED_HEAD: &str = "netbox_outbox_oldest_blocked_head_seconds";
 pub const DEAD_PENDING_REPLAY: &str = "netbox_outbox_dead_deliveries";
 pub const ABANDONED: &str = "netbox_outbox_requests_abandoned_total";
 pub const OUTCOMES_UNRECORDABLE: &str = "netbox_outbox_outcomes_unrecordable_total";
@@ -156,6 +157,12 @@ fn describe() {
     describe_counter!(
         TRUNCATIONS,
         "TRUNCATEs of watched tables, by table: NetBox sends no webhook for them (logged as warnings)."
+    );
+    describe_gauge!(
+        OLDEST_BLOCKED_HEAD,
+        Unit::Seconds,
+        "How long the oldest queue head still failing has held back its object's later \
+         deliveries, by webhook; 0 when none (sampled). netbox-outbox skip releases one."
     );
     describe_gauge!(
         PAUSED_WEBHOOKS,

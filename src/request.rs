@@ -228,7 +228,12 @@ pub fn build(
         ));
     }
 
-    if !webhook.secret.is_empty() {
+    if crate::standard_webhooks::is_standard(&webhook.secret) {
+        // Signed per attempt when sent (the timestamp is the attempt's); checked here so a
+        // malformed key rejects the delivery, visibly, instead of failing every attempt.
+        crate::standard_webhooks::Secrets::parse(&webhook.secret)
+            .map_err(|e| error("secret", e))?;
+    } else if !webhook.secret.is_empty() {
         // Added after the additional headers, so it overrides one given there.
         set_header(
             &mut headers,

@@ -442,7 +442,7 @@ async fn webhooks(
                     probe.method = "HEAD".into();
                     probe.transport.timeout = Duration::from_secs(5);
                     let result = sender
-                        .send(&probe, 0, &config.delivery.delivery_id_header)
+                        .send(&probe, 0, &config.delivery.delivery_id_header, None)
                         .await;
                     match (result.status, result.error) {
                         (Some(status), _) => findings.push(Finding::Ok(format!(

@@ -32,7 +32,8 @@ pub struct Selection {
     /// Deliveries created before this time (same forms as --since).
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
-    /// Which states to replay (repeat or comma-separate): dead, delivered, pending.
+    /// Which states to replay (repeat or comma-separate): dead, delivered, pending, skipped. A
+    /// replayed delivery is never replayed again (replay its copy).
     #[arg(long = "state", value_delimiter = ',', default_value = "dead")]
     pub states: Vec<String>,
 }
@@ -171,9 +172,9 @@ pub async fn replay(
     progress: bool,
 ) -> Result<i64, ReplayError> {
     for state in &selection.states {
-        if !["dead", "delivered", "pending"].contains(&state.as_str()) {
+        if !["dead", "delivered", "pending", "skipped"].contains(&state.as_str()) {
             return Err(ReplayError::Invalid(format!(
-                "--state {state:?}: use dead, delivered or pending"
+                "--state {state:?}: use dead, delivered, pending or skipped"
             )));
         }
     }
@@ -189,13 +190,14 @@ pub async fn replay(
         bar
     });
     // One statement, in queue order: each copy draws its place in its object's queue in turn.
-    // The states are checked again by replay(), so a delivery that moved on since is skipped.
+    // The states are checked again by replay(), so a delivery that moved on since (replayed by
+    // someone else meanwhile, say) is left out.
     let result = client
         .query_one(
-            "select coalesce(sum(netbox_outbox.replay(delivery_id => s.id,
-                                                      states => string_to_array($2::text, ','))),
-                             0)::bigint
-             from unnest($1::bigint[]) with ordinality as s(id, n)",
+            "select count(r.delivery)
+             from unnest($1::bigint[]) with ordinality as s(id, n)
+             cross join lateral netbox_outbox.replay(delivery_id => s.id,
+                                                     states => string_to_array($2::text, ',')) r",
             &[&ids, &states.join(",")],
         )
         .await;
@@ -215,7 +217,8 @@ pub struct Rerendered {
 }
 
 /// Renders rejected deliveries again with their webhook and rule as they are now (after a
-/// fix), and queues each as a new delivery (`replay_of` the rejected one).
+/// fix), and queues each as a new delivery (`replay_of` the rejected one, with its message
+/// id); the rejected one becomes `replayed`.
 ///
 /// A rejected delivery has no frozen request, and the object's state at the original commit is
 /// not kept, so `data` shows the object as it stands now; for a delete, as the capture saw it
@@ -336,15 +339,27 @@ pub async fn rerender(
         let headers = built.headers_json();
         let timeout_ms = built.transport.timeout_ms();
         let tx = client.transaction().await?;
+        // The original leaves 'rejected' first, locked: a second re-render at the same time
+        // finds nothing to copy.
+        let taken = tx
+            .execute(
+                "update netbox_outbox.delivery set state = 'replayed'
+                 where id = $1 and state = 'rejected'",
+                &[&id],
+            )
+            .await?;
+        if taken == 0 {
+            continue;
+        }
         tx.execute(
             "with copy as (
                  insert into netbox_outbox.delivery
                      (event_id, event_rule_id, event_rule_name, webhook_id, webhook_name,
                       content_type_id, object_id, seq, timeout_ms, ssl_verification, ca_file_path,
-                      replay_of)
+                      replay_of, message_id)
                  select d.event_id, d.event_rule_id, d.event_rule_name, $10, $2,
                         d.content_type_id, d.object_id, nextval('netbox_outbox.change_id_seq'),
-                        $3, $4, $5, d.id
+                        $3, $4, $5, d.id, coalesce(d.message_id, d.id)
                  from netbox_outbox.delivery d where d.id = $1
                  returning id
              )
@@ -418,5 +433,77 @@ pub(crate) async fn command(
         "replayed"
     };
     println!("{n} deliveries {done}");
+    Ok(exit::OK)
+}
+
+/// What `skip` selects: one pending delivery, or the failing heads of the matching queues.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SkipSelection {
+    /// One pending delivery, by id (a head or not).
+    #[arg(long)]
+    pub delivery: Option<i64>,
+    /// The failing heads of this webhook's queues, by name or id.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// The failing heads of the queues of this object: app_label.model:id, or app_label.model.
+    #[arg(long, value_name = "TYPE[:ID]")]
+    pub object: Option<String>,
+    /// Why, kept as the skipped delivery's last_error.
+    #[arg(long, default_value = "skipped by an operator")]
+    pub reason: String,
+}
+
+/// `netbox-outbox skip`: releases blocked queues through netbox_outbox.skip() (V11) and prints
+/// one line per skipped delivery; nothing matched exits 1.
+pub(crate) async fn skip_command(
+    database: crate::db::Database,
+    selection: &SkipSelection,
+) -> Result<u8, Failure> {
+    let failure = |e: ReplayError| match e {
+        ReplayError::Invalid(_) => Failure::new(exit::USAGE, e),
+        other => Failure::new(exit::FAILURE, other),
+    };
+    let (model, object_id) = match &selection.object {
+        Some(object) => {
+            let (model, id) = object_selector(object).map_err(failure)?;
+            (Some(model.to_string()), id)
+        }
+        None => (None, None),
+    };
+    let client = database.connect().await?;
+    let rows = client
+        .query(
+            "select delivery, webhook_name, object, attempts, last_status, waiting_behind
+             from netbox_outbox.skip(delivery_id => $1, webhook => $2, object_type => $3,
+                                     object_id => $4, reason => $5)",
+            &[
+                &selection.delivery,
+                &selection.webhook,
+                &model,
+                &object_id,
+                &selection.reason,
+            ],
+        )
+        .await
+        .map_err(|e| failure(usage_or_failure(e)))?;
+    for row in &rows {
+        let status: Option<i32> = row.get(4);
+        println!(
+            "skipped delivery {} ({} {}, {} attempts, last status {}); {} waiting behind it go on",
+            row.get::<_, i64>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+            row.get::<_, i32>(3),
+            status.map_or("none".to_string(), |s| s.to_string()),
+            row.get::<_, i64>(5),
+        );
+    }
+    if rows.is_empty() {
+        eprintln!(
+            "nothing skipped: no pending delivery or failing queue head matches \
+             (select * from netbox_outbox.blocked_heads lists them)"
+        );
+        return Ok(exit::FAILURE);
+    }
     Ok(exit::OK)
 }

@@ -14,6 +14,7 @@ use tokio_postgres::Client;
 pub struct Status {
     pub capture: Capture,
     pub webhooks: Vec<WebhookStatus>,
+    pub blocked_heads: Vec<BlockedQueues>,
     pub sidecars: Vec<SidecarStatus>,
 }
 
@@ -44,6 +45,17 @@ pub struct WebhookStatus {
     pub paused_by_operator: bool,
     pub consecutive_failures: i32,
     pub pause_reason: Option<String>,
+}
+
+/// One webhook's object queues held back by a failing head (`netbox_outbox.blocked_heads`).
+#[derive(Debug, Serialize)]
+pub struct BlockedQueues {
+    pub webhook: String,
+    pub blocked_queues: i64,
+    pub waiting_behind: i64,
+    pub oldest_blocked_seconds: Option<f64>,
+    pub oldest_delivery_id: i64,
+    pub oldest_last_error: Option<String>,
 }
 
 /// One sidecar seen in the last hour.
@@ -78,6 +90,7 @@ pub async fn gather(client: &Client) -> Result<Status, tokio_postgres::Error> {
     Ok(Status {
         capture: capture(client).await?,
         webhooks: webhooks(client).await?,
+        blocked_heads: blocked_heads(client).await?,
         sidecars: sidecars(client).await?,
     })
 }
@@ -144,6 +157,30 @@ async fn webhooks(client: &Client) -> Result<Vec<WebhookStatus>, tokio_postgres:
             paused_by_operator: r.get(10),
             consecutive_failures: r.get(11),
             pause_reason: r.get(12),
+        })
+        .collect())
+}
+
+/// Queues held back by a failing head, per webhook, the oldest first named (V11's view).
+async fn blocked_heads(client: &Client) -> Result<Vec<BlockedQueues>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "select webhook_name, count(*), sum(waiting_behind)::bigint,
+                    extract(epoch from max(blocked_for))::float8,
+                    (array_agg(delivery_id order by failing_since))[1],
+                    (array_agg(last_error order by failing_since))[1]
+             from netbox_outbox.blocked_heads group by webhook_name order by webhook_name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| BlockedQueues {
+            webhook: r.get(0),
+            blocked_queues: r.get(1),
+            waiting_behind: r.get(2),
+            oldest_blocked_seconds: r.get(3),
+            oldest_delivery_id: r.get(4),
+            oldest_last_error: r.get(5),
         })
         .collect())
 }
@@ -248,6 +285,7 @@ pub fn render(status: &Status) -> String {
     let mut out = String::new();
     render_capture(&status.capture, &mut out);
     render_webhooks(&status.webhooks, &mut out);
+    render_blocked_heads(&status.blocked_heads, &mut out);
     render_sidecars(&status.sidecars, &mut out);
     out
 }
@@ -316,6 +354,34 @@ fn render_webhooks(webhooks: &[WebhookStatus], out: &mut String) {
             w.rejected.to_string(),
             age(w.oldest_pending_seconds),
             state,
+        ]);
+    }
+    out.push_str(&table.render("  "));
+}
+
+fn render_blocked_heads(blocked: &[BlockedQueues], out: &mut String) {
+    if blocked.is_empty() {
+        return;
+    }
+    out.push_str(
+        "\nqueues blocked behind a failing delivery (select * from netbox_outbox.blocked_heads):\n",
+    );
+    let mut table = Table::new(&[
+        "WEBHOOK",
+        "OBJECTS",
+        "WAITING",
+        "OLDEST",
+        "HEAD",
+        "LAST ERROR (release with netbox-outbox skip --delivery HEAD)",
+    ]);
+    for b in blocked {
+        table.row(vec![
+            b.webhook.clone(),
+            b.blocked_queues.to_string(),
+            b.waiting_behind.to_string(),
+            age(b.oldest_blocked_seconds),
+            b.oldest_delivery_id.to_string(),
+            b.oldest_last_error.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     out.push_str(&table.render("  "));

@@ -134,6 +134,8 @@ pub async fn run(
         &netbox,
     );
     let action_data = rule.map(|r| r.action_data.clone()).unwrap_or_default();
+    let standard = crate::standard_webhooks::is_standard(&webhook.secret)
+        .then(|| crate::standard_webhooks::Secrets::parse(&webhook.secret));
     let built = Builder::new(config)
         .render(&action_data, Arc::new(webhook), &event)
         .await
@@ -145,7 +147,12 @@ pub async fn run(
         // no delivery row: id 0
         Some(
             sender
-                .send(&built, 0, &config.delivery.delivery_id_header)
+                .send(
+                    &built,
+                    0,
+                    &config.delivery.delivery_id_header,
+                    standard.as_ref(),
+                )
                 .await,
         )
     };

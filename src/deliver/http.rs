@@ -19,6 +19,7 @@ use reqwest::{Certificate, Client, StatusCode};
 
 use crate::config::DeliveryConfig;
 use crate::request::Request;
+use crate::standard_webhooks::Secrets;
 
 /// Redirects followed in one attempt, at most (307/308 to the same origin only).
 pub const MAX_REDIRECTS: usize = 5;
@@ -139,13 +140,16 @@ impl Sender {
         Ok(client)
     }
 
-    /// Sends the request of delivery `delivery_id` once (the id goes in `delivery_header`) and
-    /// reports what happened. Never fails: every problem is an outcome to record.
+    /// Sends a delivery's request once and reports what happened. `message_id` (the id the
+    /// receiver sees, the same for every attempt and replay) goes in `delivery_header`; with
+    /// Standard Webhooks secrets, the attempt is signed now (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`). Never fails: every problem is an outcome to record.
     pub async fn send(
         &self,
         request: &Request,
-        delivery_id: i64,
+        message_id: i64,
         delivery_header: &str,
+        standard_webhooks: Option<&Result<Secrets, String>>,
     ) -> AttemptResult {
         let timeout = request.transport.timeout;
         let start = Instant::now();
@@ -179,9 +183,27 @@ impl Sender {
         }
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(delivery_header.as_bytes()),
-            HeaderValue::from_str(&delivery_id.to_string()),
+            HeaderValue::from_str(&message_id.to_string()),
         ) {
             headers.insert(n, v);
+        }
+        match standard_webhooks {
+            None => {}
+            Some(Err(problem)) => return failed(format!("webhook {problem}")),
+            Some(Ok(secrets)) => {
+                // the receiver compares it with its own clock: this host's wall clock is the
+                // only one the receiver can check against
+                let timestamp = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                for (name, value) in
+                    secrets.headers(&message_id.to_string(), timestamp, &request.body)
+                {
+                    if let Ok(v) = HeaderValue::from_str(&value) {
+                        headers.insert(HeaderName::from_static(name), v);
+                    }
+                }
+            }
         }
         let pending = client
             .request(method, &request.url)

@@ -12,10 +12,12 @@
 
 pub mod backoff;
 pub mod http;
+pub mod outcome;
 pub mod queue;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
@@ -26,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use self::backoff::{Backoff, Next};
+use self::backoff::Backoff;
 use self::http::Sender;
+use self::outcome::{Class, Policies};
 use self::queue::{Claimed, Outcome};
 use crate::config::DeliveryConfig;
 use crate::db::Database;
@@ -40,8 +43,9 @@ pub struct Dispatcher {
     config: DeliveryConfig,
     sidecar: Uuid,
     sender: Arc<Sender>,
-    backoff: Backoff,
+    policies: Policies,
     wake: Arc<Notify>,
+    streaks: Streaks,
 }
 
 /// A finished send, from a send task to the dispatcher.
@@ -65,18 +69,26 @@ impl Dispatcher {
         sidecar: Uuid,
         wake: Arc<Notify>,
     ) -> Self {
-        let backoff = Backoff {
-            schedule: config.retry_schedule.clone(),
-            jitter: config.retry_jitter,
-            max_retry_after: config.max_retry_after,
+        let policies = Policies {
+            schedule: Backoff {
+                schedule: config.retry_schedule.clone(),
+                jitter: config.retry_jitter,
+                max_retry_after: config.max_retry_after,
+            },
+            refused: Backoff {
+                schedule: config.client_error_schedule.clone(),
+                jitter: config.retry_jitter,
+                max_retry_after: config.max_retry_after,
+            },
         };
         Dispatcher {
             sender: Arc::new(Sender::new(config.clone())),
             database,
             config,
             sidecar,
-            backoff,
+            policies,
             wake,
+            streaks: Streaks::default(),
         }
     }
 
@@ -88,13 +100,21 @@ impl Dispatcher {
         // its object its queue's head, claimable only once the outcome is committed (without
         // this, an object's next delivery waited for the poll interval).
         let recorded = Arc::new(Notify::new());
+        // Set by the recorder when a webhook's pause began, changed or ended: the dispatcher
+        // reads the pauses again at once, so no request goes out to a webhook that has just
+        // been paused, and a probe's outcome is known before the next one.
+        let pauses_changed = Arc::new(AtomicBool::new(false));
         let recorder = tokio::spawn(record_loop(
             self.database.clone(),
             outcomes_rx,
-            self.backoff.clone(),
+            self.policies.clone(),
             self.config.clone(),
             self.sidecar,
-            recorded.clone(),
+            (
+                recorded.clone(),
+                pauses_changed.clone(),
+                self.streaks.clone(),
+            ),
         ));
 
         // Each send task returns (webhook id, delivery id).
@@ -108,8 +128,23 @@ impl Dispatcher {
         let mut ready: HashMap<i64, VecDeque<(Instant, Claimed)>> = HashMap::new();
         let mut connection = Reconnecting::new("dispatcher", self.database.clone());
         let mut webhooks: Vec<i64> = Vec::new();
-        // Each paused webhook's end of pause, on the monotonic clock (now: over, probe).
-        let mut pauses: HashMap<i64, Instant> = HashMap::new();
+        // Each paused webhook's end of pause, on the monotonic clock (now: over, probe), and
+        // its failures in a row when read.
+        let mut pauses: HashMap<i64, (Instant, i32)> = HashMap::new();
+        // The webhooks whose pause is over and that were probed, with their failures in a row
+        // then and when: one probe per pause (the next pause, or a success, changes the count).
+        let mut probed: HashMap<i64, (i32, Instant)> = HashMap::new();
+        // Per rate-limited webhook, when its next request may start.
+        let mut next_slot: HashMap<i64, Instant> = HashMap::new();
+        // The rate limits (configured by webhook name) by webhook id, read with the pauses.
+        let mut rate_limits: HashMap<i64, f64> = HashMap::new();
+        // Failures in a row per webhook as last read, and those seen by the send tasks since
+        // (not recorded yet, perhaps): a webhook whose streak may have reached the pause
+        // threshold sends nothing more until the recorder has recorded it and the pauses are
+        // read again, so it pauses after exactly that many failures, not after those that
+        // were sent while the outcomes were being recorded.
+        let unrecorded = self.streaks.clone();
+        let threshold = self.config.pause_after_failures as i32;
         let mut refreshed = Instant::now() - self.config.poll_interval;
 
         while !cancel.is_cancelled() {
@@ -125,12 +160,31 @@ impl Dispatcher {
                 break;
             };
 
+            if pauses_changed.swap(false, Ordering::AcqRel) {
+                refreshed = Instant::now() - self.config.poll_interval;
+            }
             if refreshed.elapsed() >= self.config.poll_interval / 2 {
                 match refresh(db).await {
-                    Ok((w, p)) => {
+                    Ok((w, p, s)) => {
                         webhooks = w;
                         pauses = p;
+                        for (webhook, streak) in unrecorded.lock().expect("not poisoned").iter_mut()
+                        {
+                            streak.recorded = s.get(webhook).copied().unwrap_or(0);
+                        }
+                        probed.retain(|webhook, _| pauses.contains_key(webhook));
                         refreshed = Instant::now();
+                        if !self.config.rate_limit_by_webhook.is_empty() {
+                            match queue::webhook_ids(db, &self.config.rate_limit_by_webhook).await {
+                                Ok(limits) => rate_limits = limits,
+                                Err(error) => {
+                                    connection
+                                        .failed(&cancel, "reading the webhooks' ids", &error)
+                                        .await;
+                                    continue;
+                                }
+                            }
+                        }
                     }
                     Err(error) => {
                         connection
@@ -143,18 +197,34 @@ impl Dispatcher {
 
             // Send what was claimed ahead, as far as slots allow; let go of what waited too long.
             let now = Instant::now();
+            // A probe whose outcome never arrived (not recorded) is not waited for forever.
+            let probe_lost = self.config.pause_max + self.config.lease_margin;
             let cap_of = |webhook: i64, busy: usize| match pauses.get(&webhook) {
-                Some(&until) if until > now => 0,
-                // the pause is over: one delivery probes the receiver
-                Some(_) => usize::from(busy == 0),
+                Some(&(until, _)) if until > now => 0,
+                // the pause is over: one delivery probes the receiver, once per pause
+                Some(&(_, failures)) => usize::from(
+                    busy == 0
+                        && probed
+                            .get(&webhook)
+                            .is_none_or(|&(f, at)| f != failures || at.elapsed() > probe_lost),
+                ),
+                None if threshold > 0
+                    && unrecorded
+                        .lock()
+                        .expect("not poisoned")
+                        .get(&webhook)
+                        .is_some_and(|s| s.recorded + s.unrecorded >= threshold) =>
+                {
+                    0
+                }
                 None => self.config.per_webhook_concurrency,
             };
-            let stale = self.launch(
+            let (stale, _) = self.launch(
                 &mut ready,
                 &mut in_flight,
                 (&mut leased, &mut sending),
-                &mut sends,
-                &outcomes_tx,
+                (&mut sends, &mut next_slot),
+                (&outcomes_tx, &unrecorded),
                 &cap_of,
             );
             if !stale.is_empty() {
@@ -185,10 +255,19 @@ impl Dispatcher {
                 } else {
                     0
                 };
-                let quota = (cap + ahead)
+                let mut quota = (cap + ahead)
                     .saturating_sub(busy + queued)
                     .min(free)
                     .min(self.config.claim_batch);
+                if let Some(rate) = rate_limits.get(&webhook).copied() {
+                    // no more than it may send before its lease runs short
+                    let sendable = rate * (self.config.lease_margin / 4).as_secs_f64();
+                    quota = quota.min(
+                        (sendable.ceil() as usize)
+                            .saturating_sub(queued)
+                            .max(usize::from(queued == 0)),
+                    );
+                }
                 // A claim is one transaction whatever its size: wait until a good share of the
                 // slots is free rather than claim one delivery at a time (measured: claiming per
                 // freed slot halved throughput).
@@ -229,14 +308,23 @@ impl Dispatcher {
                     .or_default()
                     .push_back((claimed_at, claimed));
             }
-            self.launch(
+            let (_, rate_limited_until) = self.launch(
                 &mut ready,
                 &mut in_flight,
                 (&mut leased, &mut sending),
-                &mut sends,
-                &outcomes_tx,
+                (&mut sends, &mut next_slot),
+                (&outcomes_tx, &unrecorded),
                 &cap_of,
             );
+            // the probes just started
+            for (&webhook, &(until, failures)) in &pauses {
+                if until <= now
+                    && in_flight.contains_key(&webhook)
+                    && probed.get(&webhook).is_none_or(|&(f, _)| f != failures)
+                {
+                    probed.insert(webhook, (failures, Instant::now()));
+                }
+            }
             gauge!(m::IN_FLIGHT).set(in_flight.values().sum::<usize>() as f64);
 
             // Something was claimed: look again at once (more may be due). Otherwise wait for
@@ -246,6 +334,8 @@ impl Dispatcher {
                 continue;
             }
             let poll = self.config.poll_interval;
+            let poll_until =
+                rate_limited_until.map_or(now + poll, |at| at.min(Instant::now() + poll));
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = self.wake.notified() => { refreshed = Instant::now() - poll; }
@@ -256,7 +346,7 @@ impl Dispatcher {
                         sending.remove(&delivery);
                     }
                 }
-                () = tokio::time::sleep(poll) => {}
+                () = tokio::time::sleep_until(poll_until.into()) => {}
             }
         }
 
@@ -333,20 +423,22 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts sends from `ready` while each webhook has free slots (`cap_of(webhook, busy)`),
-    /// moving each from `leased` (not sent) to `sending` (in flight). Returns the deliveries
-    /// that waited in `ready` longer than half the lease margin: their lease may no longer
-    /// cover a whole request, so they are released, not sent.
+    /// Starts sends from `ready` while each webhook has free slots (`cap_of(webhook, busy)`)
+    /// and its rate limit allows, moving each from `leased` (not sent) to `sending` (in
+    /// flight). Returns the deliveries that waited in `ready` longer than half the lease
+    /// margin (their lease may no longer cover a whole request, so they are released, not
+    /// sent), and when the first rate-limited webhook may send again.
     fn launch(
         &self,
         ready: &mut HashMap<i64, VecDeque<(Instant, Claimed)>>,
         in_flight: &mut HashMap<i64, usize>,
         (leased, sending): (&mut HashSet<i64>, &mut HashMap<i64, Sending>),
-        sends: &mut JoinSet<(i64, i64)>,
-        outcomes: &mpsc::UnboundedSender<Done>,
+        (sends, next_slot): (&mut JoinSet<(i64, i64)>, &mut HashMap<i64, Instant>),
+        (outcomes, unrecorded): (&mpsc::UnboundedSender<Done>, &Streaks),
         cap_of: &impl Fn(i64, usize) -> usize,
-    ) -> Vec<i64> {
+    ) -> (Vec<i64>, Option<Instant>) {
         let mut stale = Vec::new();
+        let mut wake_at: Option<Instant> = None;
         let too_old = self.config.lease_margin / 2;
         ready.retain(|&webhook, queue| {
             while let Some((claimed_at, _)) = queue.front() {
@@ -358,6 +450,22 @@ impl Dispatcher {
                 let busy = in_flight.get(&webhook).copied().unwrap_or(0);
                 if busy >= cap_of(webhook, busy) {
                     break;
+                }
+                let rate = self
+                    .config
+                    .rate_limit_by_webhook
+                    .get(&queue.front().expect("front exists").1.webhook_name)
+                    .copied();
+                if let Some(rate) = rate {
+                    // Evenly spaced starts, no burst: a backlog after an outage goes out at
+                    // the configured rate, not at once.
+                    let now = Instant::now();
+                    let slot = next_slot.get(&webhook).copied().unwrap_or(now).max(now);
+                    if slot > now {
+                        wake_at = Some(wake_at.map_or(slot, |w| w.min(slot)));
+                        break;
+                    }
+                    next_slot.insert(webhook, slot + Duration::from_secs_f64(1.0 / rate));
                 }
                 let (_, claimed) = queue.pop_front().expect("front exists");
                 *in_flight.entry(webhook).or_default() += 1;
@@ -373,17 +481,32 @@ impl Dispatcher {
                 let sender = self.sender.clone();
                 let header = self.config.delivery_id_header.clone();
                 let outcomes = outcomes.clone();
+                let unrecorded = unrecorded.clone();
                 sends.spawn(async move {
                     let result = sender
-                        .send(&claimed.request, claimed.delivery_id, &header)
+                        .send(
+                            &claimed.request,
+                            claimed.message_id,
+                            &header,
+                            claimed.standard_webhooks.as_ref(),
+                        )
                         .await;
+                    {
+                        let mut streaks = unrecorded.lock().expect("not poisoned");
+                        let streak = streaks.entry(webhook).or_default();
+                        if outcome::classify(result.status) == Class::Delivered {
+                            *streak = Streak::default();
+                        } else {
+                            streak.unrecorded += 1;
+                        }
+                    }
                     let _ = outcomes.send(Done { claimed, result });
                     (webhook, delivery)
                 });
             }
             !queue.is_empty()
         });
-        stale
+        (stale, wake_at)
     }
 }
 
@@ -401,30 +524,56 @@ fn release_slot(in_flight: &mut HashMap<i64, usize>, webhook: i64) {
     }
 }
 
-/// The webhooks with work, and when each paused one's pause ends on the monotonic clock (the
-/// database says how long it still runs; this host's wall clock is not asked).
+/// Each paused webhook's end of pause on the monotonic clock (the database says how long it
+/// still runs; this host's wall clock is not asked), with its failures in a row.
+type Pauses = HashMap<i64, (Instant, i32)>;
+
+/// A webhook's failures in a row: as last recorded (or read), and sent since but not recorded.
+/// A webhook whose sum reaches the pause threshold sends nothing more until the pauses are
+/// read again, so it pauses after exactly that many failures, not after those that were sent
+/// while the outcomes were being recorded.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Streak {
+    recorded: i32,
+    unrecorded: i32,
+}
+
+type Streaks = Arc<std::sync::Mutex<HashMap<i64, Streak>>>;
+
+/// The webhooks with work, the pauses, and every webhook's failures in a row.
 async fn refresh(
     db: &tokio_postgres::Client,
-) -> Result<(Vec<i64>, HashMap<i64, Instant>), tokio_postgres::Error> {
+) -> Result<(Vec<i64>, Pauses, HashMap<i64, i32>), tokio_postgres::Error> {
     let webhooks = queue::webhooks_with_work(db).await?;
     let read_at = Instant::now();
-    let pauses = queue::pauses(db)
-        .await?
-        .into_iter()
-        .filter_map(|p| Some((p.webhook_id, read_at + p.remaining?)))
+    let all = queue::pauses(db).await?;
+    let streaks = all
+        .iter()
+        .map(|p| (p.webhook_id, p.consecutive_failures))
         .collect();
-    Ok((webhooks, pauses))
+    let pauses = all
+        .into_iter()
+        .filter_map(|p| {
+            Some((
+                p.webhook_id,
+                (read_at + p.remaining?, p.consecutive_failures),
+            ))
+        })
+        .collect();
+    Ok((webhooks, pauses, streaks))
 }
 
 /// Writes outcomes in batches until the channel closes and everything is written.
 async fn record_loop(
     database: Database,
     mut outcomes: mpsc::UnboundedReceiver<Done>,
-    backoff: Backoff,
+    policies: Policies,
     config: DeliveryConfig,
     sidecar: Uuid,
-    recorded: Arc<Notify>,
+    (recorded, pauses_changed, streaks): (Arc<Notify>, Arc<AtomicBool>, Streaks),
 ) {
+    // The webhooks this recorder last saw paused: a success of one of them ends its pause.
+    let mut paused: HashSet<i64> = HashSet::new();
     // Outcomes are written after shutdown begins too (the dispatcher closes the channel when it
     // is done), so this connection's waits are never cut short.
     let never = CancellationToken::new();
@@ -436,7 +585,7 @@ async fn record_loop(
             // Take what is there, waiting for the first one; batches form under load.
             if pending.is_empty() {
                 match outcomes.recv().await {
-                    Some(done) => pending.push(to_outcome(done, &backoff)),
+                    Some(done) => pending.push(to_outcome(done, &policies, &config)),
                     None => {
                         closed = true;
                         continue;
@@ -445,7 +594,7 @@ async fn record_loop(
             }
             while pending.len() < 1000 {
                 match outcomes.try_recv() {
-                    Ok(done) => pending.push(to_outcome(done, &backoff)),
+                    Ok(done) => pending.push(to_outcome(done, &policies, &config)),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         closed = true;
@@ -466,26 +615,65 @@ async fn record_loop(
         }
         // Committed: the next deliveries of these objects are their queues' heads now.
         recorded.notify_one();
-        // Webhook health, per webhook in the batch.
+        // Webhook health, per webhook in the batch, in the order the outcomes came.
         let mut health: HashMap<i64, queue::Health> = HashMap::new();
         for (outcome, _) in &pending {
             let entry = health.entry(outcome.webhook_id).or_default();
-            if outcome.result.succeeded() {
-                entry.successes += 1;
-            } else {
-                entry.failures += 1;
+            match outcome::classify(outcome.result.status) {
+                Class::Delivered => {
+                    entry.successes += 1;
+                    entry.failures_since_success = 0;
+                }
+                class => {
+                    entry.failures += 1;
+                    entry.failures_since_success += 1;
+                    entry.gone |= class == Class::Gone;
+                }
             }
-            entry.last_succeeded = outcome.result.succeeded();
         }
         let policy = queue::PausePolicy {
             threshold: config.pause_after_failures as i32,
             pause: config.pause_initial,
             pause_max: config.pause_max,
         };
+        let mut changed = false;
         for (webhook, h) in health {
-            if let Err(error) = queue::update_health(db, webhook, h, policy).await {
-                warn!(error = %crate::error_chain(&error), webhook, "could not update webhook health");
+            match queue::update_health(db, webhook, h, policy).await {
+                Ok((now_paused, streak)) => {
+                    {
+                        let mut streaks = streaks.lock().expect("not poisoned");
+                        let s = streaks.entry(webhook).or_default();
+                        s.recorded = streak;
+                        s.unrecorded = (s.unrecorded - h.failures).max(0);
+                    }
+                    // a pause began, was extended or ended, or a streak grew (the dispatcher
+                    // holds a webhook whose streak may have reached the threshold until it
+                    // reads the recorded streak)
+                    if h.failures > 0 || paused.contains(&webhook) != now_paused {
+                        changed = true;
+                    }
+                    if now_paused && !paused.contains(&webhook) {
+                        warn!(
+                            webhook,
+                            "webhook paused (netbox-outbox status says why and until when)"
+                        );
+                    } else if !now_paused && paused.contains(&webhook) {
+                        info!(webhook, "webhook resumed");
+                    }
+                    if now_paused {
+                        paused.insert(webhook);
+                    } else {
+                        paused.remove(&webhook);
+                    }
+                }
+                Err(error) => {
+                    warn!(error = %crate::error_chain(&error), webhook, "could not update webhook health");
+                }
             }
+        }
+        if changed {
+            pauses_changed.store(true, Ordering::Release);
+            recorded.notify_one();
         }
         for (outcome, webhook_name) in pending.drain(..) {
             report(&outcome, &webhook_name);
@@ -565,20 +753,13 @@ async fn record_each(
     Ok(())
 }
 
-fn to_outcome(done: Done, backoff: &Backoff) -> (Outcome, String) {
-    let retry_in = if done.result.succeeded() {
-        None
-    } else {
-        let unit = rand::rng().random::<f64>();
-        match backoff.next(
-            done.claimed.attempt.max(1) as u32,
-            done.result.retry_after,
-            unit,
-        ) {
-            Next::RetryIn(wait) => Some(wait),
-            Next::GiveUp => None,
-        }
-    };
+fn to_outcome(done: Done, policies: &Policies, config: &DeliveryConfig) -> (Outcome, String) {
+    let retry_in = policies.retry_in(
+        &done.result,
+        done.claimed.attempt.max(1) as u32,
+        config.client_errors_of(&done.claimed.webhook_name),
+        rand::rng().random::<f64>(),
+    );
     (
         Outcome {
             delivery_id: done.claimed.delivery_id,

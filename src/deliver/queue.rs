@@ -20,6 +20,12 @@ pub struct Claimed {
     pub event_id: i64,
     /// Attempts made, counting this one.
     pub attempt: i32,
+    /// The id the receiver sees: the delivery's own, or the original's for a replay.
+    pub message_id: i64,
+    /// The webhook's Standard Webhooks secrets (`whsec_...`), as NetBox holds them now: each
+    /// attempt is signed with them when sent. None: the request carries NetBox's frozen
+    /// `X-Hook-Signature`, if any.
+    pub standard_webhooks: Option<Result<crate::standard_webhooks::Secrets, String>>,
 }
 
 impl Claimed {
@@ -32,6 +38,8 @@ impl Claimed {
             webhook_name: self.webhook_name.clone(),
             event_id: self.event_id,
             attempt: self.attempt,
+            message_id: self.message_id,
+            standard_webhooks: None,
         }
     }
 }
@@ -80,6 +88,10 @@ pub async fn claim(
                 event_id: r.get(3),
                 attempt: r.get(4),
                 delivery_id: r.get(0),
+                message_id: r.get(12),
+                standard_webhooks: r
+                    .get::<_, Option<String>>(13)
+                    .map(|s| crate::standard_webhooks::Secrets::parse(&s)),
                 request: Request {
                     method: r.get(5),
                     url: r.get(6),
@@ -218,6 +230,24 @@ pub async fn webhooks_with_work(client: &Client) -> Result<Vec<i64>, tokio_postg
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// The rate limits configured by webhook name, by the ids of NetBox's webhooks of those names.
+pub async fn webhook_ids(
+    client: &Client,
+    limits: &std::collections::BTreeMap<String, f64>,
+) -> Result<std::collections::HashMap<i64, f64>, tokio_postgres::Error> {
+    let names: Vec<&str> = limits.keys().map(String::as_str).collect();
+    let rows = client
+        .query(
+            "select id, name from public.extras_webhook where name = any($1)",
+            &[&names],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.get(0), *limits.get(r.get::<_, &str>(1))?)))
+        .collect())
+}
+
 /// A webhook's pause state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pause {
@@ -261,58 +291,104 @@ pub struct PausePolicy {
 pub struct Health {
     pub successes: i32,
     pub failures: i32,
-    pub last_succeeded: bool,
+    /// Failures after the batch's last success (all of them if none succeeded).
+    pub failures_since_success: i32,
+    /// A 410 Gone came back: the webhook is paused until an operator resumes it.
+    pub gone: bool,
 }
 
-/// Updates a webhook's failure streak after outcomes: a success ends a streak (and a pause that
-/// was being probed); enough failures pause the webhook (see [`PausePolicy`]). Operator pauses
-/// are left alone.
+/// Updates a webhook's failure streak and pause after a batch of outcomes; returns whether the
+/// webhook is paused now, and its failures in a row.
+///
+/// * A success ends the streak and an automatic pause (a probe succeeded).
+/// * The failure that makes the streak reach the threshold pauses the webhook for exactly
+///   `pause`. Failures of requests that were already in flight while it is paused change
+///   nothing; the failure of the probe after a pause pauses it again for twice the last pause,
+///   up to `pause_max` (kept in webhook_state.pause_ms).
+/// * A 410 Gone pauses the webhook until an operator resumes it (resume_webhook()).
+/// * Operator pauses are left alone.
 pub async fn update_health(
     client: &Client,
     webhook_id: i64,
     health: Health,
     policy: PausePolicy,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(bool, i32), tokio_postgres::Error> {
     let Health {
         successes,
         failures,
-        last_succeeded,
+        failures_since_success,
+        gone,
     } = health;
     let PausePolicy {
         threshold,
         pause,
         pause_max,
     } = policy;
-    let pause_ms = pause.as_secs_f64() * 1000.0;
-    let pause_max_ms = pause_max.as_secs_f64() * 1000.0;
+    let pause_ms = pause.as_millis() as i64;
+    let pause_max_ms = pause_max.as_millis() as i64;
     client
         .execute(
             "insert into netbox_outbox.webhook_state (webhook_id) values ($1) on conflict do nothing",
             &[&webhook_id],
         )
         .await?;
-    client
-        .execute(
-            "update netbox_outbox.webhook_state s set
-                 consecutive_failures = case when $4 then 0 else s.consecutive_failures + $3 end,
-                 last_failure_at = case when $3 > 0 then now() else s.last_failure_at end,
-                 last_success_at = case when $2 > 0 then now() else s.last_success_at end,
-                 paused_until = case
-                     when s.paused_by_operator then s.paused_until
-                     when $4 then null
-                     when $5 > 0 and s.consecutive_failures + $3 >= $5 then
-                         now() + make_interval(secs => least($7::float8,
-                             $6::float8 * power(2, greatest(0, s.consecutive_failures + $3 - $5))) / 1000.0)
-                     else s.paused_until end,
-                 reason = case
-                     when s.paused_by_operator then s.reason
-                     when $4 then null
-                     when $5 > 0 and s.consecutive_failures + $3 >= $5 then
-                         (s.consecutive_failures + $3) || ' failures in a row'
-                     else s.reason end
-             where s.webhook_id = $1",
-            &[&webhook_id, &successes, &failures, &last_succeeded, &threshold, &pause_ms, &pause_max_ms],
+    // `kind` is what this batch does to the pause: keep it, end it, start it, double it, or
+    // make it last until an operator resumes the webhook.
+    let row = client
+        .query_one(
+            "with s as (
+                 select s.webhook_id,
+                        case when $2 > 0 then $4 else s.consecutive_failures + $4 end as streak,
+                        case
+                            when s.paused_by_operator then 'keep'
+                            when s.paused_until = 'infinity' then 'keep'
+                            when $8 then 'gone'
+                            when $2 > 0 and $4 = 0 then 'end'
+                            when s.paused_until > now() then 'keep'
+                            when s.paused_until is not null and $4 > 0 then 'double'
+                            when s.paused_until is not null then 'end'
+                            when $5 > 0 and (case when $2 > 0 then $4 else s.consecutive_failures + $4 end) >= $5
+                                then 'start'
+                            else 'keep'
+                        end as kind
+                 from netbox_outbox.webhook_state s where s.webhook_id = $1
+                 for update
+             )
+             update netbox_outbox.webhook_state w set
+                 consecutive_failures = s.streak,
+                 last_failure_at = case when $3 > 0 then now() else w.last_failure_at end,
+                 last_success_at = case when $2 > 0 then now() else w.last_success_at end,
+                 pause_ms = case s.kind
+                     when 'start' then $6
+                     when 'double' then least($7, coalesce(w.pause_ms, $6) * 2)
+                     when 'end' then null when 'gone' then null
+                     else w.pause_ms end,
+                 paused_until = case s.kind
+                     when 'start' then now() + make_interval(secs => $6 / 1000.0)
+                     when 'double' then now() + make_interval(secs => least($7, coalesce(w.pause_ms, $6) * 2) / 1000.0)
+                     when 'end' then null
+                     when 'gone' then 'infinity'
+                     else w.paused_until end,
+                 reason = case s.kind
+                     when 'start' then s.streak || ' failures in a row'
+                     when 'double' then s.streak || ' failures in a row (the probe failed too)'
+                     when 'end' then null
+                     when 'gone' then 'the receiver answered 410 Gone: paused until an operator resumes it '
+                                      || format('(select netbox_outbox.resume_webhook(%L))', $1::text)
+                     else w.reason end
+             from s where w.webhook_id = s.webhook_id
+             returning w.paused_until is not null, w.consecutive_failures",
+            &[
+                &webhook_id,
+                &successes,
+                &failures,
+                &failures_since_success,
+                &threshold,
+                &pause_ms,
+                &pause_max_ms,
+                &gone,
+            ],
         )
         .await?;
-    Ok(())
+    Ok((row.get(0), row.get(1)))
 }

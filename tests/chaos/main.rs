@@ -231,7 +231,7 @@ async fn drain(profile: &Profile, stage: &Stage) -> Drained {
     stage.doomed.set_mode(Mode::Up).await;
     let replayed: i64 = scalar(
         &client,
-        &format!("select netbox_outbox.replay(webhook => '{DOOMED}')"),
+        &format!("select count(*) from netbox_outbox.replay(webhook => '{DOOMED}')"),
     )
     .await;
     if !settled(&client, deadline).await {
@@ -523,14 +523,15 @@ async fn explain_losses(client: &Client, lost: &[(String, String, i64)]) {
     }
 }
 
-/// The delivery log's 2xx attempts, per webhook and delivery id (as the receivers see it).
+/// The delivery log's 2xx attempts, per webhook and delivery id as the receivers see it (a
+/// replay carries its original's id: the message id).
 async fn recorded_successes(client: &Client) -> HashMap<(String, String), usize> {
     client
         .query(
-            "select d.webhook_name, d.id::text, count(*)
+            "select d.webhook_name, coalesce(d.message_id, d.id)::text, count(*)
              from netbox_outbox.attempt a join netbox_outbox.delivery d on d.id = a.delivery_id
              where a.status between 200 and 299
-             group by d.webhook_name, d.id",
+             group by d.webhook_name, coalesce(d.message_id, d.id)",
             &[],
         )
         .await

@@ -74,6 +74,9 @@ mod queue_heads;
 mod related;
 /// Several sidecars, crashes, shutdowns and per-object order.
 mod resilience;
+/// Delivery semantics a receiver relies on (issue 13): replay identity, status classes, blocked
+/// heads, pauses, Standard Webhooks, rate limits.
+mod semantics;
 /// Silent gaps made visible: stalls in /metrics, /readyz and the documented alerts, TRUNCATE,
 /// one configuration per database, numbers beyond u64 and f64.
 mod stalls;

@@ -3,7 +3,8 @@
 use super::*;
 
 /// A delivery rejected for a bad template is not lost: after the webhook is fixed,
-/// `replay --rerender` renders it again from the object as it stands now, and it goes out.
+/// `replay --rerender` renders it again from the object as it stands now, and it goes out with
+/// the rejected delivery's id; the rejected one becomes `replayed` and is not re-rendered twice.
 #[tokio::test]
 async fn rejected_delivery_is_sent_after_the_fix() {
     let mut scene = scene().await;
@@ -33,6 +34,31 @@ async fn rejected_delivery_is_sent_after_the_fix() {
     assert!(out(&o).contains("1 deliveries re-rendered"), "{}", out(&o));
     let got = scene.re_rendered("/bad").await;
     assert_eq!(String::from_utf8_lossy(&got.body), "created alpha");
+    // the receiver sees the rejected delivery's id; the rejected one is replayed, once
+    assert_eq!(
+        got.header("x-netbox-outbox-delivery"),
+        Some(d.id.to_string().as_str())
+    );
+    let original: String = scene
+        .client
+        .query_one(
+            "select state from netbox_outbox.delivery where id = $1",
+            &[&d.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(original, "replayed");
+    let again = cli(
+        &scene.db,
+        &["replay", "--rerender", "--delivery", &d.id.to_string()],
+    )
+    .await;
+    assert!(
+        out(&again).contains("0 deliveries re-rendered"),
+        "{}",
+        out(&again)
+    );
     eventually("the re-rendered delivery to be recorded", WAIT, || async {
         let state: String = scene
             .client

@@ -6,5 +6,6 @@ mod checks;
 pub mod db;
 pub mod rules;
 pub mod sidecar;
+pub mod standard_webhooks;
 pub mod tls;
 pub mod wait;
