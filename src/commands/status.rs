@@ -448,11 +448,24 @@ mod tests {
                 retention_days: Some(7),
             },
             webhooks: vec![],
+            blocked_heads: vec![BlockedQueues {
+                webhook: "crm".into(),
+                blocked_queues: 2,
+                waiting_behind: 5,
+                oldest_blocked_seconds: None,
+                oldest_delivery_id: 41,
+                oldest_last_error: None,
+            }],
             sidecars: vec![],
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["capture"]["retention_days"], serde_json::json!(7));
         assert!(json["capture"]["last_read_seconds_ago"].is_null());
         assert!(json["webhooks"].is_array());
+        assert_eq!(
+            json["blocked_heads"][0]["waiting_behind"],
+            serde_json::json!(5)
+        );
+        assert!(render(&status).contains("skip --delivery"));
     }
 }
