@@ -11,6 +11,9 @@
 //! * `deep`: deep queues (issue 12): 20,000 pending deliveries over 50 objects (400 each, in
 //!   commit order per object) and the same count over 20,000 objects, first to last, beside the
 //!   HTTP ceiling (the same receiver driven by a plain client loop) measured in the same run.
+//! * `ab`: delivery throughput of several builds (or SQL variants) interleaved A B A B, with the
+//!   CPU per 1,000 deliveries of the sidecar, its PostgreSQL backends and the receiver, which
+//!   load on a shared machine barely moves (docs/benchmarks.md §1b).
 //!
 //! ```text
 //! cargo bench --bench pipeline                    # all, default sizes
