@@ -11,6 +11,9 @@
 //! * `deep`: deep queues (issue 12): 20,000 pending deliveries over 50 objects (400 each, in
 //!   commit order per object) and the same count over 20,000 objects, first to last, beside the
 //!   HTTP ceiling (the same receiver driven by a plain client loop) measured in the same run.
+//! * `ab`: delivery throughput of several builds (or SQL variants) interleaved A B A B, with the
+//!   CPU per 1,000 deliveries of the sidecar, its PostgreSQL backends and the receiver, which
+//!   load on a shared machine barely moves (docs/benchmarks.md §1b).
 //!
 //! ```text
 //! cargo bench --bench pipeline                    # all, default sizes
@@ -71,6 +74,7 @@ fn main() {
                 "drain" => drain().await,
                 "claim" => claim().await,
                 "deep" => deep().await,
+                "ab" => ab().await,
                 other => eprintln!("unknown benchmark {other:?}"),
             }
         }
@@ -808,6 +812,239 @@ async fn deep() {
             elapsed.as_secs_f64(),
             rate / ceiling,
             wall_rate / ceiling
+        );
+    }
+    println!();
+}
+
+// ---- interleaved A/B of delivery throughput ---------------------------------------------------
+
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces), counted from field 3 (state).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5), 11 and 12 here; 100 ticks a second on
+    // Linux (sysconf(_SC_CLK_TCK)).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of every PostgreSQL backend of this database but our own.
+async fn backends_cpu(client: &Client) -> f64 {
+    let rows = client
+        .query(
+            "select pid from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| cpu_seconds(r.get::<_, i32>(0) as u32))
+        .sum()
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One variant of an A/B run: a sidecar binary, SQL applied after its migrations, and the
+/// `sslmode` of its database connection (libpq's default, `prefer`, unless given).
+struct Variant {
+    name: String,
+    binary: String,
+    sql: Option<String>,
+    sslmode: Option<String>,
+}
+
+/// `BENCH=ab`: delivery throughput of several sidecar binaries (and SQL variants), interleaved
+/// A B A B ... for `BENCH_AB_ROUNDS` rounds, so a machine shared with other work loads each
+/// variant alike. Each run: a fresh database migrated by that variant's own binary
+/// (`migrate`), `BENCH_DELIVERIES` deliveries assembled with the webhook paused, then the clock
+/// runs from the sidecar's start to the receiver's last request. Besides the wall-clock rate,
+/// the CPU each side used per 1,000 deliveries, which load on the other core barely moves:
+/// the sidecar process, the PostgreSQL backends serving it, and the receiver.
+///
+/// `BENCH_AB=name=binary[+file.sql][+sslmode=MODE];name=binary...` (default: this tree's release binary as
+/// `main`); `BENCH_AB_SIZE` (1024) picks the body size as in `throughput`; `BENCH_AB_RESET=true`
+/// finishes every delivery once and makes it pending again before the clock starts, as
+/// `throughput` does around its queue ceiling (the rows' second life, not their first).
+async fn ab() {
+    let n: i64 = env("BENCH_DELIVERIES", 100_000);
+    let rounds: usize = env("BENCH_AB_ROUNDS", 3);
+    let size: usize = env("BENCH_AB_SIZE", 1024);
+    let reset: bool = env("BENCH_AB_RESET", false);
+    let spec = std::env::var("BENCH_AB").unwrap_or_else(|_| format!("main={}", binary()));
+    let variants: Vec<Variant> = spec
+        .split(';')
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            let (name, rest) = v
+                .trim()
+                .split_once('=')
+                .expect("name=binary[+file.sql][+sslmode=MODE]");
+            let mut parts = rest.split('+');
+            let mut variant = Variant {
+                name: name.into(),
+                binary: parts.next().expect("a binary").into(),
+                sql: None,
+                sslmode: None,
+            };
+            for part in parts {
+                match part.strip_prefix("sslmode=") {
+                    Some(mode) => variant.sslmode = Some(mode.into()),
+                    None => {
+                        variant.sql = Some(std::fs::read_to_string(part).expect("the SQL file"))
+                    }
+                }
+            }
+            variant
+        })
+        .collect();
+    println!(
+        "== delivery throughput A/B: {n} deliveries, {size} B target, {rounds} interleaved rounds, reset first: {reset} =="
+    );
+    println!(
+        "  round variant           rate/s  | CPU s per 1,000 deliveries: sidecar  PG backends  receiver | load average"
+    );
+    let mut results: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); variants.len()];
+    for round in 1..=rounds {
+        for (i, variant) in variants.iter().enumerate() {
+            let name = "nbo_bench_ab";
+            let server = admin().connect().await.unwrap();
+            for sql in [
+                format!("drop database if exists {name} with (force)"),
+                format!("create database {name}"),
+            ] {
+                server.batch_execute(&sql).await.unwrap();
+            }
+            let database = admin().with_dbname(name);
+            let client = database.connect().await.unwrap();
+            client.batch_execute(FIXTURE).await.unwrap();
+            let url = match &variant.sslmode {
+                Some(mode) => format!("{} sslmode={mode}", database_url(&database)),
+                None => database_url(&database),
+            };
+            let status = Command::new(&variant.binary)
+                .arg("migrate")
+                .env("DATABASE_URL", &url)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{} migrate", variant.binary);
+            if let Some(sql) = &variant.sql {
+                client.batch_execute(sql).await.unwrap();
+            }
+            let port = free_port();
+            let (receiver_process, log) = receiver(port);
+            hook(&client, &format!("http://127.0.0.1:{port}/hook")).await;
+            client
+                .batch_execute("select netbox_outbox.pause_webhook('bench')")
+                .await
+                .unwrap();
+            objects(&client, n, size).await;
+            let run = |variant: &Variant| {
+                let mut command = Command::new(&variant.binary);
+                command
+                    .arg("run")
+                    .env("DATABASE_URL", &url)
+                    .env("NETBOX_OUTBOX_METRICS__LISTEN", "\"\"")
+                    .env("NETBOX_OUTBOX_LOG__LEVEL", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit());
+                Process(command.spawn().unwrap())
+            };
+            let side = run(variant);
+            wait_until("assembly", Duration::from_secs(600), async || {
+                count(&client, "select count(*) from netbox_outbox.delivery").await >= n
+            })
+            .await;
+            drop(side);
+            if reset {
+                // As `throughput` leaves them after its queue ceiling: every delivery finished
+                // once, then made pending again in one statement.
+                client
+                    .batch_execute(
+                        "update netbox_outbox.delivery set state = 'delivered', finished_at = now(), attempts = 1;
+                         update netbox_outbox.delivery set state = 'pending', attempts = 0, finished_at = null,
+                                leased_until = '-infinity', leased_by = null, next_attempt_at = now();",
+                    )
+                    .await
+                    .unwrap();
+            }
+            for sql in [
+                "vacuum analyze netbox_outbox.delivery",
+                "select netbox_outbox.resume_webhook('bench')",
+            ] {
+                client.batch_execute(sql).await.unwrap();
+            }
+            let before = received(&log);
+            let receiver_before = cpu_seconds(receiver_process.0.id());
+            let start = Instant::now();
+            let side = run(variant);
+            wait_until("delivery", Duration::from_secs(600), async || {
+                received(&log) >= before + n as u64
+            })
+            .await;
+            let elapsed = start.elapsed().as_secs_f64();
+            let sidecar_cpu = cpu_seconds(side.0.id());
+            let pg_cpu = backends_cpu(&client).await;
+            let receiver_cpu = cpu_seconds(receiver_process.0.id()) - receiver_before;
+            drop(side);
+            let per_k = |s: f64| s * 1000.0 / n as f64;
+            let rate = n as f64 / elapsed;
+            println!(
+                "  {round:>5} {:<16} {rate:>7.0}  |                          {:>7.3}  {:>11.3}  {:>8.3} | {}",
+                variant.name,
+                per_k(sidecar_cpu),
+                per_k(pg_cpu),
+                per_k(receiver_cpu),
+                load_average()
+            );
+            results[i].push((rate, per_k(sidecar_cpu), per_k(pg_cpu), per_k(receiver_cpu)));
+            drop(client);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("  medians (ratio to {}):", variants[0].name);
+    let base: Vec<f64> = (0..4)
+        .map(|k| median(results[0].iter().map(|r| [r.0, r.1, r.2, r.3][k]).collect()))
+        .collect();
+    for (variant, runs) in variants.iter().zip(&results) {
+        let m: Vec<f64> = (0..4)
+            .map(|k| median(runs.iter().map(|r| [r.0, r.1, r.2, r.3][k]).collect()))
+            .collect();
+        println!(
+            "        {:<16} {:>7.0} ({:.2}) | sidecar {:.3} ({:.2})  PG {:.3} ({:.2})  receiver {:.3} ({:.2})  sidecar+PG {:.3} ({:.2})",
+            variant.name,
+            m[0],
+            m[0] / base[0],
+            m[1],
+            m[1] / base[1],
+            m[2],
+            m[2] / base[2],
+            m[3],
+            m[3] / base[3],
+            m[1] + m[2],
+            (m[1] + m[2]) / (base[1] + base[2]),
         );
     }
     println!();
