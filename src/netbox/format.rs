@@ -156,33 +156,100 @@ pub fn datetime_snapshot(value: &Value) -> Value {
     }
 }
 
-/// A numeric column in the REST form: a JSON number (DRF's Decimal, encoded as a float).
+/// A numeric column in the REST form. DRF quantizes the Decimal to the column's scale and the
+/// webhook encoder writes `float(Decimal)`: a JSON number printed as Python's `repr(float)`
+/// (`12.3456`, `12.0`), and for a NaN (the only non-finite value a `numeric(p, s)` column can
+/// hold) the bare token `NaN`, as Python's `json.dumps` writes it. PostgreSQL's JSON has no
+/// NaN, so the row carries it as the string `"NaN"`.
 pub fn decimal_rest(value: &Value) -> Value {
-    match value {
-        Value::Number(n) => n.as_f64().map_or(value.clone(), |f| {
-            serde_json::Number::from_f64(f).map_or(value.clone(), Value::Number)
-        }),
-        Value::String(s) => s
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-            .map_or(value.clone(), Value::Number),
-        _ => value.clone(),
+    let literal = match value {
+        Value::Number(n) => n.as_str(),
+        Value::String(s) => s.as_str(),
+        _ => return value.clone(),
+    };
+    match literal.parse::<f64>() {
+        // Rust reads "NaN", "Infinity" and "-Infinity" as Python's float() does
+        Ok(f) if !f.is_finite() && !literal.bytes().any(|b| b.is_ascii_digit()) => {
+            crate::python::json::non_finite(f)
+        }
+        // the literal's digits, read as Python reads them: only the int/float type is forced
+        Ok(_) if literal.contains(['.', 'e', 'E']) => match value {
+            Value::Number(_) => value.clone(),
+            _ => serde_json::from_str(literal).unwrap_or_else(|_| value.clone()),
+        },
+        Ok(_) => serde_json::from_str(&format!("{literal}.0")).unwrap_or_else(|_| value.clone()),
+        Err(_) => value.clone(),
     }
 }
 
-/// A numeric column in the snapshot form: a string with the column's scale.
+/// A numeric column in the snapshot form: `str(Decimal)` of the value as the database holds it
+/// (Django's encoder writes a Decimal as `str()`): the column's scale (`"12.345600"`), exact at any
+/// size, scientific below 1e-6 as Python writes it (`"1E-7"`), `"NaN"` for a NaN.
 pub fn decimal_snapshot(value: &Value, scale: Option<u32>) -> Value {
-    let number = match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
+    let literal = match value {
+        Value::Number(n) => n.as_str(),
+        Value::String(s) => s.as_str(),
+        _ => return value.clone(),
     };
-    match (number, scale) {
-        (Some(f), Some(scale)) => Value::String(format!("{f:.*}", scale as usize)),
-        (Some(f), None) => Value::String(float_repr(f)),
-        _ => value.clone(),
+    match decimal_str(literal, scale) {
+        Some(text) => Value::String(text),
+        None => match literal.parse::<f64>() {
+            Ok(f) if f.is_nan() => Value::String("NaN".into()),
+            Ok(f) if f.is_infinite() => {
+                Value::String(if f > 0.0 { "Infinity" } else { "-Infinity" }.into())
+            }
+            Ok(f) => Value::String(float_repr(f)),
+            Err(_) => value.clone(),
+        },
     }
+}
+
+/// `str(Decimal(text))` for PostgreSQL's numeric text (`-123.4500`, no exponent), padded to
+/// `scale` fractional digits as the column stores it; `None` for any other text.
+fn decimal_str(text: &str, scale: Option<u32>) -> Option<String> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, mut fraction) = match unsigned.split_once('.') {
+        Some((w, f)) => (w, f.to_string()),
+        None => (unsigned, String::new()),
+    };
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    if let Some(scale) = scale {
+        while fraction.len() < scale as usize {
+            fraction.push('0');
+        }
+    }
+    // Python's to-sci-string: the coefficient's digits and exponent; plain notation while the
+    // adjusted exponent is at least -6
+    let digits = format!("{whole}{fraction}");
+    let coefficient = digits.trim_start_matches('0');
+    let coefficient = if coefficient.is_empty() {
+        "0"
+    } else {
+        coefficient
+    };
+    let exponent = -(fraction.len() as i64);
+    let adjusted = exponent + coefficient.len() as i64 - 1;
+    let sign = if negative { "-" } else { "" };
+    if adjusted >= -6 {
+        let whole = whole.trim_start_matches('0');
+        let whole = if whole.is_empty() { "0" } else { whole };
+        return Some(if fraction.is_empty() {
+            format!("{sign}{whole}")
+        } else {
+            format!("{sign}{whole}.{fraction}")
+        });
+    }
+    let (first, rest) = coefficient.split_at(1);
+    let point = if rest.is_empty() { "" } else { "." };
+    Some(format!("{sign}{first}{point}{rest}E{adjusted}"))
 }
 
 /// An IP address with its prefix length, as NetBox always writes it (PostgreSQL drops /32 and
@@ -230,8 +297,76 @@ mod tests {
         );
         assert_eq!(decimal_snapshot(&json!(12), Some(1)), json!("12.0"));
         assert_eq!(decimal_snapshot(&Value::Null, Some(1)), Value::Null);
+        assert_eq!(decimal_rest(&Value::Null), Value::Null);
         assert_eq!(inet(&json!("192.0.2.1")), json!("192.0.2.1/32"));
         assert_eq!(inet(&json!("2001:db8::1")), json!("2001:db8::1/128"));
         assert_eq!(inet(&json!("192.0.2.1/24")), json!("192.0.2.1/24"));
+    }
+
+    fn number(literal: &str) -> Value {
+        serde_json::from_str(literal).unwrap()
+    }
+
+    /// What NetBox sends for a numeric column, by `python3 -c` over `Decimal(text)`:
+    /// `json.dumps(float(d))` in `data`, `str(d)` in snapshots and `str()` (display).
+    #[test]
+    fn decimals_as_python_writes_them() {
+        use crate::python::json::dumps;
+        let cases = [
+            // row_to_json text, data, snapshot (scale 6)
+            ("12.345600", "12.3456", "12.345600"),
+            ("-0.000100", "-0.0001", "-0.000100"),
+            ("0.000000", "0.0", "0.000000"),
+            (
+                "1234567890.123456",
+                "1234567890.123456",
+                "1234567890.123456",
+            ),
+            (
+                "9999999999.999999",
+                "9999999999.999998",
+                "9999999999.999999",
+            ),
+            ("12", "12.0", "12.000000"),
+        ];
+        for (text, data, snapshot) in cases {
+            assert_eq!(dumps(&decimal_rest(&number(text))), data, "{text}");
+            assert_eq!(
+                decimal_snapshot(&number(text), Some(6)),
+                json!(snapshot),
+                "{text}"
+            );
+        }
+        // beyond f64's digits the snapshot keeps every digit; data is the nearest float
+        let wide = "123456789012345678901234567890.12";
+        assert_eq!(decimal_snapshot(&number(wide), Some(2)), json!(wide));
+        assert_eq!(
+            dumps(&decimal_rest(&number(wide))),
+            "1.2345678901234568e+29"
+        );
+        // scale 0: str(Decimal("42")) is "42", float is 42.0
+        assert_eq!(decimal_snapshot(&number("42"), Some(0)), json!("42"));
+        assert_eq!(dumps(&decimal_rest(&number("42"))), "42.0");
+        // below 1e-6 Python's str() turns scientific
+        assert_eq!(
+            decimal_snapshot(&number("0.0000001"), Some(7)),
+            json!("1E-7")
+        );
+        assert_eq!(
+            decimal_snapshot(&number("0.00000012"), Some(8)),
+            json!("1.2E-7")
+        );
+        assert_eq!(
+            decimal_snapshot(&number("0.0000000"), Some(7)),
+            json!("0E-7")
+        );
+        assert_eq!(
+            decimal_snapshot(&number("-0.0000010"), Some(7)),
+            json!("-0.0000010")
+        );
+        // a NaN column: row_to_json writes the string "NaN"; DRF keeps Decimal("NaN") through
+        // quantize, the encoder writes float("nan") as the bare token
+        assert_eq!(dumps(&decimal_rest(&json!("NaN"))), "NaN");
+        assert_eq!(decimal_snapshot(&json!("NaN"), Some(6)), json!("NaN"));
     }
 }

@@ -112,8 +112,16 @@ pub enum PyNumber<'a> {
 }
 
 /// Classifies a JSON number literal as Python's `json.loads` does (`int` unless it has a
-/// fraction or an exponent).
+/// fraction or an exponent; `NaN`, `Infinity` and `-Infinity` are floats).
 pub fn py_number(literal: &str) -> PyNumber<'_> {
+    // the non-finite tokens Python's json.loads reads (and json.dumps writes); a number holds
+    // one only when the renderer made it (a NaN numeric column, see `netbox::format`)
+    match literal {
+        "NaN" => return PyNumber::Float(f64::NAN),
+        "Infinity" => return PyNumber::Float(f64::INFINITY),
+        "-Infinity" => return PyNumber::Float(f64::NEG_INFINITY),
+        _ => {}
+    }
     if literal.contains(['.', 'e', 'E']) {
         // Rust, like Python's float(), reads an overflowing literal as infinity
         PyNumber::Float(literal.parse().unwrap_or(f64::NAN))
@@ -137,6 +145,22 @@ pub fn number_form(literal: &str) -> String {
             other => other.into(),
         },
     }
+}
+
+/// A JSON number that `dumps` writes as the bare token `NaN`, `Infinity` or `-Infinity`, as
+/// Python's `json.dumps` (with its default `allow_nan=True`) writes a non-finite float.
+pub fn non_finite(x: f64) -> Value {
+    let token = if x.is_nan() {
+        "NaN"
+    } else if x > 0.0 {
+        "Infinity"
+    } else {
+        "-Infinity"
+    };
+    // serde_json has no public constructor for a non-finite number; with `arbitrary_precision`
+    // a Number is its literal, and `write_number_str` below writes this one as is. The unit test
+    // `non_finite_numbers_are_bare_tokens` fails if a serde_json update changes that.
+    Value::Number(serde_json::Number::from_string_unchecked(token.to_string()))
 }
 
 struct PythonFormatter;
@@ -293,9 +317,31 @@ mod tests {
             "[1e+22, 0.1, -0.0, 18446744073709551615]"
         );
         assert_eq!(py_number("1e400"), PyNumber::Float(f64::INFINITY));
+        assert_eq!(py_number("-Infinity"), PyNumber::Float(f64::NEG_INFINITY));
+        assert!(matches!(py_number("NaN"), PyNumber::Float(x) if x.is_nan()));
         assert_eq!(
             py_number("18446744073709551617"),
             PyNumber::Int("18446744073709551617")
         );
+    }
+
+    #[test]
+    fn non_finite_numbers_are_bare_tokens() {
+        // python3 -c 'import json; print(json.dumps([float("nan"), float("inf"), -float("inf")]))'
+        let value = Value::Array(vec![
+            non_finite(f64::NAN),
+            non_finite(f64::INFINITY),
+            non_finite(f64::NEG_INFINITY),
+        ]);
+        assert_eq!(dumps(&value), "[NaN, Infinity, -Infinity]");
+        // built by hand: `json!`/`to_value` re-parse a number's literal, which refuses these
+        let mut map = serde_json::Map::new();
+        map.insert("b".into(), value);
+        map.insert("a".into(), json!(1));
+        assert_eq!(
+            dumps_sorted(&Value::Object(map)),
+            r#"{"a": 1, "b": [NaN, Infinity, -Infinity]}"#
+        );
+        assert_eq!(number_form("NaN"), "NaN");
     }
 }
