@@ -156,29 +156,20 @@ pub fn datetime_snapshot(value: &Value) -> Value {
     }
 }
 
-/// A numeric column in the REST form. DRF quantizes the Decimal to the column's scale and the
-/// webhook encoder writes `float(Decimal)`: a JSON number printed as Python's `repr(float)`
-/// (`12.3456`, `12.0`), and for a NaN (the only non-finite value a `numeric(p, s)` column can
-/// hold) the bare token `NaN`, as Python's `json.dumps` writes it. PostgreSQL's JSON has no
-/// NaN, so the row carries it as the string `"NaN"`.
+/// A numeric column in the REST form: DRF's quantized `Decimal`, which the default body writes
+/// as `float(Decimal)` (`12.3456`, `12.0`, and for a NaN, the only non-finite value a
+/// `numeric(p, s)` column holds, the bare token `NaN`) and a body template prints as `str()`
+/// (`12.345600`); see [`crate::python::decimal`]. PostgreSQL's JSON has no NaN, so the row
+/// carries it as the string `"NaN"`.
 pub fn decimal_rest(value: &Value) -> Value {
     let literal = match value {
         Value::Number(n) => n.as_str(),
         Value::String(s) => s.as_str(),
         _ => return value.clone(),
     };
-    match literal.parse::<f64>() {
-        // Rust reads "NaN", "Infinity" and "-Infinity" as Python's float() does
-        Ok(f) if !f.is_finite() && !literal.bytes().any(|b| b.is_ascii_digit()) => {
-            crate::python::json::non_finite(f)
-        }
-        // the literal's digits, read as Python reads them: only the int/float type is forced
-        Ok(_) if literal.contains(['.', 'e', 'E']) => match value {
-            Value::Number(_) => value.clone(),
-            _ => serde_json::from_str(literal).unwrap_or_else(|_| value.clone()),
-        },
-        Ok(_) => serde_json::from_str(&format!("{literal}.0")).unwrap_or_else(|_| value.clone()),
-        Err(_) => value.clone(),
+    match crate::python::decimal::str_of(literal, None) {
+        Some(_) => crate::python::decimal::number(literal),
+        None => value.clone(),
     }
 }
 
@@ -191,7 +182,7 @@ pub fn decimal_snapshot(value: &Value, scale: Option<u32>) -> Value {
         Value::String(s) => s.as_str(),
         _ => return value.clone(),
     };
-    match decimal_str(literal, scale) {
+    match crate::python::decimal::str_of(literal, scale) {
         Some(text) => Value::String(text),
         None => match literal.parse::<f64>() {
             Ok(f) if f.is_nan() => Value::String("NaN".into()),
@@ -202,54 +193,6 @@ pub fn decimal_snapshot(value: &Value, scale: Option<u32>) -> Value {
             Err(_) => value.clone(),
         },
     }
-}
-
-/// `str(Decimal(text))` for PostgreSQL's numeric text (`-123.4500`, no exponent), padded to
-/// `scale` fractional digits as the column stores it; `None` for any other text.
-fn decimal_str(text: &str, scale: Option<u32>) -> Option<String> {
-    let (negative, unsigned) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (whole, mut fraction) = match unsigned.split_once('.') {
-        Some((w, f)) => (w, f.to_string()),
-        None => (unsigned, String::new()),
-    };
-    if whole.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    if let Some(scale) = scale {
-        while fraction.len() < scale as usize {
-            fraction.push('0');
-        }
-    }
-    // Python's to-sci-string: the coefficient's digits and exponent; plain notation while the
-    // adjusted exponent is at least -6
-    let digits = format!("{whole}{fraction}");
-    let coefficient = digits.trim_start_matches('0');
-    let coefficient = if coefficient.is_empty() {
-        "0"
-    } else {
-        coefficient
-    };
-    let exponent = -(fraction.len() as i64);
-    let adjusted = exponent + coefficient.len() as i64 - 1;
-    let sign = if negative { "-" } else { "" };
-    if adjusted >= -6 {
-        let whole = whole.trim_start_matches('0');
-        let whole = if whole.is_empty() { "0" } else { whole };
-        return Some(if fraction.is_empty() {
-            format!("{sign}{whole}")
-        } else {
-            format!("{sign}{whole}.{fraction}")
-        });
-    }
-    let (first, rest) = coefficient.split_at(1);
-    let point = if rest.is_empty() { "" } else { "." };
-    Some(format!("{sign}{first}{point}{rest}E{adjusted}"))
 }
 
 /// An IP address with its prefix length, as NetBox always writes it (PostgreSQL drops /32 and
@@ -290,7 +233,10 @@ mod tests {
 
     #[test]
     fn decimals_and_addresses() {
-        assert_eq!(decimal_rest(&json!(12.3456)), json!(12.3456));
+        assert_eq!(
+            crate::python::json::dumps(&decimal_rest(&json!(12.3456))),
+            "12.3456"
+        );
         assert_eq!(
             decimal_snapshot(&json!(12.3456), Some(6)),
             json!("12.345600")

@@ -109,10 +109,14 @@ pub enum PyNumber<'a> {
     Int(&'a str),
     /// A `float`, `inf` when the literal overflows as in Python.
     Float(f64),
+    /// A `Decimal` (a numeric column in `data`, see [`crate::python::decimal`]): its text and
+    /// the float it becomes in a JSON body.
+    Decimal(&'a str, f64),
 }
 
 /// Classifies a JSON number literal as Python's `json.loads` does (`int` unless it has a
-/// fraction or an exponent; `NaN`, `Infinity` and `-Infinity` are floats).
+/// fraction or an exponent; `NaN`, `Infinity` and `-Infinity` are floats; a literal this crate
+/// marked as a Decimal is one).
 pub fn py_number(literal: &str) -> PyNumber<'_> {
     // the non-finite tokens Python's json.loads reads (and json.dumps writes); a number holds
     // one only when the renderer made it (a NaN numeric column, see `netbox::format`)
@@ -121,6 +125,9 @@ pub fn py_number(literal: &str) -> PyNumber<'_> {
         "Infinity" => return PyNumber::Float(f64::INFINITY),
         "-Infinity" => return PyNumber::Float(f64::NEG_INFINITY),
         _ => {}
+    }
+    if let Some(text) = literal.strip_prefix(crate::python::decimal::MARK) {
+        return PyNumber::Decimal(text, text.parse().unwrap_or(f64::NAN));
     }
     if literal.contains(['.', 'e', 'E']) {
         // Rust, like Python's float(), reads an overflowing literal as infinity
@@ -138,29 +145,13 @@ pub fn number_form(literal: &str) -> String {
             "0".into()
         }
         PyNumber::Int(digits) => digits.into(),
-        PyNumber::Float(x) => match float_repr(x).as_str() {
+        PyNumber::Float(x) | PyNumber::Decimal(_, x) => match float_repr(x).as_str() {
             "nan" => "NaN".into(),
             "inf" => "Infinity".into(),
             "-inf" => "-Infinity".into(),
             other => other.into(),
         },
     }
-}
-
-/// A JSON number that `dumps` writes as the bare token `NaN`, `Infinity` or `-Infinity`, as
-/// Python's `json.dumps` (with its default `allow_nan=True`) writes a non-finite float.
-pub fn non_finite(x: f64) -> Value {
-    let token = if x.is_nan() {
-        "NaN"
-    } else if x > 0.0 {
-        "Infinity"
-    } else {
-        "-Infinity"
-    };
-    // serde_json has no public constructor for a non-finite number; with `arbitrary_precision`
-    // a Number is its literal, and `write_number_str` below writes this one as is. The unit test
-    // `non_finite_numbers_are_bare_tokens` fails if a serde_json update changes that.
-    Value::Number(serde_json::Number::from_string_unchecked(token.to_string()))
 }
 
 struct PythonFormatter;
@@ -328,11 +319,8 @@ mod tests {
     #[test]
     fn non_finite_numbers_are_bare_tokens() {
         // python3 -c 'import json; print(json.dumps([float("nan"), float("inf"), -float("inf")]))'
-        let value = Value::Array(vec![
-            non_finite(f64::NAN),
-            non_finite(f64::INFINITY),
-            non_finite(f64::NEG_INFINITY),
-        ]);
+        let number = |t: &str| Value::Number(serde_json::Number::from_string_unchecked(t.into()));
+        let value = Value::Array(vec![number("NaN"), number("Infinity"), number("-Infinity")]);
         assert_eq!(dumps(&value), "[NaN, Infinity, -Infinity]");
         // built by hand: `json!`/`to_value` re-parse a number's literal, which refuses these
         let mut map = serde_json::Map::new();
@@ -343,5 +331,12 @@ mod tests {
             r#"{"a": 1, "b": [NaN, Infinity, -Infinity]}"#
         );
         assert_eq!(number_form("NaN"), "NaN");
+        // a Decimal is written as its float
+        let decimals = Value::Array(vec![
+            crate::python::decimal::number("12.345600"),
+            crate::python::decimal::number("12"),
+            crate::python::decimal::number("NaN"),
+        ]);
+        assert_eq!(dumps(&decimals), "[12.3456, 12.0, NaN]");
     }
 }

@@ -51,7 +51,11 @@ impl PyType {
 }
 
 fn is_float(n: &Number) -> bool {
-    matches!(py_number(n.as_str()), PyNumber::Float(_))
+    // a Decimal compares as a number; its type name aside, it behaves as the float here
+    matches!(
+        py_number(n.as_str()),
+        PyNumber::Float(_) | PyNumber::Decimal(..)
+    )
 }
 
 /// A numeric value: Python's bool, int or float.
@@ -70,7 +74,7 @@ fn number(value: &Value) -> Option<Num> {
                 // beyond i128 (±1.7e38) an int is compared through its nearest float
                 Err(_) => Num::Float(digits.parse().unwrap_or(f64::NAN)),
             }),
-            PyNumber::Float(x) => Some(Num::Float(x)),
+            PyNumber::Float(x) | PyNumber::Decimal(_, x) => Some(Num::Float(x)),
         },
         _ => None,
     }
