@@ -8,7 +8,8 @@ every depth), and the signature's validity.
 | rule | what | why |
 | --- | --- | --- |
 | `timestamp` | top-level `timestamp`: both must have NetBox's format (UTC isoformat, `+00:00`, 6-digit microseconds or none) and lie within 10 minutes of each other; the values are not compared | it is the moment each side enqueued or built the request |
-| `transport-headers` | `Host`, `User-Agent`, `Accept`, `Accept-Encoding`, `Connection`, `Content-Length` and netbox-outbox's `X-Netbox-Outbox-Delivery` are dropped | the HTTP clients add them (NetBox's urllib3 vs reqwest); the body's length is covered by the body |
+| `transport-headers` | `Host`, `Connection`, `Content-Length` and netbox-outbox's `X-Netbox-Outbox-Delivery` are dropped | framing the HTTP clients add (the body's length is covered by the body); the delivery id is netbox-outbox's own (documented) |
+| `client-headers` | `User-Agent`, `Accept` and `Accept-Encoding`, only where the two sides' values differ (or one side lacks the header); equal ones are compared | the HTTP client's own: NetBox's urllib3 sends `User-Agent: python-urllib3/<version>`, `Accept-Encoding: identity` and no `Accept`; netbox-outbox's reqwest sends its configured `user_agent` and `Accept: */*`. A receiver can tell them apart by these; the README lists it |
 | `signature` | `X-Hook-Signature` is replaced by whether it verifies (HMAC-SHA512 of that side's own body with the webhook's secret) | the bodies differ in their timestamps, so the signatures do |
 | `request-fallback` | without the plugin only: `request.path`, `request.path_info`, `request.method` and `request.GET` are forgiven when netbox-outbox's values are exactly the documented fallback (`POST` to the list path for `created`, `PATCH`/`DELETE` on the object's path otherwise, `GET` `{}`) | the database does not know the request's path, method or query; the plugin tells it |
 | `request-path-counts` | `data.<key>` present in NetBox's body and absent from ours, where the catalogue says the key is a `RelatedObjectCountField` (`count`) or a queryset annotation omitted when missing (`annotation`, `when_missing: omit`); and, for `updated` and `deleted`, NetBox's value of an annotation whose value is a default when missing (`annotation`, `when_missing: default`, e.g. region `site_count`) where ours is that default | NetBox fills them only when the REST viewset's annotated queryset produced the instance (PATCH, PUT, DELETE), counted before the change: they depend on how the change was made, not on the data |
@@ -20,6 +21,11 @@ every depth), and the signature's validity.
 
 Each rule is counted in the report every time it applies, so the table above can be checked
 against what really differed.
+
+`EVERY_REQUEST` are the rules that apply to any two requests whatever they carry (when each was
+made, and the HTTP framing): a pair that needed no other rule is *identical*. A pair that needed
+any other rule is *identical after a documented difference*, counted apart, with each rule named
+(report.py); neither is ever added to the other, nor to what is unpaired by design.
 """
 
 import hashlib
@@ -28,9 +34,9 @@ import re
 from datetime import datetime
 
 TRANSPORT_HEADERS = frozenset(h.lower() for h in (
-    'Host', 'User-Agent', 'Accept', 'Accept-Encoding', 'Connection', 'Content-Length',
-    'X-Netbox-Outbox-Delivery',
+    'Host', 'Connection', 'Content-Length', 'X-Netbox-Outbox-Delivery',
 ))
+CLIENT_HEADERS = frozenset(h.lower() for h in ('User-Agent', 'Accept', 'Accept-Encoding'))
 TIMESTAMP_RE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00$')
 TIMESTAMP_TOLERANCE_S = 600
 OMITTED = object()
@@ -40,7 +46,8 @@ TRANSACTION_ID_PREFIX = '6e626f75-7462-'
 
 RULES = {
     'timestamp': 'top-level timestamp: format checked, value not compared',
-    'transport-headers': 'headers added by the HTTP clients dropped',
+    'transport-headers': 'Host, Connection, Content-Length and our delivery id dropped',
+    'client-headers': 'User-Agent / Accept / Accept-Encoding: each HTTP client sends its own',
     'signature': 'X-Hook-Signature compared by verifying each side against its own body',
     'request-fallback': 'without the plugin: request.path/path_info/method/GET are the documented fallback',
     'request-path-counts': 'data.*_count and annotations NetBox adds only for REST PATCH/PUT/DELETE',
@@ -50,6 +57,23 @@ RULES = {
     'mirror-url': 'netbox_outbox.webhook rule compared with the equivalent webhook rule: URL path',
     'header-name-case': 'a header name NetBox sends other than in Title-Case: ours is sent in Title-Case',
 }
+
+
+# Why a database cannot know what each documented difference forgives (the report's last column).
+WHY = {
+    'client-headers': 'each side\'s HTTP client sends its own; nothing about the change',
+    'request-fallback': 'the request\'s path, method and query are not in the database; the plugin sends them',
+    'request-path-counts': 'NetBox fills them only when its REST view loaded the object through an annotated '
+                           'queryset (PATCH/PUT/DELETE); nothing in the database says how a change was made',
+    'client-json-order': 'jsonb stores its own key order; the order the client sent is stored nowhere',
+    'unlogged-request': 'NetBox logs no change for a save that changes nothing, so its request id and user '
+                        'are in no row; the plugin sends them',
+    'in-memory-counters': 'NetBox renders a nested object from the copy it loaded during the request, '
+                          'before or after its own counter updates; the database holds only the committed count',
+    'header-name-case': 'the HTTP client sends a header name lower-case or in Title-Case only',
+}
+
+EVERY_REQUEST = frozenset({'timestamp', 'transport-headers', 'signature', 'mirror-url'})
 
 
 class Context:
@@ -97,13 +121,20 @@ def normalise(netbox, ours, ctx):
             ours['url'] = netbox_prefix + ours['url'][len(our_prefix):]
             applied.append('mirror-url')
 
+    # client-headers: only those whose values differ
+    client = {side_name: {n.lower(): v for n, v in side['headers'] if n.lower() in CLIENT_HEADERS}
+              for side_name, side in (('netbox', netbox), ('ours', ours))}
+    differing_client = {h for h in CLIENT_HEADERS if client['netbox'].get(h) != client['ours'].get(h)}
+    if differing_client:
+        applied.append('client-headers')
+
     # transport-headers and signature
     secret = ctx.secrets.get(netbox['webhook'], '')
     for side in (netbox, ours):
         kept = []
         for name, value in side['headers']:
             lname = name.lower()
-            if lname in TRANSPORT_HEADERS:
+            if lname in TRANSPORT_HEADERS or lname in differing_client:
                 continue
             if lname == 'x-hook-signature':
                 expected = hmac.new(secret.encode('utf8'), side['raw'], hashlib.sha512).hexdigest()
