@@ -12,7 +12,8 @@ every depth), and the signature's validity.
 | `client-headers` | `User-Agent`, `Accept` and `Accept-Encoding`, only where the two sides' values differ (or one side lacks the header); equal ones are compared | the HTTP client's own: NetBox's urllib3 sends `User-Agent: python-urllib3/<version>`, `Accept-Encoding: identity` and no `Accept`; netbox-outbox's reqwest sends its configured `user_agent` and `Accept: */*`. A receiver can tell them apart by these; the README lists it |
 | `signature` | `X-Hook-Signature` is replaced by whether it verifies (HMAC-SHA512 of that side's own body with the webhook's secret) | the bodies differ in their timestamps, so the signatures do |
 | `request-fallback` | without the plugin only: `request.path`, `request.path_info`, `request.method` and `request.GET` are forgiven when netbox-outbox's values are exactly the documented fallback (`POST` to the list path for `created`, `PATCH`/`DELETE` on the object's path otherwise, `GET` `{}`) | the database does not know the request's path, method or query; the plugin tells it |
-| `request-path-counts` | `data.<key>` present in NetBox's body and absent from ours, where the catalogue says the key is a `RelatedObjectCountField` (`count`) or a queryset annotation omitted when missing (`annotation`, `when_missing: omit`); and, for `updated` and `deleted`, NetBox's value of an annotation whose value is a default when missing (`annotation`, `when_missing: default`, e.g. region `site_count`) where ours is that default | NetBox fills them only when the REST viewset's annotated queryset produced the instance (PATCH, PUT, DELETE), counted before the change: they depend on how the change was made, not on the data |
+| `request-path-counts` | `data.<key>` present in NetBox's body and absent from ours, where the catalogue says the key is a queryset annotation omitted when missing (`annotation`, `when_missing: omit`); and, for `updated` and `deleted`, NetBox's value of an annotation whose value is a default when missing (`annotation`, `when_missing: default`, e.g. region `site_count`, device role `device_count`) where ours is that default. Not `RelatedObjectCountField`s (`count`: `device_count` of a site...): netbox-outbox counts those from the database for REST updates and deletes, and they are compared | NetBox fills them only when the REST viewset's annotated queryset produced the instance (PATCH, PUT, DELETE); the viewsets' own annotations (cumulative over a tree) are not computed by netbox-outbox yet |
+| `fallback-counts` | without the plugin only, for `updated` and `deleted`: a `count` key (`device_count`...) in our `data` and not in NetBox's | the database does not know whether a change came through the REST API; netbox-outbox follows its documented fallback, a REST PATCH or DELETE, whose viewset annotates them; NetBox's change came from nbshell or a script |
 | `client-json-order` | for `created`: the key order inside JSON values of `snapshots.postchange` (`custom_fields` and JSON fields such as `local_context_data`), when both sides have the same keys | NetBox's snapshot of a new object keeps the order the client sent; PostgreSQL's jsonb keeps its own order, and the client's is stored nowhere |
 | `unlogged-request` | without the plugin only: `request.id` and `request.user` of a change NetBox did not write to its change log (a save that changes nothing), when ours are the documented stand-ins: the transaction's id (`6e626f75-7462-...`) and the database role | NetBox writes no change log row for such a save, so nothing in the database holds its request id or user; the plugin provides them |
 | `in-memory-counters` | `*_count` integers inside nested objects of `data` (for example `data.device_type.device_count`) | NetBox renders a nested object from the copy it loaded during the request, and updates counter caches in the database only (`QuerySet.update(F() + 1)`), so the value depends on when in the request NetBox loaded that copy (seen: 4, 2 and 3 for three devices of one bulk create); the database holds the committed count |
@@ -50,7 +51,8 @@ RULES = {
     'client-headers': 'User-Agent / Accept / Accept-Encoding: each HTTP client sends its own',
     'signature': 'X-Hook-Signature compared by verifying each side against its own body',
     'request-fallback': 'without the plugin: request.path/path_info/method/GET are the documented fallback',
-    'request-path-counts': 'data.*_count and annotations NetBox adds only for REST PATCH/PUT/DELETE',
+    'request-path-counts': 'viewset annotations (region site_count...) NetBox adds only for REST PATCH/PUT/DELETE',
+    'fallback-counts': 'without the plugin: related-object counts of the fallback REST request, NetBox\'s change made otherwise',
     'client-json-order': 'created: key order inside JSON values of the postchange snapshot (client order)',
     'unlogged-request': 'without the plugin: request id and user of a save NetBox did not log',
     'in-memory-counters': '*_count integers inside nested objects of data (NetBox in-memory copies)',
@@ -64,7 +66,10 @@ WHY = {
     'client-headers': 'each side\'s HTTP client sends its own; nothing about the change',
     'request-fallback': 'the request\'s path, method and query are not in the database; the plugin sends them',
     'request-path-counts': 'NetBox fills them only when its REST view loaded the object through an annotated '
-                           'queryset (PATCH/PUT/DELETE); nothing in the database says how a change was made',
+                           'queryset (PATCH/PUT/DELETE); netbox-outbox computes the related-object counts but '
+                           'not yet the viewsets\' own (tree-cumulative) annotations',
+    'fallback-counts': 'without the plugin the database does not say whether a change came through the REST API; '
+                       'netbox-outbox follows its documented fallback (a REST PATCH or DELETE), which has them',
     'client-json-order': 'jsonb stores its own key order; the order the client sent is stored nowhere',
     'unlogged-request': 'NetBox logs no change for a save that changes nothing, so its request id and user '
                         'are in no row; the plugin sends them',
@@ -79,7 +84,8 @@ EVERY_REQUEST = frozenset({'timestamp', 'transport-headers', 'signature', 'mirro
 class Context:
     """What the normalisation needs to know about a configuration."""
 
-    def __init__(self, plugin, secrets, path_dependent_fields, json_snapshot_fields, db_user, mirror_paths=None):
+    def __init__(self, plugin, secrets, path_dependent_fields, json_snapshot_fields, db_user, mirror_paths=None,
+                 count_fields=None):
         self.plugin = plugin
         # webhook name -> secret ('' when none)
         self.secrets = secrets
@@ -92,6 +98,8 @@ class Context:
         self.db_user = db_user
         # our path prefix -> NetBox's path prefix, for mirrored webhooks
         self.mirror_paths = mirror_paths or {}
+        # object type -> its `count` data keys (RelatedObjectCountFields)
+        self.count_fields = count_fields or {}
 
 
 def view(received, webhook):
@@ -195,6 +203,17 @@ def normalise(netbox, ours, ctx):
                 forgiven = True
         if forgiven:
             applied.append('request-path-counts')
+
+    # fallback-counts: without the plugin, ours has the counts of the documented fallback request
+    # (a REST PATCH or DELETE) where NetBox's change was made otherwise (nbshell, a script)
+    if (not ctx.plugin and nb.get('event') in ('updated', 'deleted') and isinstance(nb_data, dict)
+            and isinstance(our_data, dict)):
+        extra = [k for k in ctx.count_fields.get(nb.get('object_type'), ())
+                 if k in our_data and k not in nb_data and type(our_data[k]) is int]
+        for k in extra:
+            del our_data[k]
+        if extra:
+            applied.append('fallback-counts')
 
     # in-memory-counters
     if isinstance(nb_data, dict) and isinstance(our_data, dict):

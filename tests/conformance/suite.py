@@ -55,13 +55,16 @@ CONFIGURATIONS = [
 def catalogue_facts():
     """From netbox-outbox's model catalogue (generated from NetBox itself), what normalise.py
     needs: per object type, the data keys whose presence or value depends on the REST request
-    (`count` and `annotation` fields), and the snapshot keys that hold JSON."""
+    and netbox-outbox does not compute (`annotation` fields: a viewset's own queryset annotations,
+    such as a region's cumulative `site_count`), and the snapshot keys that hold JSON. `count`
+    fields are not among them: netbox-outbox counts them as NetBox's viewsets do, and they are
+    compared."""
     catalogue = json.loads(CATALOGUE.read_text())
     path_dependent, json_fields = {}, {}
     for name, model in catalogue['models'].items():
         keys = {}
         for f in model['serializer']:
-            if f['kind'] == 'count' or (f['kind'] == 'annotation' and f.get('when_missing') == 'omit'):
+            if f['kind'] == 'annotation' and f.get('when_missing') == 'omit':
                 keys[f['name']] = OMITTED
             elif f['kind'] == 'annotation' and f.get('when_missing') == 'default':
                 keys[f['name']] = f.get('default')
@@ -70,6 +73,13 @@ def catalogue_facts():
         json_fields[name] = {s['name'] for s in model.get('snapshot', [])
                              if s.get('format') == 'json' or s.get('kind') == 'custom_fields'}
     return path_dependent, json_fields
+
+
+def count_fields():
+    """Per object type, its `count` data keys (NetBox's RelatedObjectCountFields)."""
+    catalogue = json.loads(CATALOGUE.read_text())
+    return {name: {f['name'] for f in model['serializer'] if f['kind'] == 'count'}
+            for name, model in catalogue['models'].items()}
 
 
 class Control:
@@ -258,7 +268,8 @@ def analyse(cfg, received, steps, expect, stats):
     secrets = {'signed': SIGNED_SECRET, 'templated': TEMPLATED_SECRET}
     path_dependent, json_fields = catalogue_facts()
     ctx = Context(cfg.plugin, secrets, path_dependent, json_fields, env.PG_USER,
-                  mirror_paths={f'/hook/{ours}': f'/hook/{theirs}' for ours, theirs in expect.mirrors.items()})
+                  mirror_paths={f'/hook/{ours}': f'/hook/{theirs}' for ours, theirs in expect.mirrors.items()},
+                  count_fields=count_fields())
     by_id = {s['request_id']: s for s in steps if s.get('request_id')}
     analysis = compare.analyse(cfg.name, received, ctx, expect, by_id.get)
     analysis.rest_calls = len(steps)
