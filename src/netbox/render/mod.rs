@@ -721,7 +721,7 @@ mod tests {
             );
         }
         let under_base = with_request(
-            site.clone(),
+            site,
             Action::Updated,
             request("PATCH", "/netbox/api/dcim/sites/5/"),
         );
