@@ -14,6 +14,7 @@ every depth), and the signature's validity.
 | `request-fallback` | without the plugin only: `request.path`, `request.path_info`, `request.method` and `request.GET` are forgiven when netbox-outbox's values are exactly the documented fallback (`POST` to the list path for `created`, `PATCH`/`DELETE` on the object's path otherwise, `GET` `{}`) | the database does not know the request's path, method or query; the plugin tells it |
 | `request-path-counts` | `data.<key>` present in NetBox's body and absent from ours, where the catalogue says the key is a queryset annotation omitted when missing (`annotation`, `when_missing: omit`); and, for `updated` and `deleted`, NetBox's value of an annotation whose value is a default when missing (`annotation`, `when_missing: default`, e.g. region `site_count`, device role `device_count`) where ours is that default. Not `RelatedObjectCountField`s (`count`: `device_count` of a site...): netbox-outbox counts those from the database for REST updates and deletes, and they are compared | NetBox fills them only when the REST viewset's annotated queryset produced the instance (PATCH, PUT, DELETE); the viewsets' own annotations (cumulative over a tree) are not computed by netbox-outbox yet |
 | `fallback-counts` | without the plugin only, for `updated` and `deleted`: a `count` key (`device_count`...) in our `data` and not in NetBox's | the database does not know whether a change came through the REST API; netbox-outbox follows its documented fallback, a REST PATCH or DELETE, whose viewset annotates them; NetBox's change came from nbshell or a script |
+| `cascade-on-delete` | for `deleted`: a `count` key (`prefix_count`, `tagged_items`) where ours is lower than NetBox's, and a list of port mappings (`rear_ports`, `front_ports`) that is empty in ours and not in NetBox's | NetBox serializes a deleted object before its delete cascades (SET_NULL onto prefixes, the deleted tag's tagged items, the port's mappings); the sidecar reads the committed state, and the capture holds the cascaded rows only for watched models (never the port mappings, which have no event rules) |
 | `client-json-order` | for `created`: the key order inside JSON values of `snapshots.postchange` (`custom_fields` and JSON fields such as `local_context_data`), when both sides have the same keys | NetBox's snapshot of a new object keeps the order the client sent; PostgreSQL's jsonb keeps its own order, and the client's is stored nowhere |
 | `unlogged-request` | without the plugin only: `request.id` and `request.user` of a change NetBox did not write to its change log (a save that changes nothing), when ours are the documented stand-ins: the transaction's id (`6e626f75-7462-...`) and the database role | NetBox writes no change log row for such a save, so nothing in the database holds its request id or user; the plugin provides them |
 | `in-memory-counters` | `*_count` integers inside nested objects of `data` (for example `data.device_type.device_count`) | NetBox renders a nested object from the copy it loaded during the request, and updates counter caches in the database only (`QuerySet.update(F() + 1)`), so the value depends on when in the request NetBox loaded that copy (seen: 4, 2 and 3 for three devices of one bulk create); the database holds the committed count |
@@ -53,6 +54,7 @@ RULES = {
     'request-fallback': 'without the plugin: request.path/path_info/method/GET are the documented fallback',
     'request-path-counts': 'viewset annotations (region site_count...) NetBox adds only for REST PATCH/PUT/DELETE',
     'fallback-counts': 'without the plugin: related-object counts of the fallback REST request, NetBox\'s change made otherwise',
+    'cascade-on-delete': 'deleted: a count lower than NetBox\'s, or port mappings empty, after the delete\'s own cascade',
     'client-json-order': 'created: key order inside JSON values of the postchange snapshot (client order)',
     'unlogged-request': 'without the plugin: request id and user of a save NetBox did not log',
     'in-memory-counters': '*_count integers inside nested objects of data (NetBox in-memory copies)',
@@ -70,6 +72,9 @@ WHY = {
                            'not yet the viewsets\' own (tree-cumulative) annotations',
     'fallback-counts': 'without the plugin the database does not say whether a change came through the REST API; '
                        'netbox-outbox follows its documented fallback (a REST PATCH or DELETE), which has them',
+    'cascade-on-delete': 'NetBox serializes a deleted object before the delete cascades; the sidecar reads after the '
+                         'commit, and the rows the cascade removed or unlinked are in the capture only when their '
+                         'model is watched (port mappings never are: no event rules)',
     'client-json-order': 'jsonb stores its own key order; the order the client sent is stored nowhere',
     'unlogged-request': 'NetBox logs no change for a save that changes nothing, so its request id and user '
                         'are in no row; the plugin sends them',
@@ -85,7 +90,7 @@ class Context:
     """What the normalisation needs to know about a configuration."""
 
     def __init__(self, plugin, secrets, path_dependent_fields, json_snapshot_fields, db_user, mirror_paths=None,
-                 count_fields=None):
+                 count_fields=None, unwatched_lists=None):
         self.plugin = plugin
         # webhook name -> secret ('' when none)
         self.secrets = secrets
@@ -100,6 +105,8 @@ class Context:
         self.mirror_paths = mirror_paths or {}
         # object type -> its `count` data keys (RelatedObjectCountFields)
         self.count_fields = count_fields or {}
+        # object type -> data keys listing rows of a model the capture does not record
+        self.unwatched_lists = unwatched_lists or {}
 
 
 def view(received, webhook):
@@ -214,6 +221,25 @@ def normalise(netbox, ours, ctx):
             del our_data[k]
         if extra:
             applied.append('fallback-counts')
+
+    # cascade-on-delete: NetBox serialized a deleted object before the delete cascaded; ours is
+    # read after it. Only a `count` lower than NetBox's (a cascade removes or unlinks rows
+    # pointing at the object, never adds), and a list of unwatched rows (port mappings) empty in
+    # ours where NetBox's was not.
+    if nb.get('event') == 'deleted' and isinstance(nb_data, dict) and isinstance(our_data, dict):
+        object_type = nb.get('object_type')
+        forgiven = False
+        for k in ctx.count_fields.get(object_type, ()):
+            a, b = nb_data.get(k), our_data.get(k)
+            if type(a) is int and type(b) is int and b < a:
+                nb_data[k] = b
+                forgiven = True
+        for k in ctx.unwatched_lists.get(object_type, ()):
+            if our_data.get(k) == [] and isinstance(nb_data.get(k), list) and nb_data[k]:
+                nb_data[k] = []
+                forgiven = True
+        if forgiven:
+            applied.append('cascade-on-delete')
 
     # in-memory-counters
     if isinstance(nb_data, dict) and isinstance(our_data, dict):

@@ -430,6 +430,9 @@ class Scenario:
         self.delete('fp1', '/dcim/front-ports/', 'delete front port (cascades to its port mappings)')
         self.delete('rp1', '/dcim/rear-ports/', 'delete rear port')
         self.delete('junos', '/dcim/platforms/', 'delete platform (SET_NULL onto devices and a VM)')
+        # NetBox refills the device's config context cache in a background job; wait for it, as
+        # before the PATCH above (README: config_context)
+        self.config_context_cached('dev1')
         self.delete('ip32', '/ipam/ip-addresses/', 'delete primary IPv4 (SET_NULL onto the device)')
         self.delete('campus', '/dcim/site-groups/', 'delete site group (SET_NULL onto sites)')
         self.delete('cable', '/dcim/cables/', 'delete cable')

@@ -82,6 +82,20 @@ def count_fields():
             for name, model in catalogue['models'].items()}
 
 
+def unwatched_lists():
+    """Per object type, its data keys listing rows of a model without event rules (the port
+    mappings of a front or rear port), which the capture does not record."""
+    catalogue = json.loads(CATALOGUE.read_text())
+    models = catalogue['models']
+    out = {}
+    for name, model in models.items():
+        keys = {f['name'] for f in model['serializer']
+                if f['kind'] == 'related' and not models.get(f.get('model'), {}).get('event_rules', True)}
+        if keys:
+            out[name] = keys
+    return out
+
+
 class Control:
     """The scenario's hooks into the run: the capture mode, the sidecar's progress, nbshell."""
 
@@ -269,7 +283,7 @@ def analyse(cfg, received, steps, expect, stats):
     path_dependent, json_fields = catalogue_facts()
     ctx = Context(cfg.plugin, secrets, path_dependent, json_fields, env.PG_USER,
                   mirror_paths={f'/hook/{ours}': f'/hook/{theirs}' for ours, theirs in expect.mirrors.items()},
-                  count_fields=count_fields())
+                  count_fields=count_fields(), unwatched_lists=unwatched_lists())
     by_id = {s['request_id']: s for s in steps if s.get('request_id')}
     analysis = compare.analyse(cfg.name, received, ctx, expect, by_id.get)
     analysis.rest_calls = len(steps)
