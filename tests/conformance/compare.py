@@ -305,6 +305,9 @@ def _count_pair(a, key, webhook, outcomes, applied, problems, step):
         # identical only after a documented difference: counted apart, each difference named
         a.counts['documented'] += 1
         a.types[object_type]['documented'] += 1
+        if documented == ['client-headers']:
+            # the body and every other header identical: only the HTTP client's own headers differ
+            a.counts['documented_client_only'] += 1
         for rule in documented:
             a.documented[rule] += 1
             a.types[object_type][f'documented:{rule}'] += 1
