@@ -220,6 +220,13 @@ fn describe(error: &JError, source: &str) -> String {
 
 /// Jinja2's `tojson`: `json.dumps(value, sort_keys=True)` with `<`, `>`, `&` and `'` escaped.
 fn tojson(_state: &State<'_, '_>, value: JValue) -> Result<JValue, JError> {
+    if holds_decimal(&value) {
+        return Err(JError::new(
+            ErrorKind::InvalidOperation,
+            "tojson: Object of type Decimal is not JSON serializable (a numeric column in `data`, \
+             as in NetBox)",
+        ));
+    }
     let json: Value = serde_json::to_value(&value)
         .map_err(|e| JError::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
     let text = dumps_sorted(&json)
@@ -228,6 +235,22 @@ fn tojson(_state: &State<'_, '_>, value: JValue) -> Result<JValue, JError> {
         .replace('&', "\\u0026")
         .replace('\'', "\\u0027");
     Ok(JValue::from_safe_string(text))
+}
+
+/// Whether a Decimal is anywhere in `value` (Python's `json.dumps` refuses one).
+fn holds_decimal(value: &JValue) -> bool {
+    if value.downcast_object_ref::<Decimal>().is_some() {
+        return true;
+    }
+    match value.kind() {
+        ValueKind::Seq | ValueKind::Iterable => value
+            .try_iter()
+            .is_ok_and(|mut items| items.any(|v| holds_decimal(&v))),
+        ValueKind::Map => value.try_iter().is_ok_and(|mut keys| {
+            keys.any(|k| holds_decimal(&value.get_item(&k).unwrap_or_default()))
+        }),
+        _ => false,
+    }
 }
 
 /// A JSON value as a template sees it. Not `Value::from_serialize`: with serde_json's
@@ -246,6 +269,9 @@ pub fn to_jinja(value: &Value) -> JValue {
                 .or_else(|_| digits.parse::<u128>().map(JValue::from))
                 .unwrap_or_else(|_| JValue::from_object(BigInt(digits.to_string()))),
             PyNumber::Float(x) => JValue::from(x),
+            PyNumber::Decimal(text, _) => JValue::from_object(Decimal(
+                crate::python::decimal::str_of(text, None).unwrap_or_else(|| text.to_string()),
+            )),
         },
         Value::String(s) => JValue::from(s.as_str()),
         Value::Array(items) => items.iter().map(to_jinja).collect(),
@@ -271,11 +297,30 @@ impl minijinja::value::Object for BigInt {
     }
 }
 
+/// A numeric column's `Decimal` in `data`: printed as Python's `str(Decimal)` (`12.345600`);
+/// arithmetic and comparisons on it are not supported, and `tojson` refuses it as Python's
+/// `json.dumps` does (NetBox's job fails on such a template).
+#[derive(Debug)]
+struct Decimal(String);
+
+impl minijinja::value::Object for Decimal {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Plain
+    }
+
+    fn render(self: &std::sync::Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// `str(value)` in Python.
 pub fn python_str(value: &JValue) -> String {
     match value.kind() {
         ValueKind::String => value.as_str().unwrap_or_default().to_string(),
-        _ => python_repr(value),
+        _ => match value.downcast_object_ref::<Decimal>() {
+            Some(decimal) => decimal.0.clone(),
+            None => python_repr(value),
+        },
     }
 }
 
@@ -316,7 +361,10 @@ pub fn python_repr(value: &JValue) -> String {
                 .unwrap_or_default();
             format!("{{{}}}", items.join(", "))
         }
-        _ => value.to_string(),
+        _ => match value.downcast_object_ref::<Decimal>() {
+            Some(decimal) => format!("Decimal('{}')", decimal.0),
+            None => value.to_string(),
+        },
     }
 }
 
@@ -405,6 +453,33 @@ mod tests {
             "18446744073709551617|inf|1.5|2.0|7|18446744073709551618|\
              1000000000000000000000000000000000000000000|[1000000000000000000000000000000000000000000]"
         );
+    }
+
+    /// A numeric column's Decimal: `str()` keeps the column's scale, `repr()` names the type,
+    /// `tojson` fails as `json.dumps` does on a Decimal (NetBox's job fails).
+    #[test]
+    fn decimals_print_as_python_prints_them() {
+        let mut data = serde_json::Map::new();
+        data.insert(
+            "latitude".into(),
+            crate::netbox::format::decimal_rest(&serde_json::from_str("12.345600").unwrap()),
+        );
+        data.insert(
+            "weight".into(),
+            crate::netbox::format::decimal_rest(&json!("NaN")),
+        );
+        let mut context = serde_json::Map::new();
+        context.insert("data".into(), Value::Object(data));
+        let context = Value::Object(context);
+        assert_eq!(
+            render(
+                "{{ data.latitude }}|{{ data.weight }}|{{ data }}",
+                context.clone()
+            )
+            .unwrap(),
+            "12.345600|NaN|{'latitude': Decimal('12.345600'), 'weight': Decimal('NaN')}"
+        );
+        assert!(render("{{ data | tojson }}", context).is_err());
     }
 
     #[test]

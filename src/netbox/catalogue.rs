@@ -237,6 +237,10 @@ pub struct Field {
     pub id_column: Option<String>,
     #[serde(default)]
     pub fk_column: Option<String>,
+    /// For a `count`: the table whose rows with `fk_column` = this object's pk NetBox's REST
+    /// viewsets count (a many-to-many's through table).
+    #[serde(default)]
+    pub table: Option<String>,
     #[serde(default)]
     pub many: Option<bool>,
     #[serde(default)]
@@ -604,6 +608,16 @@ impl Catalogue {
                                 "kind {:?} only describes a `render` spec, not a field",
                                 field.kind
                             ),
+                        ));
+                    }
+                    if field.kind == FieldKind::Count
+                        && (field.table.is_none() || field.fk_column.is_none())
+                    {
+                        return Err((
+                            at(),
+                            "a `count` without the `table` and `fk_column` NetBox counts \
+                             (regenerate the catalogue)"
+                                .into(),
                         ));
                     }
                     if field.kind == FieldKind::Method

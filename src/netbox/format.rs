@@ -156,32 +156,42 @@ pub fn datetime_snapshot(value: &Value) -> Value {
     }
 }
 
-/// A numeric column in the REST form: a JSON number (DRF's Decimal, encoded as a float).
+/// A numeric column in the REST form: DRF's quantized `Decimal`, which the default body writes
+/// as `float(Decimal)` (`12.3456`, `12.0`, and for a NaN, the only non-finite value a
+/// `numeric(p, s)` column holds, the bare token `NaN`) and a body template prints as `str()`
+/// (`12.345600`); see [`crate::python::decimal`]. PostgreSQL's JSON has no NaN, so the row
+/// carries it as the string `"NaN"`.
 pub fn decimal_rest(value: &Value) -> Value {
-    match value {
-        Value::Number(n) => n.as_f64().map_or(value.clone(), |f| {
-            serde_json::Number::from_f64(f).map_or(value.clone(), Value::Number)
-        }),
-        Value::String(s) => s
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-            .map_or(value.clone(), Value::Number),
-        _ => value.clone(),
+    let literal = match value {
+        Value::Number(n) => n.as_str(),
+        Value::String(s) => s.as_str(),
+        _ => return value.clone(),
+    };
+    match crate::python::decimal::str_of(literal, None) {
+        Some(_) => crate::python::decimal::number(literal),
+        None => value.clone(),
     }
 }
 
-/// A numeric column in the snapshot form: a string with the column's scale.
+/// A numeric column in the snapshot form: `str(Decimal)` of the value as the database holds it
+/// (Django's encoder writes a Decimal as `str()`): the column's scale (`"12.345600"`), exact at any
+/// size, scientific below 1e-6 as Python writes it (`"1E-7"`), `"NaN"` for a NaN.
 pub fn decimal_snapshot(value: &Value, scale: Option<u32>) -> Value {
-    let number = match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
+    let literal = match value {
+        Value::Number(n) => n.as_str(),
+        Value::String(s) => s.as_str(),
+        _ => return value.clone(),
     };
-    match (number, scale) {
-        (Some(f), Some(scale)) => Value::String(format!("{f:.*}", scale as usize)),
-        (Some(f), None) => Value::String(float_repr(f)),
-        _ => value.clone(),
+    match crate::python::decimal::str_of(literal, scale) {
+        Some(text) => Value::String(text),
+        None => match literal.parse::<f64>() {
+            Ok(f) if f.is_nan() => Value::String("NaN".into()),
+            Ok(f) if f.is_infinite() => {
+                Value::String(if f > 0.0 { "Infinity" } else { "-Infinity" }.into())
+            }
+            Ok(f) => Value::String(float_repr(f)),
+            Err(_) => value.clone(),
+        },
     }
 }
 
@@ -223,15 +233,86 @@ mod tests {
 
     #[test]
     fn decimals_and_addresses() {
-        assert_eq!(decimal_rest(&json!(12.3456)), json!(12.3456));
+        assert_eq!(
+            crate::python::json::dumps(&decimal_rest(&json!(12.3456))),
+            "12.3456"
+        );
         assert_eq!(
             decimal_snapshot(&json!(12.3456), Some(6)),
             json!("12.345600")
         );
         assert_eq!(decimal_snapshot(&json!(12), Some(1)), json!("12.0"));
         assert_eq!(decimal_snapshot(&Value::Null, Some(1)), Value::Null);
+        assert_eq!(decimal_rest(&Value::Null), Value::Null);
         assert_eq!(inet(&json!("192.0.2.1")), json!("192.0.2.1/32"));
         assert_eq!(inet(&json!("2001:db8::1")), json!("2001:db8::1/128"));
         assert_eq!(inet(&json!("192.0.2.1/24")), json!("192.0.2.1/24"));
+    }
+
+    fn number(literal: &str) -> Value {
+        serde_json::from_str(literal).unwrap()
+    }
+
+    /// What NetBox sends for a numeric column, by `python3 -c` over `Decimal(text)`:
+    /// `json.dumps(float(d))` in `data`, `str(d)` in snapshots and `str()` (display).
+    #[test]
+    fn decimals_as_python_writes_them() {
+        use crate::python::json::dumps;
+        let cases = [
+            // row_to_json text, data, snapshot (scale 6)
+            ("12.345600", "12.3456", "12.345600"),
+            ("-0.000100", "-0.0001", "-0.000100"),
+            ("0.000000", "0.0", "0.000000"),
+            (
+                "1234567890.123456",
+                "1234567890.123456",
+                "1234567890.123456",
+            ),
+            (
+                "9999999999.999999",
+                "9999999999.999998",
+                "9999999999.999999",
+            ),
+            ("12", "12.0", "12.000000"),
+        ];
+        for (text, data, snapshot) in cases {
+            assert_eq!(dumps(&decimal_rest(&number(text))), data, "{text}");
+            assert_eq!(
+                decimal_snapshot(&number(text), Some(6)),
+                json!(snapshot),
+                "{text}"
+            );
+        }
+        // beyond f64's digits the snapshot keeps every digit; data is the nearest float
+        let wide = "123456789012345678901234567890.12";
+        assert_eq!(decimal_snapshot(&number(wide), Some(2)), json!(wide));
+        assert_eq!(
+            dumps(&decimal_rest(&number(wide))),
+            "1.2345678901234568e+29"
+        );
+        // scale 0: str(Decimal("42")) is "42", float is 42.0
+        assert_eq!(decimal_snapshot(&number("42"), Some(0)), json!("42"));
+        assert_eq!(dumps(&decimal_rest(&number("42"))), "42.0");
+        // below 1e-6 Python's str() turns scientific
+        assert_eq!(
+            decimal_snapshot(&number("0.0000001"), Some(7)),
+            json!("1E-7")
+        );
+        assert_eq!(
+            decimal_snapshot(&number("0.00000012"), Some(8)),
+            json!("1.2E-7")
+        );
+        assert_eq!(
+            decimal_snapshot(&number("0.0000000"), Some(7)),
+            json!("0E-7")
+        );
+        assert_eq!(
+            decimal_snapshot(&number("-0.0000010"), Some(7)),
+            json!("-0.0000010")
+        );
+        // a NaN column: row_to_json writes the string "NaN"; DRF keeps Decimal("NaN") through
+        // quantize, the encoder writes float("nan") as the bare token
+        assert_eq!(dumps(&decimal_rest(&json!("NaN"))), "NaN");
+        assert_eq!(decimal_snapshot(&json!("NaN"), Some(6)), json!("NaN"));
     }
 }

@@ -36,6 +36,16 @@ pub struct Needs {
     pub as_of: BTreeSet<AsOfKey>,
     /// Rows deleted in a transaction (see [`DeletedKey`]).
     pub deleted_in_tx: BTreeSet<DeletedKey>,
+    /// Row counts by table, column and value (see [`CountKey`]).
+    pub counts: BTreeSet<(CountKey, i64)>,
+}
+
+/// The rows of `table` whose `column` equals a value are counted: what NetBox's REST viewsets
+/// annotate a related-object count with (`count_related()`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountKey {
+    pub table: String,
+    pub column: String,
 }
 
 /// An object (content type, id) as it was in transaction `txid` right after its captured change
@@ -78,6 +88,7 @@ impl Needs {
             && self.config_contexts.is_empty()
             && self.as_of.is_empty()
             && self.deleted_in_tx.is_empty()
+            && self.counts.is_empty()
     }
 }
 
@@ -90,6 +101,7 @@ pub struct Lookups {
     config_contexts: HashMap<Scope, Vec<Value>>,
     as_of: HashMap<AsOfKey, AsOf>,
     deleted_in_tx: HashMap<DeletedKey, Vec<Row>>,
+    counts: HashMap<(CountKey, i64), i64>,
     /// The lowest transaction id of the batch, to find its deleted rows cheaply.
     pub batch_txid_floor: i64,
 }
@@ -119,6 +131,20 @@ impl Lookups {
     pub fn related(&self, key: &RelatedKey, value: i64) -> Found<&[Row]> {
         match self.related.get(&(key.clone(), value)) {
             Some(rows) => Found::Yes(rows.as_slice()),
+            None => Found::Missing,
+        }
+    }
+
+    /// Records a count as [`Lookups::fetch`] would (unit tests render without a database).
+    #[cfg(test)]
+    pub fn insert_count(&mut self, key: CountKey, value: i64, n: i64) {
+        self.counts.insert((key, value), n);
+    }
+
+    /// How many rows of `key.table` have `key.column` = `value`.
+    pub fn count(&self, key: &CountKey, value: i64) -> Found<i64> {
+        match self.counts.get(&(key.clone(), value)) {
+            Some(n) => Found::Yes(*n),
             None => Found::Missing,
         }
     }
@@ -194,6 +220,18 @@ impl Lookups {
                     (key.clone(), value),
                     grouped.remove(&value).unwrap_or_default(),
                 );
+            }
+        }
+
+        let mut by_count: HashMap<CountKey, Vec<i64>> = HashMap::new();
+        for (key, value) in needs.counts {
+            by_count.entry(key).or_default().push(value);
+        }
+        for (key, values) in by_count {
+            let found = count_by_column(client, &key.table, &key.column, &values).await?;
+            for value in values {
+                let n = found.get(&value).copied().unwrap_or(0);
+                self.counts.insert((key.clone(), value), n);
             }
         }
 
@@ -298,6 +336,41 @@ async fn tables_exist(
 /// returning (the column's value, the row). Of a table the role may read only some columns of
 /// (users_user, whose password hash the sidecar's role is not granted: docs/privileges.md), the
 /// row holds those columns: a whole-row reference would need them all.
+/// `select column, count(*) from table where column = any(values) group by column`: NetBox's
+/// `count_related()` for several objects at once. A table or column the schema does not have
+/// (a NetBox without that model) counts nothing; one the role may not read fails the query, so
+/// the change is deferred with that reason rather than sent with a wrong count.
+pub(crate) async fn count_by_column(
+    client: &impl GenericClient,
+    table: &str,
+    column: &str,
+    values: &[i64],
+) -> Result<HashMap<i64, i64>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one(
+            "select exists (select from pg_attribute a
+                            where a.attrelid = to_regclass($1) and a.attname = $2
+                              and a.attnum > 0 and not a.attisdropped)",
+            &[&format!("public.{}", quote_ident(table)), &column],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(HashMap::new());
+    }
+    let column = quote_ident(column);
+    let rows = client
+        .query(
+            &format!(
+                "select {column}::bigint, count(*) from public.{} where {column} = any($1::bigint[]) group by {column}",
+                quote_ident(table)
+            ),
+            &[&values],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 async fn rows_by_column(
     client: &impl GenericClient,
     table: &str,

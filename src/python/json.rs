@@ -109,11 +109,26 @@ pub enum PyNumber<'a> {
     Int(&'a str),
     /// A `float`, `inf` when the literal overflows as in Python.
     Float(f64),
+    /// A `Decimal` (a numeric column in `data`, see [`crate::python::decimal`]): its text and
+    /// the float it becomes in a JSON body.
+    Decimal(&'a str, f64),
 }
 
 /// Classifies a JSON number literal as Python's `json.loads` does (`int` unless it has a
-/// fraction or an exponent).
+/// fraction or an exponent; `NaN`, `Infinity` and `-Infinity` are floats; a literal this crate
+/// marked as a Decimal is one).
 pub fn py_number(literal: &str) -> PyNumber<'_> {
+    // the non-finite tokens Python's json.loads reads (and json.dumps writes); a number holds
+    // one only when the renderer made it (a NaN numeric column, see `netbox::format`)
+    match literal {
+        "NaN" => return PyNumber::Float(f64::NAN),
+        "Infinity" => return PyNumber::Float(f64::INFINITY),
+        "-Infinity" => return PyNumber::Float(f64::NEG_INFINITY),
+        _ => {}
+    }
+    if let Some(text) = literal.strip_prefix(crate::python::decimal::MARK) {
+        return PyNumber::Decimal(text, text.parse().unwrap_or(f64::NAN));
+    }
     if literal.contains(['.', 'e', 'E']) {
         // Rust, like Python's float(), reads an overflowing literal as infinity
         PyNumber::Float(literal.parse().unwrap_or(f64::NAN))
@@ -130,7 +145,7 @@ pub fn number_form(literal: &str) -> String {
             "0".into()
         }
         PyNumber::Int(digits) => digits.into(),
-        PyNumber::Float(x) => match float_repr(x).as_str() {
+        PyNumber::Float(x) | PyNumber::Decimal(_, x) => match float_repr(x).as_str() {
             "nan" => "NaN".into(),
             "inf" => "Infinity".into(),
             "-inf" => "-Infinity".into(),
@@ -293,9 +308,35 @@ mod tests {
             "[1e+22, 0.1, -0.0, 18446744073709551615]"
         );
         assert_eq!(py_number("1e400"), PyNumber::Float(f64::INFINITY));
+        assert_eq!(py_number("-Infinity"), PyNumber::Float(f64::NEG_INFINITY));
+        assert!(matches!(py_number("NaN"), PyNumber::Float(x) if x.is_nan()));
         assert_eq!(
             py_number("18446744073709551617"),
             PyNumber::Int("18446744073709551617")
         );
+    }
+
+    #[test]
+    fn non_finite_numbers_are_bare_tokens() {
+        // python3 -c 'import json; print(json.dumps([float("nan"), float("inf"), -float("inf")]))'
+        let number = |t: &str| Value::Number(serde_json::Number::from_string_unchecked(t.into()));
+        let value = Value::Array(vec![number("NaN"), number("Infinity"), number("-Infinity")]);
+        assert_eq!(dumps(&value), "[NaN, Infinity, -Infinity]");
+        // built by hand: `json!`/`to_value` re-parse a number's literal, which refuses these
+        let mut map = serde_json::Map::new();
+        map.insert("b".into(), value);
+        map.insert("a".into(), json!(1));
+        assert_eq!(
+            dumps_sorted(&Value::Object(map)),
+            r#"{"a": 1, "b": [NaN, Infinity, -Infinity]}"#
+        );
+        assert_eq!(number_form("NaN"), "NaN");
+        // a Decimal is written as its float
+        let decimals = Value::Array(vec![
+            crate::python::decimal::number("12.345600"),
+            crate::python::decimal::number("12"),
+            crate::python::decimal::number("NaN"),
+        ]);
+        assert_eq!(dumps(&decimals), "[12.3456, 12.0, NaN]");
     }
 }

@@ -51,7 +51,11 @@ impl PyType {
 }
 
 fn is_float(n: &Number) -> bool {
-    matches!(py_number(n.as_str()), PyNumber::Float(_))
+    // a Decimal compares as a number; its type name aside, it behaves as the float here
+    matches!(
+        py_number(n.as_str()),
+        PyNumber::Float(_) | PyNumber::Decimal(..)
+    )
 }
 
 /// A numeric value: Python's bool, int or float.
@@ -70,7 +74,7 @@ fn number(value: &Value) -> Option<Num> {
                 // beyond i128 (±1.7e38) an int is compared through its nearest float
                 Err(_) => Num::Float(digits.parse().unwrap_or(f64::NAN)),
             }),
-            PyNumber::Float(x) => Some(Num::Float(x)),
+            PyNumber::Float(x) | PyNumber::Decimal(_, x) => Some(Num::Float(x)),
         },
         _ => None,
     }
@@ -85,8 +89,57 @@ fn cmp_num(a: Num, b: Num) -> Option<Ordering> {
     }
 }
 
+/// Python compares a `Decimal` with a `float` exactly: `Decimal("12.345600") == 12.3456` is
+/// False (the float is not exactly 12.3456), `Decimal("12.500000") == 12.5` is True. So they are
+/// equal only when the Decimal is a binary fraction the float holds exactly. None when neither
+/// side is a Decimal facing a float.
+fn decimal_float_eq(a: &Value, b: &Value) -> Option<bool> {
+    let literal = |v: &Value| match v {
+        Value::Number(n) => Some(n.as_str().to_string()),
+        _ => None,
+    };
+    let (la, lb) = (literal(a)?, literal(b)?);
+    let (text, other) = match (py_number(&la), py_number(&lb)) {
+        (PyNumber::Decimal(t, _), PyNumber::Float(f))
+        | (PyNumber::Float(f), PyNumber::Decimal(t, _)) => (t.to_string(), f),
+        _ => return None,
+    };
+    let Ok(value) = text.parse::<f64>() else {
+        return Some(false);
+    };
+    Some(value == other && exactly_binary(&text))
+}
+
+/// Whether a decimal text (`-12.500`) is a value an f64 holds exactly: a fraction whose
+/// denominator is a power of two, with at most 53 significant bits.
+fn exactly_binary(text: &str) -> bool {
+    let unsigned = text.trim_start_matches('-');
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let fraction = fraction.trim_end_matches('0');
+    let Ok(digits) = format!("{whole}{fraction}").parse::<u128>() else {
+        return false;
+    };
+    let Some(five) = 5u128.checked_pow(fraction.len() as u32) else {
+        return false;
+    };
+    if digits % five != 0 {
+        return false;
+    }
+    let mut odd = digits / five;
+    if odd == 0 {
+        return true;
+    }
+    while odd % 2 == 0 {
+        odd /= 2;
+    }
+    odd < (1u128 << 53)
+}
+
 /// `a == b` in Python.
 pub fn eq(a: &Value, b: &Value) -> bool {
+    if let Some(equal) = decimal_float_eq(a, b) {
+        return equal;
+    }
     if let (Some(x), Some(y)) = (number(a), number(b)) {
         return cmp_num(x, y) == Some(Ordering::Equal);
     }
@@ -199,6 +252,21 @@ mod tests {
         assert!(truthy(&v("1e400")));
         assert!(cmp(&v("\"a\""), &v("1")).is_err());
         assert!(cmp(&Value::Null, &v("1")).is_err());
+    }
+
+    /// A numeric column in `data` is a Decimal, compared with a condition's float as Python
+    /// does (`python3 -c 'from decimal import Decimal as D; print(D("12.345600") == 12.3456)'`).
+    #[test]
+    fn decimals_compare_with_floats_exactly() {
+        let d = crate::python::decimal::number;
+        assert!(!eq(&d("12.345600"), &v("12.3456")));
+        assert!(eq(&d("12.500000"), &v("12.5")));
+        assert!(eq(&v("-0.25"), &d("-0.250")));
+        assert!(eq(&d("12.000000"), &v("12")), "with an int: by value");
+        assert!(!eq(&d("NaN"), &v("1.5")));
+        assert!(!eq(&d("0.100000"), &v("0.1")));
+        assert!(eq(&d("0.000000"), &v("0.0")));
+        assert_eq!(cmp(&d("12.345600"), &v("12")), Ok(Ordering::Greater));
     }
 
     #[test]

@@ -8,10 +8,13 @@ every depth), and the signature's validity.
 | rule | what | why |
 | --- | --- | --- |
 | `timestamp` | top-level `timestamp`: both must have NetBox's format (UTC isoformat, `+00:00`, 6-digit microseconds or none) and lie within 10 minutes of each other; the values are not compared | it is the moment each side enqueued or built the request |
-| `transport-headers` | `Host`, `User-Agent`, `Accept`, `Accept-Encoding`, `Connection`, `Content-Length` and netbox-outbox's `X-Netbox-Outbox-Delivery` are dropped | the HTTP clients add them (NetBox's urllib3 vs reqwest); the body's length is covered by the body |
+| `transport-headers` | `Host`, `Connection`, `Content-Length` and netbox-outbox's `X-Netbox-Outbox-Delivery` are dropped | framing the HTTP clients add (the body's length is covered by the body); the delivery id is netbox-outbox's own (documented) |
+| `client-headers` | `User-Agent`, `Accept` and `Accept-Encoding`, only where the two sides' values differ (or one side lacks the header); equal ones are compared | the HTTP client's own: NetBox's urllib3 sends `User-Agent: python-urllib3/<version>`, `Accept-Encoding: identity` and no `Accept`; netbox-outbox's reqwest sends its configured `user_agent` and `Accept: */*`. A receiver can tell them apart by these; the README lists it |
 | `signature` | `X-Hook-Signature` is replaced by whether it verifies (HMAC-SHA512 of that side's own body with the webhook's secret) | the bodies differ in their timestamps, so the signatures do |
 | `request-fallback` | without the plugin only: `request.path`, `request.path_info`, `request.method` and `request.GET` are forgiven when netbox-outbox's values are exactly the documented fallback (`POST` to the list path for `created`, `PATCH`/`DELETE` on the object's path otherwise, `GET` `{}`) | the database does not know the request's path, method or query; the plugin tells it |
-| `request-path-counts` | `data.<key>` present in NetBox's body and absent from ours, where the catalogue says the key is a `RelatedObjectCountField` (`count`) or a queryset annotation omitted when missing (`annotation`, `when_missing: omit`); and, for `updated` and `deleted`, NetBox's value of an annotation whose value is a default when missing (`annotation`, `when_missing: default`, e.g. region `site_count`) where ours is that default | NetBox fills them only when the REST viewset's annotated queryset produced the instance (PATCH, PUT, DELETE), counted before the change: they depend on how the change was made, not on the data |
+| `request-path-counts` | `data.<key>` present in NetBox's body and absent from ours, where the catalogue says the key is a queryset annotation omitted when missing (`annotation`, `when_missing: omit`); and, for `updated` and `deleted`, NetBox's value of an annotation whose value is a default when missing (`annotation`, `when_missing: default`, e.g. region `site_count`, device role `device_count`) where ours is that default. Not `RelatedObjectCountField`s (`count`: `device_count` of a site...): netbox-outbox counts those from the database for REST updates and deletes, and they are compared | NetBox fills them only when the REST viewset's annotated queryset produced the instance (PATCH, PUT, DELETE); the viewsets' own annotations (cumulative over a tree) are not computed by netbox-outbox yet |
+| `fallback-counts` | without the plugin only, for `updated` and `deleted`: a `count` key (`device_count`...) in our `data` and not in NetBox's | the database does not know whether a change came through the REST API; netbox-outbox follows its documented fallback, a REST PATCH or DELETE, whose viewset annotates them; NetBox's change came from nbshell or a script |
+| `cascade-on-delete` | for `deleted`: a `count` key (`prefix_count`, `tagged_items`) where ours is lower than NetBox's, and a list of port mappings (`rear_ports`, `front_ports`) that is empty in ours and not in NetBox's | NetBox serializes a deleted object before its delete cascades (SET_NULL onto prefixes, the deleted tag's tagged items, the port's mappings); the sidecar reads the committed state, and the capture holds the cascaded rows only for watched models (never the port mappings, which have no event rules) |
 | `client-json-order` | for `created`: the key order inside JSON values of `snapshots.postchange` (`custom_fields` and JSON fields such as `local_context_data`), when both sides have the same keys | NetBox's snapshot of a new object keeps the order the client sent; PostgreSQL's jsonb keeps its own order, and the client's is stored nowhere |
 | `unlogged-request` | without the plugin only: `request.id` and `request.user` of a change NetBox did not write to its change log (a save that changes nothing), when ours are the documented stand-ins: the transaction's id (`6e626f75-7462-...`) and the database role | NetBox writes no change log row for such a save, so nothing in the database holds its request id or user; the plugin provides them |
 | `in-memory-counters` | `*_count` integers inside nested objects of `data` (for example `data.device_type.device_count`) | NetBox renders a nested object from the copy it loaded during the request, and updates counter caches in the database only (`QuerySet.update(F() + 1)`), so the value depends on when in the request NetBox loaded that copy (seen: 4, 2 and 3 for three devices of one bulk create); the database holds the committed count |
@@ -20,6 +23,11 @@ every depth), and the signature's validity.
 
 Each rule is counted in the report every time it applies, so the table above can be checked
 against what really differed.
+
+`EVERY_REQUEST` are the rules that apply to any two requests whatever they carry (when each was
+made, and the HTTP framing): a pair that needed no other rule is *identical*. A pair that needed
+any other rule is *identical after a documented difference*, counted apart, with each rule named
+(report.py); neither is ever added to the other, nor to what is unpaired by design.
 """
 
 import hashlib
@@ -28,9 +36,9 @@ import re
 from datetime import datetime
 
 TRANSPORT_HEADERS = frozenset(h.lower() for h in (
-    'Host', 'User-Agent', 'Accept', 'Accept-Encoding', 'Connection', 'Content-Length',
-    'X-Netbox-Outbox-Delivery',
+    'Host', 'Connection', 'Content-Length', 'X-Netbox-Outbox-Delivery',
 ))
+CLIENT_HEADERS = frozenset(h.lower() for h in ('User-Agent', 'Accept', 'Accept-Encoding'))
 TIMESTAMP_RE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00$')
 TIMESTAMP_TOLERANCE_S = 600
 OMITTED = object()
@@ -40,10 +48,13 @@ TRANSACTION_ID_PREFIX = '6e626f75-7462-'
 
 RULES = {
     'timestamp': 'top-level timestamp: format checked, value not compared',
-    'transport-headers': 'headers added by the HTTP clients dropped',
+    'transport-headers': 'Host, Connection, Content-Length and our delivery id dropped',
+    'client-headers': 'User-Agent / Accept / Accept-Encoding: each HTTP client sends its own',
     'signature': 'X-Hook-Signature compared by verifying each side against its own body',
     'request-fallback': 'without the plugin: request.path/path_info/method/GET are the documented fallback',
-    'request-path-counts': 'data.*_count and annotations NetBox adds only for REST PATCH/PUT/DELETE',
+    'request-path-counts': 'viewset annotations (region site_count...) NetBox adds only for REST PATCH/PUT/DELETE',
+    'fallback-counts': 'without the plugin: related-object counts of the fallback REST request, NetBox\'s change made otherwise',
+    'cascade-on-delete': 'deleted: a count lower than NetBox\'s, or port mappings empty, after the delete\'s own cascade',
     'client-json-order': 'created: key order inside JSON values of the postchange snapshot (client order)',
     'unlogged-request': 'without the plugin: request id and user of a save NetBox did not log',
     'in-memory-counters': '*_count integers inside nested objects of data (NetBox in-memory copies)',
@@ -52,10 +63,34 @@ RULES = {
 }
 
 
+# Why a database cannot know what each documented difference forgives (the report's last column).
+WHY = {
+    'client-headers': 'each side\'s HTTP client sends its own; nothing about the change',
+    'request-fallback': 'the request\'s path, method and query are not in the database; the plugin sends them',
+    'request-path-counts': 'NetBox fills them only when its REST view loaded the object through an annotated '
+                           'queryset (PATCH/PUT/DELETE); netbox-outbox computes the related-object counts but '
+                           'not yet the viewsets\' own (tree-cumulative) annotations',
+    'fallback-counts': 'without the plugin the database does not say whether a change came through the REST API; '
+                       'netbox-outbox follows its documented fallback (a REST PATCH or DELETE), which has them',
+    'cascade-on-delete': 'NetBox serializes a deleted object before the delete cascades; the sidecar reads after the '
+                         'commit, and the rows the cascade removed or unlinked are in the capture only when their '
+                         'model is watched (port mappings never are: no event rules)',
+    'client-json-order': 'jsonb stores its own key order; the order the client sent is stored nowhere',
+    'unlogged-request': 'NetBox logs no change for a save that changes nothing, so its request id and user '
+                        'are in no row; the plugin sends them',
+    'in-memory-counters': 'NetBox renders a nested object from the copy it loaded during the request, '
+                          'before or after its own counter updates; the database holds only the committed count',
+    'header-name-case': 'the HTTP client sends a header name lower-case or in Title-Case only',
+}
+
+EVERY_REQUEST = frozenset({'timestamp', 'transport-headers', 'signature', 'mirror-url'})
+
+
 class Context:
     """What the normalisation needs to know about a configuration."""
 
-    def __init__(self, plugin, secrets, path_dependent_fields, json_snapshot_fields, db_user, mirror_paths=None):
+    def __init__(self, plugin, secrets, path_dependent_fields, json_snapshot_fields, db_user, mirror_paths=None,
+                 count_fields=None, unwatched_lists=None):
         self.plugin = plugin
         # webhook name -> secret ('' when none)
         self.secrets = secrets
@@ -68,6 +103,10 @@ class Context:
         self.db_user = db_user
         # our path prefix -> NetBox's path prefix, for mirrored webhooks
         self.mirror_paths = mirror_paths or {}
+        # object type -> its `count` data keys (RelatedObjectCountFields)
+        self.count_fields = count_fields or {}
+        # object type -> data keys listing rows of a model the capture does not record
+        self.unwatched_lists = unwatched_lists or {}
 
 
 def view(received, webhook):
@@ -97,13 +136,20 @@ def normalise(netbox, ours, ctx):
             ours['url'] = netbox_prefix + ours['url'][len(our_prefix):]
             applied.append('mirror-url')
 
+    # client-headers: only those whose values differ
+    client = {side_name: {n.lower(): v for n, v in side['headers'] if n.lower() in CLIENT_HEADERS}
+              for side_name, side in (('netbox', netbox), ('ours', ours))}
+    differing_client = {h for h in CLIENT_HEADERS if client['netbox'].get(h) != client['ours'].get(h)}
+    if differing_client:
+        applied.append('client-headers')
+
     # transport-headers and signature
     secret = ctx.secrets.get(netbox['webhook'], '')
     for side in (netbox, ours):
         kept = []
         for name, value in side['headers']:
             lname = name.lower()
-            if lname in TRANSPORT_HEADERS:
+            if lname in TRANSPORT_HEADERS or lname in differing_client:
                 continue
             if lname == 'x-hook-signature':
                 expected = hmac.new(secret.encode('utf8'), side['raw'], hashlib.sha512).hexdigest()
@@ -164,6 +210,36 @@ def normalise(netbox, ours, ctx):
                 forgiven = True
         if forgiven:
             applied.append('request-path-counts')
+
+    # fallback-counts: without the plugin, ours has the counts of the documented fallback request
+    # (a REST PATCH or DELETE) where NetBox's change was made otherwise (nbshell, a script)
+    if (not ctx.plugin and nb.get('event') in ('updated', 'deleted') and isinstance(nb_data, dict)
+            and isinstance(our_data, dict)):
+        extra = [k for k in ctx.count_fields.get(nb.get('object_type'), ())
+                 if k in our_data and k not in nb_data and type(our_data[k]) is int]
+        for k in extra:
+            del our_data[k]
+        if extra:
+            applied.append('fallback-counts')
+
+    # cascade-on-delete: NetBox serialized a deleted object before the delete cascaded; ours is
+    # read after it. Only a `count` lower than NetBox's (a cascade removes or unlinks rows
+    # pointing at the object, never adds), and a list of unwatched rows (port mappings) empty in
+    # ours where NetBox's was not.
+    if nb.get('event') == 'deleted' and isinstance(nb_data, dict) and isinstance(our_data, dict):
+        object_type = nb.get('object_type')
+        forgiven = False
+        for k in ctx.count_fields.get(object_type, ()):
+            a, b = nb_data.get(k), our_data.get(k)
+            if type(a) is int and type(b) is int and b < a:
+                nb_data[k] = b
+                forgiven = True
+        for k in ctx.unwatched_lists.get(object_type, ()):
+            if our_data.get(k) == [] and isinstance(nb_data.get(k), list) and nb_data[k]:
+                nb_data[k] = []
+                forgiven = True
+        if forgiven:
+            applied.append('cascade-on-delete')
 
     # in-memory-counters
     if isinstance(nb_data, dict) and isinstance(our_data, dict):

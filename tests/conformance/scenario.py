@@ -51,7 +51,7 @@ MAIN_TYPES = [
     'circuits.circuit', 'circuits.circuittermination', 'circuits.circuittype', 'circuits.provider',
     'dcim.cable', 'dcim.device', 'dcim.devicerole', 'dcim.devicetype', 'dcim.interface', 'dcim.location',
     'dcim.macaddress', 'dcim.manufacturer', 'dcim.platform', 'dcim.rack', 'dcim.rackrole', 'dcim.region',
-    'dcim.site', 'dcim.sitegroup',
+    'dcim.site', 'dcim.sitegroup', 'dcim.frontport', 'dcim.rearport',
     'extras.configcontext', 'extras.tag',
     'ipam.aggregate', 'ipam.asn', 'ipam.ipaddress', 'ipam.prefix', 'ipam.rir', 'ipam.vlan', 'ipam.vlangroup',
     'ipam.vrf',
@@ -351,6 +351,14 @@ class Scenario:
             'tags': [{'slug': 'bronze'}, {'slug': 'gold'}]})
         self.create('vmif', '/virtualization/interfaces/', {'virtual_machine': ids['vm'], 'name': 'eth0',
                                                             'mtu': 1500})
+        # front and rear ports: a front port's `rear_ports` and a rear port's `front_ports` list
+        # the dcim.portmapping rows between them (NetBox's private model)
+        self.create('rp1', '/dcim/rear-ports/', {'device': ids['dev1'], 'name': 'rp1', 'type': '8p8c',
+                                                 'positions': 2})
+        self.create('fp1', '/dcim/front-ports/', {
+            'device': ids['dev1'], 'name': 'fp1', 'type': '8p8c', 'tags': [{'slug': 'gold'}],
+            'rear_ports': [{'position': 1, 'rear_port': ids['rp1'], 'rear_port_position': 2}]},
+            step='create front port mapped to a rear port')
 
     def update(self):
         ids = self.ids
@@ -394,6 +402,9 @@ class Scenario:
         self.patch('gold', '/extras/tags/', {'color': 'aabbcc'}, 'update tag')
         self.patch('context', '/extras/config-contexts/', {'weight': 2000}, 'update config context')
         self.patch('mx204', '/dcim/device-types/', {'part_number': 'MX204-AC'}, 'update device type')
+        self.patch('fp1', '/dcim/front-ports/', {'description': 'patch panel', 'tags': [{'slug': 'bronze'}]},
+                   'update front port')
+        self.patch('rp1', '/dcim/rear-ports/', {'label': 'RP-1'}, 'update rear port')
 
         # requests that fail validation: no event from either side
         self.api.post('fails validation (duplicate site)', API + '/dcim/sites/',
@@ -416,7 +427,12 @@ class Scenario:
         ids = self.ids
         # deletes with SET_NULL cascades: NetBox saves each related object (an `updated` event)
         # before the deleted object's own event
+        self.delete('fp1', '/dcim/front-ports/', 'delete front port (cascades to its port mappings)')
+        self.delete('rp1', '/dcim/rear-ports/', 'delete rear port')
         self.delete('junos', '/dcim/platforms/', 'delete platform (SET_NULL onto devices and a VM)')
+        # NetBox refills the device's config context cache in a background job; wait for it, as
+        # before the PATCH above (README: config_context)
+        self.config_context_cached('dev1')
         self.delete('ip32', '/ipam/ip-addresses/', 'delete primary IPv4 (SET_NULL onto the device)')
         self.delete('campus', '/dcim/site-groups/', 'delete site group (SET_NULL onto sites)')
         self.delete('cable', '/dcim/cables/', 'delete cable')

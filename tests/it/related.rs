@@ -377,3 +377,54 @@ async fn a_deleted_objects_links_come_from_netbox_change_log() {
     assert_eq!(roles[0]["id"], 1);
     sidecar.stop().await;
 }
+
+/// Related-object counts as NetBox's REST viewsets annotate them: a tenant updated or deleted
+/// (without the plugin: the documented fallback, a PATCH or DELETE through the API) has its
+/// `site_count` and the other counts, counted from the database; created, it has none (NetBox's
+/// POST does not annotate). A count over a table this database lacks is 0.
+#[tokio::test]
+async fn counts_of_rest_updates_and_deletes_come_from_the_database() {
+    let s = setup(&["tenancy.tenant"]).await;
+    let tenant: i64 = s
+        .client
+        .query_one(
+            "insert into tenancy_tenant (created, last_updated, name, slug) values (now(), now(), 't1', 't1') returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let _sidecar = Sidecar::start(&s.db, test_config(""));
+    for name in ["a", "b"] {
+        s.client
+            .execute(
+                "insert into dcim_site (created, last_updated, name, slug, tenant_id) values (now(), now(), $1, $1, $2)",
+                &[&name, &tenant],
+            )
+            .await
+            .unwrap();
+    }
+    s.client
+        .execute(
+            "update tenancy_tenant set description = 'two sites', last_updated = now() where id = $1",
+            &[&tenant],
+        )
+        .await
+        .unwrap();
+    let got = s.receiver.wait_for(2, WAIT).await.unwrap();
+    let created = find(&got, "tenancy.tenant", "created", tenant).json();
+    assert!(created["data"].get("site_count").is_none(), "{created}");
+    let updated = find(&got, "tenancy.tenant", "updated", tenant).json();
+    let data = &updated["data"];
+    assert_eq!(data["site_count"], json!(2), "{data}");
+    assert_eq!(data["device_count"], json!(0));
+    assert_eq!(
+        data["circuit_count"],
+        json!(0),
+        "no circuits table: nothing counted"
+    );
+    // in the serializer's order, after the tenant's own fields
+    let keys: Vec<&String> = data.as_object().unwrap().keys().collect();
+    let at = |k: &str| keys.iter().position(|x| *x == k).unwrap();
+    assert!(at("circuit_count") < at("site_count") && at("last_updated") < at("circuit_count"));
+}

@@ -839,3 +839,59 @@ async fn custom_field_numbers_are_sent_as_netbox_sends_them() {
         .get(0);
     assert_eq!(vanished, 4, "no event dropped");
 }
+
+/// Numeric columns as NetBox sends them: `data` holds `float(Decimal)` (`12.3456`, and the bare
+/// token `NaN` for a NaN, which PostgreSQL's JSON can only carry as a string), the snapshots
+/// `str(Decimal)` with the column's scale (`"12.345600"`, `"NaN"`), and a body template prints
+/// the Decimal itself (`12.345600`).
+#[tokio::test]
+async fn numeric_columns_are_sent_as_netbox_sends_them() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    site_rule(&client, "crm", &receiver.url("/crm")).await;
+    let templated = webhook(
+        &client,
+        "templated",
+        &receiver.url("/templated"),
+        &[(
+            "body_template",
+            "'{{ data.latitude }}|{{ data.longitude }}'",
+        )], // a SQL literal
+    )
+    .await;
+    Rule::to_webhook("templated", templated)
+        .create(&client)
+        .await;
+    let _sidecar = Sidecar::start(&db, test_config(""));
+    client
+        .execute(
+            "insert into dcim_site (created, last_updated, name, slug, custom_field_data, latitude, longitude)
+             values (now(), now(), 'decimals', 'decimals', '{}', 12.3456, 'NaN')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let requests = eventually("both webhooks", WAIT, || async {
+        let got = receiver.received();
+        (got.len() >= 2).then_some(got)
+    })
+    .await;
+    let body = |path: &str| -> String {
+        requests
+            .iter()
+            .find(|r| r.path == path)
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .unwrap_or_else(|| panic!("nothing on {path}"))
+    };
+    let crm = body("/crm");
+    assert!(
+        crm.contains("\"latitude\": 12.3456, \"longitude\": NaN"),
+        "data: {crm}"
+    );
+    assert!(
+        crm.contains("\"latitude\": \"12.345600\", \"longitude\": \"NaN\""),
+        "postchange snapshot: {crm}"
+    );
+    assert_eq!(body("/templated"), "12.345600|NaN");
+}

@@ -581,6 +581,9 @@ def _shape_of(name, f, model, serializer_cls):
             return OrderedDict([('kind', 'nested_many'), ('model', label_of(target))] + list(ref.items()))
         if isinstance(child, drf_serializers.ModelSerializer):
             target = child.Meta.model
+            # the renderer reads the mapping rows from the model's table (dcim.portmapping,
+            # dcim.porttemplatemapping): it must be a catalogue model too
+            CAT.want(target)
             items = [classify(n, sub, target, type(child)) for n, sub in readable_fields(child)]
             return OrderedDict([('kind', 'mapping_list'), ('model', label_of(target)),
                                 ('serializer', type(child).__name__), ('item_fields', items)])
@@ -593,6 +596,7 @@ def _shape_of(name, f, model, serializer_cls):
         return OrderedDict([('kind', 'nested'), ('model', label_of(target))] + list(ref.items()))
     if isinstance(f, drf_serializers.ModelSerializer):
         target = f.Meta.model
+        CAT.want(target)
         items = [classify(n, sub, target, type(f)) for n, sub in readable_fields(f)]
         return OrderedDict([('kind', 'nested_plain'), ('model', label_of(target)),
                             ('serializer', type(f).__name__), ('item_fields', items)])
@@ -651,6 +655,17 @@ def _classify(name, f, model, serializer_cls):
         spec['kind'] = 'count'
         spec['relation'] = f.relation
         spec['when_missing'] = when_missing(f)
+        # what NetBox's REST viewsets annotate it with (utilities.api.get_annotations_for_serializer:
+        # count_related(related_field.model, related_field.name)): the rows of `table` whose
+        # `fk_column` is this object's pk; for a many-to-many (Interface.vdcs, Site.asns) the rows
+        # of its through table
+        related_field = getattr(model, f.relation).field
+        if related_field.many_to_many:
+            spec['table'] = related_field.remote_field.through._meta.db_table
+            spec['fk_column'] = related_field.m2m_reverse_name()
+        else:
+            spec['table'] = related_field.model._meta.db_table
+            spec['fk_column'] = related_field.column
         return spec
     if isinstance(f, CustomFieldsDataField):
         spec['kind'] = 'custom_fields'
@@ -1359,6 +1374,13 @@ def __str__(self):
 ''', T('{=virtual_circuit}: {role|label:VirtualCircuitTerminationRoleChoices} termination',
        virtual_circuit=fk('virtual_circuit_id', 'circuits.virtualcircuit')))
 
+manual('dcim.models.base.PortMappingBase', '''
+def __str__(self):
+    return f'{self.front_port}:{self.front_port_position} to {self.rear_port}:{self.rear_port_position}'
+''', lambda model: T('{=front_port}:{front_port_position} to {=rear_port}:{rear_port_position}',
+                    front_port=fk('front_port_id', label_of(model._meta.get_field('front_port').related_model)),
+                    rear_port=fk('rear_port_id', label_of(model._meta.get_field('rear_port').related_model))))
+
 manual('dcim.models.cables.Cable', '''
 def __str__(self):
     pk = self.pk or self._pk
@@ -1637,6 +1659,9 @@ def display_spec(model):
     if qual in MANUAL_DISPLAY:
         expected, spec = MANUAL_DISPLAY[qual]
         if expected == src:
+            if callable(spec):
+                # one __str__ shared by models whose references point at different models
+                spec = spec(model)
             return resolve_display_spec(spec), qual, src
         warn(f'__str__ of {qual} changed; display falls back to python')
         return OrderedDict([('kind', 'python')]), qual, src
@@ -1680,7 +1705,10 @@ def describe(model):
     except Exception:
         S = None
     if S is None:
-        warn(f'no serializer for {lbl}')
+        # NetBox's private models (`_netbox_private`: the port mappings) have no REST API; they
+        # are here for their rows (table, ordering, columns), rendered by their parent's field
+        if not getattr(model, '_netbox_private', False):
+            warn(f'no serializer for {lbl}')
         entry['serializer_class'] = None
         entry['serializer'] = []
         entry['brief'] = []

@@ -332,6 +332,9 @@ fn py_str(value: &Value) -> String {
         Value::Bool(false) => "False".into(),
         Value::Number(n) => match crate::python::json::py_number(n.as_str()) {
             crate::python::json::PyNumber::Float(f) => crate::python::json::float_repr(f),
+            crate::python::json::PyNumber::Decimal(text, _) => {
+                crate::python::decimal::str_of(text, None).unwrap_or_else(|| text.to_string())
+            }
             crate::python::json::PyNumber::Int(_) => crate::python::json::number_form(n.as_str()),
         },
         other => crate::template::python_str(&crate::template::to_jinja(other)),

@@ -26,7 +26,7 @@ use self::nested::RowSource;
 use self::values::format_value;
 use super::Netbox;
 use super::catalogue::{Catalogue, Field, FieldKind, Model, WhenMissing, catalogue};
-use super::lookup::{Lookups, Needs};
+use super::lookup::{Found, Lookups, Needs};
 use crate::change::{Action, Row, TxChange};
 
 /// An event's `data` and `snapshots`.
@@ -170,6 +170,7 @@ fn merge(into: &mut Needs, from: Needs) {
     into.config_contexts.extend(from.config_contexts);
     into.as_of.extend(from.as_of);
     into.deleted_in_tx.extend(from.deleted_in_tx);
+    into.counts.extend(from.counts);
 }
 
 /// What `needs` lists, briefly (the first few of each sort), for a reason an operator reads.
@@ -201,6 +202,9 @@ fn describe(needs: &Needs) -> String {
         }),
         some("deleted rows", needs.deleted.iter(), |(ct, id)| {
             format!("content type {ct} id {id}")
+        }),
+        some("counts", needs.counts.iter(), |(key, value)| {
+            format!("{} where {} = {value}", key.table, key.column)
         }),
         some("config contexts", needs.config_contexts.iter(), |_| {
             "of a scope".into()
@@ -255,6 +259,35 @@ pub struct ChangeContext<'a> {
     pub prechange: Option<&'a Value>,
     /// The object's row before the transaction (None for a create).
     pub pre_row: Option<&'a Row>,
+    /// NetBox's REST viewset loaded the object through its annotated queryset (a PATCH, PUT or
+    /// DELETE of it through the API), so `data` has its related-object counts
+    /// ([`rest_annotated`]).
+    pub rest_counts: bool,
+}
+
+/// Whether NetBox's REST API made the change through a viewset that annotates counts: an
+/// update or delete whose request (the plugin's) is a PATCH, PUT or DELETE of the object's API
+/// detail path or its list path (a bulk update or delete). Without the plugin the request is
+/// the documented fallback, a PATCH or DELETE of the object's API path, so every update and
+/// delete has them.
+pub fn rest_annotated(change: &TxChange, api_path: Option<&str>, base: &str) -> bool {
+    if !matches!(change.action, Action::Updated | Action::Deleted) {
+        return false;
+    }
+    let Some(text) = change.request_context.as_deref() else {
+        return true;
+    };
+    let Ok(Value::Object(request)) = serde_json::from_str::<Value>(text) else {
+        return true;
+    };
+    let method = request.get("method").and_then(Value::as_str).unwrap_or("");
+    let path = request.get("path").and_then(Value::as_str).unwrap_or("");
+    let Some(list) = api_path else {
+        return false;
+    };
+    let list = format!("{base}{list}");
+    matches!(method, "PATCH" | "PUT" | "DELETE")
+        && (path == list || path == format!("{list}{}/", change.object_id))
 }
 
 impl<'a> ChangeContext<'a> {
@@ -268,6 +301,7 @@ impl<'a> ChangeContext<'a> {
             },
             prechange: change.changelog.last().and_then(|e| e.prechange()),
             pre_row: change.pre_row.as_ref(),
+            rest_counts: false,
         }
     }
 }
@@ -289,6 +323,11 @@ impl Renderer<'_> {
         } else {
             &change.post_tags
         };
+        self.context.rest_counts = rest_annotated(
+            change,
+            model.and_then(|m| m.api_path.as_deref()),
+            &self.netbox.base(),
+        );
         let data = match model {
             Some(model) => self.serialize(&name, model, &model.serializer, row, data_tags, 0),
             None => self.generic(&name, row),
@@ -388,8 +427,10 @@ impl Renderer<'_> {
             },
             FieldKind::Tags => self.tags(tags),
             FieldKind::CustomFields => self.custom_fields(name, row, depth),
-            // Related-object counts come from queryset annotations NetBox applies to API updates
-            // only: they cannot be known from the database, so they are left out.
+            // Related-object counts come from the queryset annotations of NetBox's REST
+            // viewsets: present for an API update or delete (counted from the database, as
+            // NetBox counts them), absent otherwise.
+            FieldKind::Count if depth == 0 && self.context.rest_counts => self.count(field, id?)?,
             FieldKind::Count => return None,
             FieldKind::Annotation => match field.when_missing {
                 Some(WhenMissing::Default) => field.default.clone().unwrap_or(Value::Null),
@@ -405,6 +446,24 @@ impl Renderer<'_> {
                 self.unrenderable(name, field, "a render shape used as a field")
             }
         })
+    }
+
+    /// A related-object count: the rows of the field's `table` whose `fk_column` is `id`, as
+    /// NetBox's `count_related()` annotation counts them; None until fetched.
+    fn count(&mut self, field: &Field, id: i64) -> Option<Value> {
+        // both are there: a count without them is refused when the catalogue loads
+        let (table, column) = (field.table.as_ref()?, field.fk_column.as_ref()?);
+        let key = crate::netbox::lookup::CountKey {
+            table: table.clone(),
+            column: column.clone(),
+        };
+        match self.lookups.count(&key, id) {
+            Found::Yes(n) => Some(Value::from(n)),
+            Found::Missing => {
+                self.needs.counts.insert((key, id));
+                Some(Value::from(0))
+            }
+        }
     }
 
     /// Records that a field of the change cannot be rendered (which fails the change: see
@@ -460,6 +519,7 @@ mod tests {
 
     const DEVICE: i32 = 10;
     const FRONT_PORT: i32 = 11;
+    const SITE: i32 = 12;
 
     /// A NetBox that knows two content types and nothing else.
     fn netbox() -> Netbox {
@@ -529,20 +589,143 @@ mod tests {
     }
 
     #[test]
-    fn a_field_the_renderer_cannot_produce_fails_the_change() {
+    fn a_front_ports_mappings_are_read_from_the_port_mapping_table() {
         let netbox = netbox();
-        // FrontPort `rear_ports` lists dcim.portmapping rows, a model the catalogue lacks
+        // FrontPort `rear_ports` lists dcim.portmapping rows (a catalogue model since the
+        // generator follows mapping lists; it used to be refused as unrenderable)
         let port = created(
             FRONT_PORT,
             json!({"id": 9, "name": "fp1", "device_id": 7, "type": "8p8c", "positions": 1,
                    "custom_field_data": {}}),
         );
-        let (rendered, _) = render_all(&netbox, &Lookups::new(0), &[&port], None);
-        let error = rendered[0].incomplete.clone().expect("incomplete");
-        assert_eq!(error.kind(), "unrenderable");
-        let reason = error.to_string();
-        for wanted in ["dcim.frontport 9", "rear_ports", "dcim.portmapping"] {
-            assert!(reason.contains(wanted), "{wanted:?} not in {reason:?}");
+        let (rendered, needs) = render_all(&netbox, &Lookups::new(0), &[&port], None);
+        assert_eq!(rendered[0].incomplete, None);
+        assert!(
+            needs
+                .related
+                .iter()
+                .any(|(key, id)| key.table == "dcim_portmapping"
+                    && key.column == "front_port_id"
+                    && *id == 9),
+            "{needs:?}"
+        );
+    }
+
+    /// A site updated through the API has the counts NetBox's viewset annotates, counted from
+    /// the database (the rows of each count's table pointing at it), in the serializer's order;
+    /// created, it has none.
+    #[test]
+    fn a_rest_update_has_its_counts_from_the_database() {
+        let mut netbox = netbox();
+        netbox.content_types.insert(SITE, "dcim.site".into());
+        netbox.by_name.insert("dcim.site".into(), SITE);
+        netbox.watched.insert(SITE);
+        let row = json!({"id": 5, "name": "s1", "slug": "s1", "status": "active",
+                         "custom_field_data": {}, "time_zone": ""});
+        let updated = with_request(created(SITE, row.clone()), Action::Updated, None);
+        let (_, needs) = render_all(&netbox, &Lookups::new(0), &[&updated], None);
+        let wanted: Vec<(String, String)> = needs
+            .counts
+            .iter()
+            .filter(|(_, id)| *id == 5)
+            .map(|(k, _)| (k.table.clone(), k.column.clone()))
+            .collect();
+        for pair in [
+            ("dcim_device", "site_id"),
+            ("dcim_rack", "site_id"),
+            ("ipam_prefix", "_site_id"),
+            ("circuits_circuittermination", "_site_id"),
+        ] {
+            assert!(
+                wanted.contains(&(pair.0.to_string(), pair.1.to_string())),
+                "{pair:?} in {wanted:?}"
+            );
         }
+        let mut lookups = Lookups::new(0);
+        for (key, id) in &needs.counts {
+            let n = if key.table == "dcim_device" { 3 } else { 0 };
+            lookups.insert_count(key.clone(), *id, n);
+        }
+        let (rendered, _) = render_all(&netbox, &lookups, &[&updated], None);
+        let data = &rendered[0].data;
+        assert_eq!(data["device_count"], json!(3));
+        assert_eq!(data["rack_count"], json!(0));
+        let keys: Vec<&String> = data.keys().collect();
+        let at = |k: &str| keys.iter().position(|x| *x == k).unwrap();
+        assert!(at("circuit_count") < at("device_count") && at("device_count") < at("vlan_count"));
+
+        let (rendered, needs) = render_all(&netbox, &lookups, &[&created(SITE, row)], None);
+        assert!(needs.counts.is_empty());
+        assert!(rendered[0].data.get("device_count").is_none());
+    }
+
+    fn with_request(mut change: TxChange, action: Action, request: Option<Value>) -> TxChange {
+        change.action = action;
+        change.request_context = request.map(|r| r.to_string());
+        change
+    }
+
+    /// NetBox's REST viewsets annotate counts on the object they load for a PATCH, PUT or
+    /// DELETE of it (or of its list, in bulk); the plugin's request says which; without it the
+    /// documented fallback is such a request for every update and delete.
+    #[test]
+    fn counts_are_rendered_for_rest_updates_and_deletes_only() {
+        let site = created(DEVICE, json!({"id": 5}));
+        let api = Some("/api/dcim/sites/");
+        let request = |method: &str, path: &str| Some(json!({"method": method, "path": path}));
+        let cases = [
+            (Action::Created, None, false),
+            (Action::Updated, None, true),
+            (Action::Deleted, None, true),
+            (Action::Created, request("POST", "/api/dcim/sites/"), false),
+            (
+                Action::Updated,
+                request("PATCH", "/api/dcim/sites/5/"),
+                true,
+            ),
+            (Action::Updated, request("PUT", "/api/dcim/sites/5/"), true),
+            (Action::Updated, request("PATCH", "/api/dcim/sites/"), true),
+            (
+                Action::Deleted,
+                request("DELETE", "/api/dcim/sites/5/"),
+                true,
+            ),
+            // another object's request (a device saved with it), the UI, a script
+            (
+                Action::Updated,
+                request("PATCH", "/api/dcim/devices/1/"),
+                false,
+            ),
+            (
+                Action::Updated,
+                request("PATCH", "/api/dcim/sites/55/"),
+                false,
+            ),
+            (
+                Action::Updated,
+                request("POST", "/dcim/sites/5/edit/"),
+                false,
+            ),
+            (
+                Action::Deleted,
+                request("POST", "/dcim/sites/5/delete/"),
+                false,
+            ),
+        ];
+        for (action, request, want) in cases {
+            let change = with_request(site.clone(), action, request.clone());
+            assert_eq!(
+                rest_annotated(&change, api, ""),
+                want,
+                "{action:?} {request:?}"
+            );
+        }
+        let under_base = with_request(
+            site,
+            Action::Updated,
+            request("PATCH", "/netbox/api/dcim/sites/5/"),
+        );
+        assert!(rest_annotated(&under_base, api, "/netbox"));
+        assert!(!rest_annotated(&under_base, None, "/netbox"));
     }
 }
