@@ -11,7 +11,7 @@ NetBox's RQ worker:
   webhooks carry NetBox's exact ``request`` block (see ``request_context.py``);
 * it shows the delivery log inside NetBox: a "Webhook deliveries" tab on every object whose model
   has event rules, a Deliveries list, a delivery's page, a health panel on each Webhook, and
-  replay, pause and resume buttons (``views.py``, read through migration V17's views).
+  replay, pause and resume buttons (``views.py``, read through migration V13's views).
 
 Enable it with ``PLUGINS = ['netbox_outbox_plugin']`` in NetBox's configuration.py.
 """

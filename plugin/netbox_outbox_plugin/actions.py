@@ -1,6 +1,6 @@
 """What the plugin may do, and who may do it.
 
-Every action is one call of an owner-rights SQL function of migration V17 (``ui_replay``,
+Every action is one call of an owner-rights SQL function of migration V13 (``ui_replay``,
 ``ui_skip``, ``ui_pause_webhook``, ``ui_resume_webhook``), which wrap the same ``replay()``,
 ``skip()``, ``pause_webhook()`` and ``resume_webhook()`` the CLI and psql use. The plugin never writes an
 outbox table. The sidecar picks the result up when it runs (a replay is a new pending delivery;

@@ -1,4 +1,4 @@
-"""Read-only models over netbox-outbox's ``ui_*`` views (migration V17), for NetBox's tables and
+"""Read-only models over netbox-outbox's ``ui_*`` views (migration V13), for NetBox's tables and
 permissions.
 
 The views live in PostgreSQL schema ``netbox_outbox`` and never carry a secret: header values that

@@ -3,7 +3,7 @@ the Deliveries list, a delivery's page, and the actions (replay, pause, resume) 
 NetBox's CSRF middleware protects.
 
 Viewing needs ``netbox_outbox_plugin.view_delivery`` (NetBox's object permissions, constraints
-included); acting needs what ``actions.can_act`` says. Everything is read from migration V17's
+included); acting needs what ``actions.can_act`` says. Everything is read from migration V13's
 views, which mask credentials; nothing here writes an outbox table.
 """
 

@@ -1,4 +1,4 @@
-//! What the NetBox plugin's pages read and do (migration V17): views without secrets, the
+//! What the NetBox plugin's pages read and do (migration V13): views without secrets, the
 //! reader's states, and NetBox's role granted exactly the views and the owner-rights actions.
 
 use tokio_postgres::Client;

@@ -1,4 +1,4 @@
--- netbox-outbox V17: what the NetBox plugin's pages read and do (issue 16).
+-- netbox-outbox V13: what the NetBox plugin's pages read and do (issue 16).
 --
 -- The plugin shows deliveries inside NetBox: a "Webhook deliveries" tab on every object, a list
 -- of deliveries, a delivery's page, a health panel on each Webhook, and buttons to replay a

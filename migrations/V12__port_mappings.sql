@@ -1,4 +1,4 @@
--- V14: the sidecar's role reads NetBox's port mapping tables.
+-- V12: the sidecar's role reads NetBox's port mapping tables.
 --
 -- The payload catalogue now holds dcim.portmapping and dcim.porttemplatemapping (NetBox's
 -- private models behind FrontPort/RearPort `rear_ports`/`front_ports` and their templates'), so
