@@ -1,36 +1,18 @@
 //! Operating netbox-outbox: the commands, the SQL cookbook, the metrics endpoint, a
 //! least-privilege role, and a clean uninstall.
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use netbox_outbox::commands::receive::{Receiver, Reply};
 
+use crate::support::cli::{cli, err, out};
 use crate::support::db::{TestDb, insert_site, psql_file};
 use crate::support::rules::{Rule, webhook};
 use crate::support::sidecar::{Sidecar, test_config};
 use crate::support::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Runs the binary without blocking the test's runtime (which serves the receiver).
-async fn cli(db: &TestDb, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_netbox-outbox"))
-        .args(args)
-        .env("DATABASE_URL", db.url())
-        .env_remove("NETBOX_OUTBOX_CONFIG")
-        .output()
-        .await
-        .expect("run netbox-outbox")
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// A database with a webhook "crm", a rule, and deliveries: one delivered, one dead.
 async fn with_history() -> (TestDb, tokio_postgres::Client, Receiver) {

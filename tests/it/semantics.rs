@@ -3,36 +3,17 @@
 //! pauses follow the configuration exactly, Standard Webhooks signatures verify with the
 //! official library, and a rate limit spreads a backlog.
 
-use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 use netbox_outbox::commands::receive::{Receiver, Reply};
 
+use crate::support::cli::{cli, err, out};
 use crate::support::db::{TestDb, insert_site};
 use crate::support::rules::{Rule, webhook};
 use crate::support::sidecar::{Sidecar, test_config};
 use crate::support::wait::{eventually, exactly};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Runs the binary without blocking the test's runtime (which serves the receiver).
-async fn cli(db: &TestDb, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_netbox-outbox"))
-        .args(args)
-        .env("DATABASE_URL", db.url())
-        .env_remove("NETBOX_OUTBOX_CONFIG")
-        .output()
-        .await
-        .expect("run netbox-outbox")
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// (id, state, message id, replay_of) of every delivery, by id.
 async fn deliveries(client: &tokio_postgres::Client) -> Vec<(i64, String, i64, Option<i64>)> {

@@ -5,7 +5,6 @@
 //! under test). CLI and configuration cases run the real binary.
 
 use std::path::PathBuf;
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use netbox_outbox::db::Database;
 use tokio_postgres::Client;
 
 use crate::support::binary::SidecarBinary;
+use crate::support::cli::{cli, cli_env, err, out};
 use crate::support::db::{TestDb, insert_site};
 use crate::support::rules::{Rule, webhook};
 use crate::support::sidecar::{Sidecar, test_config};
@@ -265,35 +265,6 @@ async fn dead_with(url: &str, extra: &[(&str, &str)], expected: &[&str]) {
 }
 
 // ---- running the binary ----------------------------------------------------------------------
-
-/// Runs the binary without blocking the test's runtime.
-async fn cli_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_netbox-outbox"));
-    command
-        .args(args)
-        .env_remove("NETBOX_OUTBOX_CONFIG")
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    tokio::time::timeout(WAIT, command.output())
-        .await
-        .expect("the command ends")
-        .expect("run netbox-outbox")
-}
-
-async fn cli(db: &TestDb, args: &[&str]) -> Output {
-    cli_env(args, &[("DATABASE_URL", &db.url())]).await
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn config_file(toml: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("nbo-bad-{}.toml", uuid::Uuid::new_v4()));

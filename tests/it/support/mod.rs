@@ -3,6 +3,7 @@
 
 pub mod binary;
 mod checks;
+pub mod cli;
 pub mod db;
 pub mod rules;
 pub mod sidecar;
