@@ -13,8 +13,14 @@
 # there) instead of building it in rust:alpine, for machines without access to Docker Hub.
 ARG BINARY_FROM=build
 
-FROM docker.io/library/rust:1.88-alpine AS build
-RUN apk add --no-cache musl-dev ca-certificates
+# 1.92: the oldest Rust the locked crates accept (refinery 0.10 declares rust-version 1.92);
+# Cargo.toml's rust-version and docs/install.md say the same.
+FROM docker.io/library/rust:1.92-alpine AS build
+# aws-lc-sys (rustls' crypto) compiles AWS-LC's C sources with the cc crate: on x86_64 and
+# aarch64 musl it ships pregenerated bindings, so a C compiler and musl's headers suffice
+# (no cmake, clang, perl or go). gcc is named although rust:alpine has it today, so the build
+# does not depend on what the base image happens to carry.
+RUN apk add --no-cache musl-dev gcc ca-certificates
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin netbox-outbox \

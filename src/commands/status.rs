@@ -27,6 +27,11 @@ pub struct Capture {
     pub event_models_not_watched: i64,
     pub last_read_seconds_ago: Option<f64>,
     pub retention_days: Option<i64>,
+    /// Committed changes no sidecar has read yet, and the age of the oldest (0 when none): the
+    /// same numbers as the metrics `netbox_outbox_unread_changes` and
+    /// `netbox_outbox_oldest_unread_seconds` (both from `netbox_outbox.read_lag()`).
+    pub unread_changes: i64,
+    pub oldest_unread_seconds: f64,
 }
 
 /// One webhook's deliveries.
@@ -110,6 +115,7 @@ async fn capture(client: &Client) -> Result<Capture, tokio_postgres::Error> {
             &[],
         )
         .await?;
+    let lag = crate::health::read_lag(client).await?;
     Ok(Capture {
         mode: row.get(0),
         watched_tables: row.get(1),
@@ -117,6 +123,8 @@ async fn capture(client: &Client) -> Result<Capture, tokio_postgres::Error> {
         event_models_not_watched: row.get(3),
         last_read_seconds_ago: row.get(4),
         retention_days: row.get(5),
+        unread_changes: lag.unread,
+        oldest_unread_seconds: lag.oldest_unread_seconds,
     })
 }
 
@@ -292,10 +300,16 @@ pub fn render(status: &Status) -> String {
 
 fn render_capture(c: &Capture, out: &mut String) {
     out.push_str(&format!(
-        "capture: mode {}, {} tables watched, last read {} ago, retention {} days\n",
+        "capture: mode {}, {} tables watched, last read {} ago, {} unread changes{}, retention {} days\n",
         c.mode.as_deref().unwrap_or("?"),
         c.watched_tables,
         age(c.last_read_seconds_ago),
+        c.unread_changes,
+        if c.unread_changes > 0 {
+            format!(" (oldest {})", age(Some(c.oldest_unread_seconds)))
+        } else {
+            String::new()
+        },
         c.retention_days.map_or("?".to_string(), |d| d.to_string()),
     ));
     if c.watched_without_trigger > 0 {
@@ -446,6 +460,8 @@ mod tests {
                 event_models_not_watched: 0,
                 last_read_seconds_ago: None,
                 retention_days: Some(7),
+                unread_changes: 0,
+                oldest_unread_seconds: 0.0,
             },
             webhooks: vec![],
             blocked_heads: vec![BlockedQueues {

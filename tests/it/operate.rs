@@ -73,10 +73,30 @@ async fn status_reports_queue_failures_and_sidecars() {
         .batch_execute("select netbox_outbox.pause_webhook('crm', 'maintenance')")
         .await
         .unwrap();
+    // nothing unread once the sidecar has caught up; then two changes it has not read (it is
+    // stopped), committed in the past so the oldest has an age status must show
+    let caught_up = cli(&db, &["status", "--json"]).await;
+    let caught_up: serde_json::Value =
+        serde_json::from_slice(&caught_up.stdout).expect("JSON status");
+    assert_eq!(caught_up["capture"]["unread_changes"], 0, "{caught_up}");
+    assert_eq!(caught_up["capture"]["oldest_unread_seconds"], 0.0);
+    insert_site(&client, "unread 1").await;
+    insert_site(&client, "unread 2").await;
+    client
+        .batch_execute(
+            "update netbox_outbox.change set captured_at = now() - interval '10 minutes'
+             where id = (select max(id) from netbox_outbox.change)",
+        )
+        .await
+        .unwrap();
     let text = cli(&db, &["status"]).await;
     assert_eq!(text.status.code(), Some(0), "{}", err(&text));
     let text = out(&text);
     assert!(text.contains("capture: mode all"), "{text}");
+    assert!(
+        text.contains("2 unread changes (oldest 10m)"),
+        "unread changes and the oldest's age: {text}"
+    );
     assert!(text.contains("crm"), "{text}");
     assert!(text.contains("paused by an operator"), "{text}");
     let json = cli(&db, &["status", "--json"]).await;
@@ -91,6 +111,9 @@ async fn status_reports_queue_failures_and_sidecars() {
         status["capture"]["retention_days"], 7,
         "a number, not a string"
     );
+    assert_eq!(status["capture"]["unread_changes"], 2, "{status}");
+    let oldest = status["capture"]["oldest_unread_seconds"].as_f64().unwrap();
+    assert!((600.0..3600.0).contains(&oldest), "{oldest}");
     // the text table: each webhook row's STATE starts under its header
     let header = text
         .lines()
