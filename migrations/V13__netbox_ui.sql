@@ -123,16 +123,13 @@ revoke all on netbox_outbox.ui_delivery, netbox_outbox.ui_request, netbox_outbox
 -- these and nothing on the tables they write. NetBox checks its own permissions first.
 -- ---------------------------------------------------------------------------------------------
 
--- Replays the listed deliveries that are in a state replay() copies (dead, delivered, and from
--- issue 13's V11 on, skipped); returns how many were (or, with dry_run, would be) replayed.
--- Each is replayed in its own state, so the call works whichever replay() is installed: V10's
--- returns a count, V11's one row per delivery (and keeps the message id the receiver sees).
+-- Replays the listed deliveries that are in a state replay() copies (dead, delivered, skipped);
+-- returns how many were (or, with dry_run, would be) replayed. Each is replayed in its own state
+-- with V11's replay() (one row per delivery; the copy keeps the message id the receiver saw).
 create function netbox_outbox.ui_replay(delivery_ids bigint[], dry_run boolean default false) returns bigint
 language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
-    counts boolean := not (select p.proretset from pg_catalog.pg_proc p
-                           where p.oid = 'netbox_outbox.replay(bigint, bigint, text, bigint, text, timestamp with time zone, timestamp with time zone, text[], boolean)'::regprocedure);
     d record;
     n bigint := 0;
     one bigint;
@@ -140,13 +137,8 @@ begin
     for d in select x.id, x.state from netbox_outbox.delivery x
              where x.id = any(delivery_ids) and x.state in ('dead', 'delivered', 'skipped')
              order by x.seq, x.id loop
-        if counts then
-            select netbox_outbox.replay(delivery_id => d.id, states => array[d.state], dry_run => ui_replay.dry_run)
-              into one;
-        else
-            select count(*) into one
-            from netbox_outbox.replay(delivery_id => d.id, states => array[d.state], dry_run => ui_replay.dry_run);
-        end if;
+        select count(*) into one
+        from netbox_outbox.replay(delivery_id => d.id, states => array[d.state], dry_run => ui_replay.dry_run);
         n := n + one;
     end loop;
     return n;
@@ -154,21 +146,12 @@ end
 $$;
 
 -- Releases a blocked queue: the delivery (a pending one, usually its failing head) becomes
--- skipped, and the next delivery of its object goes out. Calls skip() of issue 13's V11; before
--- V11 it says so. Returns how many deliveries were skipped (0 or 1).
+-- skipped, and the next delivery of its object goes out (V11's skip()). Returns how many
+-- deliveries were skipped (0 or 1).
 create function netbox_outbox.ui_skip(delivery_id bigint, reason text) returns bigint
-language plpgsql security definer set search_path = pg_catalog, pg_temp
+language sql security definer set search_path = pg_catalog, pg_temp
 as $$
-declare
-    n bigint;
-begin
-    if to_regprocedure('netbox_outbox.skip(bigint, text, text, bigint, text)') is null then
-        raise exception 'netbox_outbox: skipping a delivery needs netbox-outbox''s migration V11 (netbox_outbox.skip)'
-            using hint = 'Apply the migrations of a netbox-outbox release that has it: netbox-outbox migrate.';
-    end if;
-    select count(*) into n from netbox_outbox.skip(delivery_id => ui_skip.delivery_id, reason => ui_skip.reason);
-    return n;
-end
+    select count(*) from netbox_outbox.skip(delivery_id => ui_skip.delivery_id, reason => ui_skip.reason)
 $$;
 
 create function netbox_outbox.ui_pause_webhook(webhook_id bigint, reason text) returns bigint

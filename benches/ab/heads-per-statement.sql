@@ -1,4 +1,4 @@
--- Experiment for BENCH=ab (docs/benchmarks.md §1b), tried as V12 and not kept (it measured
+-- Experiment for BENCH=ab (docs/benchmarks.md §1b), tried as an extra migration and not kept (it measured
 -- 96 ms of PostgreSQL CPU per 1,000 deliveries against main's 85): queue heads moved once per
 -- statement, not once per delivery.
 --

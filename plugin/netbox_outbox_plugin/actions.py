@@ -14,13 +14,12 @@ from django.db import connection
 
 from extras.models import Webhook
 
-__all__ = ('ACT_PERMISSION', 'can_act', 'can_act_on_webhook', 'can_skip', 'pause', 'replay', 'replay_count',
-           'resume', 'skip')
+__all__ = ('ACT_PERMISSION', 'can_act', 'can_act_on_webhook', 'pause', 'replay', 'replay_count', 'resume', 'skip')
 
 ACT_PERMISSION = 'netbox_outbox_plugin.change_delivery'
-# replay() copies deliveries in these states (skipped: from issue 13's migration V11 on); a pending
-# one is still being sent, a rejected one has no request to copy (netbox-outbox replay --rerender
-# renders it again), a replayed one was copied already.
+# replay() copies deliveries in these states; a pending one is still being sent, a rejected one
+# has no request to copy (netbox-outbox replay --rerender renders it again), a replayed one was
+# copied already.
 REPLAYABLE = ['dead', 'delivered', 'skipped']
 
 
@@ -48,11 +47,6 @@ def replay_count(deliveries):
 def replay(deliveries):
     """Replays these deliveries (ids) in one transaction; returns how many were replayed."""
     return _scalar('select netbox_outbox.ui_replay(%s::bigint[])', [list(deliveries)])
-
-
-def can_skip():
-    """Whether the database has skip() (issue 13's migration V11)."""
-    return _scalar("select to_regprocedure('netbox_outbox.skip(bigint, text, text, bigint, text)') is not null", [])
 
 
 def skip(delivery_id, user):

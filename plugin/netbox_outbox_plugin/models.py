@@ -28,7 +28,6 @@ STATES = {
     'delivered': ('Delivered', 'green'),
     'dead': ('Dead', 'red'),
     'rejected': ('Rejected', 'red'),
-    # from issue 13's migration V11 on
     'replayed': ('Replayed', 'cyan'),
     'skipped': ('Skipped', 'gray'),
 }

@@ -193,7 +193,6 @@ class DeliveryView(ConditionalLoginRequiredMixin, View):
             'webhook': Webhook.objects.restrict(request.user, 'view').filter(pk=delivery.webhook_id).first(),
             'replays': replays,
             'original': _deliveries(request).filter(pk=delivery.replay_of).first() if delivery.replay_of else None,
-            'can_skip': delivery.skippable and actions.can_skip(),
             **_common(request),
         })
 

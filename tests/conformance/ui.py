@@ -79,8 +79,8 @@ class FlakyReceiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
                 failing = receiver.failing
-                receiver.received.append({'path': self.path, 'failing': failing, 'headers': dict(self.headers),
-                                          'body': body})
+                receiver.received.append({'path': self.path, 'failing': failing,
+                                          'headers': {k.lower(): v for k, v in self.headers.items()}, 'body': body})
                 answer = EXCERPT.encode() if failing else b'ok'
                 self.send_response(503 if failing else 200)
                 self.send_header('Content-Length', str(len(answer)))
@@ -134,11 +134,10 @@ def query(sql, params=()):
 
 def prepare(netbox, binary, workdir):
     """A fresh clone of the template, netbox-outbox migrated by the DBA (the superuser), NetBox's Redis
-    databases empty, and NetBox connecting as a role of its own that does not own netbox-outbox's
+    databases emptied (only if empty or this suite's: env.claim_redis_databases()), and NetBox connecting as a role of its own that does not own netbox-outbox's
     schema and has only what grant_netbox() gives it there: the pages must work with exactly that."""
     env.clone_template(DBNAME)
-    for db in (env.REDIS_TASKS_DB, env.REDIS_CACHING_DB):
-        env.redis_client(db).flushdb()
+    env.claim_redis_databases()
     env.run([str(binary), 'migrate', '--database-url', env.database_url(DBNAME)], log_path=workdir / 'migrate.log')
     with env.pg_connect() as conn:
         if conn.execute('select 1 from pg_roles where rolname = %s', [NETBOX_ROLE]).fetchone():
@@ -274,13 +273,19 @@ def browser(netbox, root, binary, check, workdir, screenshots):
             lambda: wait_for('the replay to be delivered', delivered, timeout=60, interval=1, processes=processes)),
             driver.find_element(By.TAG_NAME, 'body').text[:2000])
         got = [r for r in receiver.received if not r['failing']]
-        check('browser: the receiver got the replay, with the copy\'s delivery id',
-              len(got) == 1 and got[0]['headers'].get('X-Netbox-Outbox-Delivery') is not None
+        # a replay keeps the id the receiver saw (V11), so it can tell the copy from a new event
+        first = [r for r in receiver.received if r['failing']]
+        check("browser: the receiver got the replay, with the original's delivery id",
+              len(got) == 1 and first
+              and got[0]['headers'].get('x-netbox-outbox-delivery') == first[0]['headers'].get('x-netbox-outbox-delivery')
+              == str(dead)
               and json.loads(got[0]['body']).get('data', {}).get('name') == 'edge-router-1',
-              [(r['path'], r['failing']) for r in receiver.received])
+              [(r['path'], r['failing'], r['headers'].get('x-netbox-outbox-delivery')) for r in receiver.received])
         driver.save_screenshot(str(screenshots / 'delivery-replayed.png'))
-        check('browser: the copy is the replay of the dead delivery',
-              query('select replay_of from netbox_outbox.delivery where id = %s', [copy]) == [(dead,)])
+        check('browser: the copy is the replay of the dead delivery, and the original is replayed',
+              query('select replay_of from netbox_outbox.delivery where id = %s', [copy]) == [(dead,)]
+              and query('select state from netbox_outbox.delivery where id = %s', [dead]) == [('replayed',)],
+              query('select id, state, replay_of from netbox_outbox.delivery order by id'))
 
         driver.get(f'{base}/extras/webhooks/{webhook_id}/')
         panel = driver.find_element(By.ID, 'webhook-health')
@@ -301,7 +306,6 @@ def browser(netbox, root, binary, check, workdir, screenshots):
                         [webhook_id]) == [(True,)], driver.find_element(By.ID, 'health-paused').text)
 
         driver.get(f'{base}/plugins/netbox-outbox/deliveries/')
-        # (the replayed original stays dead, or becomes 'replayed' with issue 13's replay())
         dead_now = query("select count(*) from netbox_outbox.delivery where state = 'dead'")[0][0]
         check('browser: the Deliveries list is in the navigation and counts the dead',
               driver.find_elements(By.PARTIAL_LINK_TEXT, 'Webhook deliveries')

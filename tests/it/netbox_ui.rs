@@ -265,58 +265,40 @@ async fn retrying_heads_and_the_deliveries_they_block_are_visible() {
     assert_eq!(health, (3, 1, 1));
 }
 
-/// Skipping a blocked head from NetBox: ui_skip() calls issue 13's skip() where it exists (the
-/// head becomes skipped and the delivery behind it is no longer blocked), and before that
-/// migration it fails saying which migration it needs.
+/// Skipping a blocked head from NetBox: ui_skip() calls V11's skip(), so the head becomes
+/// skipped and the delivery behind it is no longer blocked.
 #[tokio::test]
-async fn skipping_a_blocked_head_calls_skip_or_names_the_migration() {
+async fn skipping_a_blocked_head_calls_skip() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let hook = webhook(&client, "crm", "https://crm.example/hook", &[]).await;
     let head = delivery(&client, hook, 7, "pending", 2).await;
     let behind = delivery(&client, hook, 7, "pending", 0).await;
-    let has_skip: bool = client
-        .query_one(
-            "select to_regprocedure('netbox_outbox.skip(bigint, text, text, bigint, text)') is not null",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let skipped = client
+    let skipped: i64 = client
         .query_one(
             "select netbox_outbox.ui_skip($1, 'skipped in NetBox by admin')",
             &[&head],
         )
-        .await;
-    if has_skip {
-        assert_eq!(skipped.unwrap().get::<_, i64>(0), 1);
-        let rows = client
-            .query(
-                "select id, state, blocked from netbox_outbox.ui_delivery where id in ($1, $2) order by id",
-                &[&head, &behind],
-            )
-            .await
-            .unwrap();
-        let states: Vec<(i64, String, bool)> = rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
-        assert_eq!(
-            states,
-            [
-                (head, "skipped".to_string(), false),
-                (behind, "pending".to_string(), false)
-            ]
-        );
-    } else {
-        let error = skipped.expect_err("no skip() before V11");
-        let message = error.as_db_error().map(|e| e.message().to_string());
-        assert!(
-            message
-                .as_deref()
-                .is_some_and(|m| m.contains("needs netbox-outbox's migration V11")),
-            "{error:?}"
-        );
-    }
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(skipped, 1);
+    let rows = client
+        .query(
+            "select id, state, blocked from netbox_outbox.ui_delivery where id in ($1, $2) order by id",
+            &[&head, &behind],
+        )
+        .await
+        .unwrap();
+    let states: Vec<(i64, String, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (head, "skipped".to_string(), false),
+            (behind, "pending".to_string(), false)
+        ]
+    );
 }
