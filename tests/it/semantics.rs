@@ -514,6 +514,98 @@ async fn pauses_and_probes_follow_the_configuration() {
     sidecar.stop().await;
 }
 
+/// With several requests in flight per webhook, a failing webhook still pauses after exactly
+/// `pause_after_failures` failures (no more are in flight than it may still fail), and each
+/// pause ends with exactly one probe.
+#[tokio::test]
+async fn concurrent_requests_pause_after_exactly_the_threshold() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    // slow failures, so that requests are in flight together: 3 before the pause, then two
+    // failed probes; then the receiver recovers
+    receiver.script(vec![Reply::Delay(Duration::from_millis(300), 500); 5]);
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    Rule::to_webhook("sites", hook).create(&client).await;
+    // twelve objects, so each attempt may be another object's head
+    for i in 1..=12 {
+        insert_site(&client, &format!("s{i}")).await;
+    }
+    let sidecar = Sidecar::start(
+        &db,
+        test_config(
+            "[delivery]\nper_webhook_concurrency = 4\nconcurrency = 8\n\
+             retry_schedule = [\"5s\"]\npause_after_failures = 3\n\
+             pause_initial = \"1s\"\npause_max = \"2s\"\n",
+        ),
+    );
+    eventually(
+        "every delivery to be delivered",
+        Duration::from_secs(60),
+        || async {
+            let n: i64 = client
+                .query_one(
+                    "select count(*) from netbox_outbox.delivery where state = 'delivered'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n == 12).then_some(())
+        },
+    )
+    .await;
+    // (start, end, status) of every attempt in start order, in ms since the first
+    let attempts: Vec<(f64, f64, Option<i32>)> = client
+        .query(
+            "select (extract(epoch from started_at - first_value(started_at) over (order by started_at)) * 1000)::float8,
+                    (extract(epoch from started_at - first_value(started_at) over (order by started_at)) * 1000 + duration_ms)::float8,
+                    status
+             from netbox_outbox.attempt order by started_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, f64>(0),
+                r.get::<_, f64>(1),
+                r.get::<_, Option<i32>>(2),
+            )
+        })
+        .collect();
+    let failed = attempts.iter().filter(|a| a.2 != Some(200)).count();
+    assert_eq!(failed, 5, "3 before the pause, 2 probes: {attempts:?}");
+    // the first three went out together (concurrency is used), the fourth waited for the pause
+    assert!(attempts[2].0 < 250.0, "{attempts:?}");
+    // each attempt from the fourth on starts after every earlier one ended plus the pause:
+    // one attempt per pause (1s, 2s, 2s), the last being the successful probe
+    let ended_before = |i: usize| attempts[..i].iter().map(|a| a.1).fold(0.0, f64::max);
+    for (i, pause) in [(3, 1000.0), (4, 2000.0), (5, 2000.0)] {
+        let gap = attempts[i].0 - ended_before(i);
+        assert!(
+            gap >= pause - 5.0,
+            "attempt {} came {gap:.0}ms after the ones before it ended, the pause is {pause}ms: {attempts:?}",
+            i + 1,
+        );
+    }
+    let statuses: Vec<Option<i32>> = attempts.iter().map(|a| a.2).take(6).collect();
+    assert_eq!(
+        statuses,
+        [
+            Some(500),
+            Some(500),
+            Some(500),
+            Some(500),
+            Some(500),
+            Some(200)
+        ],
+        "{attempts:?}"
+    );
+    sidecar.stop().await;
+}
+
 /// A webhook whose NetBox secret is two `whsec_` keys (a rotation) gets Standard Webhooks
 /// headers, verified by the official `standardwebhooks` Python package with either key; the
 /// id is the delivery's, the same on a retry, with a fresh timestamp; no X-Hook-Signature.
