@@ -711,7 +711,8 @@ async fn a_malformed_standard_webhooks_secret_is_rejected_visibly() {
     sidecar.stop().await;
 }
 
-/// A backlog to a rate-limited webhook arrives no faster than the limit.
+/// A backlog to a rate-limited webhook arrives at the limit: no faster, not much slower, and
+/// evenly spaced (no bursts).
 #[tokio::test]
 async fn a_rate_limit_spreads_a_backlog() {
     let db = TestDb::migrated().await;
@@ -734,6 +735,23 @@ async fn a_rate_limit_spreads_a_backlog() {
     assert!(
         rate <= 10.5,
         "{rate:.1} requests/s to a webhook limited to 10/s"
+    );
+    // and not much slower: the backlog goes at the configured rate, not a fraction of it (a
+    // loaded machine may delay a start a little; the spacing after a late start is kept, so
+    // the rate stays near 10/s)
+    assert!(
+        rate >= 7.0,
+        "{rate:.1} requests/s to a webhook limited to 10/s: the limiter holds the backlog back"
+    );
+    // evenly spaced, no bursts: no two arrivals closer than the spacing (100ms) less what a
+    // loaded machine may take off one of them on the way (a late start only widens the gaps)
+    let gaps: Vec<u128> = at
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).unwrap_or_default().as_millis())
+        .collect();
+    assert!(
+        gaps.iter().all(|&gap| gap >= 70),
+        "arrivals closer than 70ms at 10/s (a burst): gaps {gaps:?} ms"
     );
     sidecar.stop().await;
 }
