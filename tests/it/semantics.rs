@@ -677,6 +677,73 @@ async fn standard_webhooks_verify_with_the_official_library() {
     assert!(wrong.starts_with("fail"), "{wrong}");
 }
 
+/// A replayed Standard Webhooks delivery carries the original's `webhook-id` (so a receiver
+/// that deduplicates by it sees the same message), freshly signed: the official library
+/// verifies it.
+#[tokio::test]
+async fn a_replay_keeps_the_webhook_id_and_verifies() {
+    let python = crate::support::standard_webhooks::python();
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script([Reply::Status(503), Reply::Status(503)]);
+    let key = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let hook = webhook(
+        &client,
+        "svix",
+        &receiver.url("/hook"),
+        &[("secret", &format!("'{key}'"))],
+    )
+    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
+    let sidecar = Sidecar::start(
+        &db,
+        test_config("[delivery]\nretry_schedule = [\"200ms\"]\nretry_jitter = 0.0\n"),
+    );
+    insert_site(&client, "alpha").await;
+    // two failed attempts, then the delivery is dead
+    let dead: i64 = eventually("the delivery to die", WAIT, || async {
+        client
+            .query_opt(
+                "select id from netbox_outbox.delivery where state = 'dead'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    })
+    .await;
+    client
+        .execute("select netbox_outbox.replay(delivery_id => $1)", &[&dead])
+        .await
+        .unwrap();
+    let got = exactly(&receiver, &client, 3).await;
+    sidecar.stop().await;
+
+    let ids: Vec<Option<&str>> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(ids[0].is_some(), "{ids:?}");
+    assert_eq!(
+        ids, [ids[0]; 3],
+        "the replay carries the original's webhook-id"
+    );
+    assert_eq!(got[2].body, got[0].body);
+    let cases: Vec<serde_json::Value> = got
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "body": String::from_utf8(r.body.clone()).unwrap(),
+                "headers": {
+                    "webhook-id": r.header("webhook-id"),
+                    "webhook-timestamp": r.header("webhook-timestamp"),
+                    "webhook-signature": r.header("webhook-signature"),
+                },
+            })
+        })
+        .collect();
+    let verdict = crate::support::standard_webhooks::verify(&python, &[key], &cases);
+    assert_eq!(verdict, "ok 3", "the official library's verdict");
+}
+
 /// A malformed whsec_ secret rejects the delivery, saying which key and what to do, never
 /// showing the key.
 #[tokio::test]
