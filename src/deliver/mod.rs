@@ -164,13 +164,28 @@ impl Dispatcher {
                 refreshed = Instant::now() - self.config.poll_interval;
             }
             if refreshed.elapsed() >= self.config.poll_interval / 2 {
+                // what the recorder had recorded before the read: a streak it recorded since
+                // is newer than the one read, and is kept
+                let before: HashMap<i64, u64> = unrecorded
+                    .lock()
+                    .expect("not poisoned")
+                    .iter()
+                    .map(|(&webhook, s)| (webhook, s.recordings))
+                    .collect();
                 match refresh(db).await {
                     Ok((w, p, s)) => {
                         webhooks = w;
                         pauses = p;
-                        for (webhook, streak) in unrecorded.lock().expect("not poisoned").iter_mut()
                         {
-                            streak.recorded = s.get(webhook).copied().unwrap_or(0);
+                            let mut streaks = unrecorded.lock().expect("not poisoned");
+                            for &webhook in s.keys() {
+                                streaks.entry(webhook).or_default();
+                            }
+                            for (webhook, streak) in streaks.iter_mut() {
+                                if streak.recordings == before.get(webhook).copied().unwrap_or(0) {
+                                    streak.recorded = s.get(webhook).copied().unwrap_or(0);
+                                }
+                            }
                         }
                         probed.retain(|webhook, _| pauses.contains_key(webhook));
                         refreshed = Instant::now();
@@ -208,17 +223,18 @@ impl Dispatcher {
                             .get(&webhook)
                             .is_none_or(|&(f, at)| f != failures || at.elapsed() > probe_lost),
                 ),
-                None if threshold > 0
-                    && unrecorded
+                None => allowed_in_flight(
+                    self.config.per_webhook_concurrency,
+                    threshold,
+                    unrecorded
                         .lock()
                         .expect("not poisoned")
                         .get(&webhook)
-                        .is_some_and(|s| s.recorded + s.unrecorded >= threshold) =>
-                {
-                    0
-                }
-                None => self.config.per_webhook_concurrency,
+                        .map_or(0, |s| s.recorded + s.unrecorded),
+                ),
             };
+            // a webhook neither paused nor failing may have deliveries claimed ahead
+            let healthy_cap = allowed_in_flight(self.config.per_webhook_concurrency, threshold, 0);
             let (stale, _) = self.launch(
                 &mut ready,
                 &mut in_flight,
@@ -250,7 +266,7 @@ impl Dispatcher {
                 let queued = ready.get(&webhook).map_or(0, VecDeque::len);
                 let cap = cap_of(webhook, busy);
                 // only a webhook that is not paused or probed gets deliveries claimed ahead
-                let ahead = if cap == self.config.per_webhook_concurrency {
+                let ahead = if cap == healthy_cap && !pauses.contains_key(&webhook) {
                     cap
                 } else {
                     0
@@ -495,7 +511,8 @@ impl Dispatcher {
                         let mut streaks = unrecorded.lock().expect("not poisoned");
                         let streak = streaks.entry(webhook).or_default();
                         if outcome::classify(result.status) == Class::Delivered {
-                            *streak = Streak::default();
+                            streak.recorded = 0;
+                            streak.unrecorded = 0;
                         } else {
                             streak.unrecorded += 1;
                         }
@@ -529,13 +546,29 @@ fn release_slot(in_flight: &mut HashMap<i64, usize>, webhook: i64) {
 type Pauses = HashMap<i64, (Instant, i32)>;
 
 /// A webhook's failures in a row: as last recorded (or read), and sent since but not recorded.
-/// A webhook whose sum reaches the pause threshold sends nothing more until the pauses are
-/// read again, so it pauses after exactly that many failures, not after those that were sent
-/// while the outcomes were being recorded.
+/// A webhook has no more requests in flight than it may still fail before its pause (see
+/// [`allowed_in_flight`]), so it pauses after exactly that many failures, not after those
+/// that were in flight or sent while the outcomes were being recorded.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Streak {
     recorded: i32,
     unrecorded: i32,
+    /// How many times the recorder set `recorded`: a streak read from the database by a query
+    /// that began before the last recording is older and must not overwrite it.
+    recordings: u64,
+}
+
+/// How many requests a webhook that is not paused may have in flight: no more than it may
+/// still fail before its pause (`threshold - failures`), since every one in flight may fail,
+/// and never more than `per_webhook_concurrency`. A threshold of 0 (never pause) leaves only
+/// the concurrency limit.
+fn allowed_in_flight(per_webhook_concurrency: usize, threshold: i32, failures: i32) -> usize {
+    if threshold <= 0 {
+        return per_webhook_concurrency;
+    }
+    usize::try_from(threshold - failures)
+        .unwrap_or(0)
+        .min(per_webhook_concurrency)
 }
 
 type Streaks = Arc<std::sync::Mutex<HashMap<i64, Streak>>>;
@@ -645,6 +678,7 @@ async fn record_loop(
                         let s = streaks.entry(webhook).or_default();
                         s.recorded = streak;
                         s.unrecorded = (s.unrecorded - h.failures).max(0);
+                        s.recordings += 1;
                     }
                     // a pause began, was extended or ended, or a streak grew (the dispatcher
                     // holds a webhook whose streak may have reached the threshold until it
@@ -817,5 +851,23 @@ fn report(outcome: &Outcome, webhook: &str) {
             error,
             "delivery failed for the last time; it is dead (netbox_outbox.replay() sends it again)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allowed_in_flight;
+
+    #[test]
+    fn in_flight_never_exceeds_the_failures_left_before_a_pause() {
+        // threshold 3, concurrency 4: 3 healthy, then one fewer per failure, none at 3
+        assert_eq!(allowed_in_flight(4, 3, 0), 3);
+        assert_eq!(allowed_in_flight(4, 3, 2), 1);
+        assert_eq!(allowed_in_flight(4, 3, 3), 0);
+        assert_eq!(allowed_in_flight(4, 3, 7), 0);
+        // the concurrency limit still applies below the threshold
+        assert_eq!(allowed_in_flight(4, 10, 1), 4);
+        // never pausing: only the concurrency limit
+        assert_eq!(allowed_in_flight(4, 0, 9), 4);
     }
 }

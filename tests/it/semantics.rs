@@ -514,6 +514,98 @@ async fn pauses_and_probes_follow_the_configuration() {
     sidecar.stop().await;
 }
 
+/// With several requests in flight per webhook, a failing webhook still pauses after exactly
+/// `pause_after_failures` failures (no more are in flight than it may still fail), and each
+/// pause ends with exactly one probe.
+#[tokio::test]
+async fn concurrent_requests_pause_after_exactly_the_threshold() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    // slow failures, so that requests are in flight together: 3 before the pause, then two
+    // failed probes; then the receiver recovers
+    receiver.script(vec![Reply::Delay(Duration::from_millis(300), 500); 5]);
+    let hook = webhook(&client, "crm", &receiver.url("/hook"), &[]).await;
+    Rule::to_webhook("sites", hook).create(&client).await;
+    // twelve objects, so each attempt may be another object's head
+    for i in 1..=12 {
+        insert_site(&client, &format!("s{i}")).await;
+    }
+    let sidecar = Sidecar::start(
+        &db,
+        test_config(
+            "[delivery]\nper_webhook_concurrency = 4\nconcurrency = 8\n\
+             retry_schedule = [\"5s\"]\npause_after_failures = 3\n\
+             pause_initial = \"1s\"\npause_max = \"2s\"\n",
+        ),
+    );
+    eventually(
+        "every delivery to be delivered",
+        Duration::from_secs(60),
+        || async {
+            let n: i64 = client
+                .query_one(
+                    "select count(*) from netbox_outbox.delivery where state = 'delivered'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n == 12).then_some(())
+        },
+    )
+    .await;
+    // (start, end, status) of every attempt in start order, in ms since the first
+    let attempts: Vec<(f64, f64, Option<i32>)> = client
+        .query(
+            "select (extract(epoch from started_at - first_value(started_at) over (order by started_at)) * 1000)::float8,
+                    (extract(epoch from started_at - first_value(started_at) over (order by started_at)) * 1000 + duration_ms)::float8,
+                    status
+             from netbox_outbox.attempt order by started_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, f64>(0),
+                r.get::<_, f64>(1),
+                r.get::<_, Option<i32>>(2),
+            )
+        })
+        .collect();
+    let failed = attempts.iter().filter(|a| a.2 != Some(200)).count();
+    assert_eq!(failed, 5, "3 before the pause, 2 probes: {attempts:?}");
+    // the first three went out together (concurrency is used), the fourth waited for the pause
+    assert!(attempts[2].0 < 250.0, "{attempts:?}");
+    // each attempt from the fourth on starts after every earlier one ended plus the pause:
+    // one attempt per pause (1s, 2s, 2s), the last being the successful probe
+    let ended_before = |i: usize| attempts[..i].iter().map(|a| a.1).fold(0.0, f64::max);
+    for (i, pause) in [(3, 1000.0), (4, 2000.0), (5, 2000.0)] {
+        let gap = attempts[i].0 - ended_before(i);
+        assert!(
+            gap >= pause - 5.0,
+            "attempt {} came {gap:.0}ms after the ones before it ended, the pause is {pause}ms: {attempts:?}",
+            i + 1,
+        );
+    }
+    let statuses: Vec<Option<i32>> = attempts.iter().map(|a| a.2).take(6).collect();
+    assert_eq!(
+        statuses,
+        [
+            Some(500),
+            Some(500),
+            Some(500),
+            Some(500),
+            Some(500),
+            Some(200)
+        ],
+        "{attempts:?}"
+    );
+    sidecar.stop().await;
+}
+
 /// A webhook whose NetBox secret is two `whsec_` keys (a rotation) gets Standard Webhooks
 /// headers, verified by the official `standardwebhooks` Python package with either key; the
 /// id is the delivery's, the same on a retry, with a fresh timestamp; no X-Hook-Signature.
@@ -585,6 +677,73 @@ async fn standard_webhooks_verify_with_the_official_library() {
     assert!(wrong.starts_with("fail"), "{wrong}");
 }
 
+/// A replayed Standard Webhooks delivery carries the original's `webhook-id` (so a receiver
+/// that deduplicates by it sees the same message), freshly signed: the official library
+/// verifies it.
+#[tokio::test]
+async fn a_replay_keeps_the_webhook_id_and_verifies() {
+    let python = crate::support::standard_webhooks::python();
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script([Reply::Status(503), Reply::Status(503)]);
+    let key = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let hook = webhook(
+        &client,
+        "svix",
+        &receiver.url("/hook"),
+        &[("secret", &format!("'{key}'"))],
+    )
+    .await;
+    Rule::to_webhook("sites", hook).create(&client).await;
+    let sidecar = Sidecar::start(
+        &db,
+        test_config("[delivery]\nretry_schedule = [\"200ms\"]\nretry_jitter = 0.0\n"),
+    );
+    insert_site(&client, "alpha").await;
+    // two failed attempts, then the delivery is dead
+    let dead: i64 = eventually("the delivery to die", WAIT, || async {
+        client
+            .query_opt(
+                "select id from netbox_outbox.delivery where state = 'dead'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    })
+    .await;
+    client
+        .execute("select netbox_outbox.replay(delivery_id => $1)", &[&dead])
+        .await
+        .unwrap();
+    let got = exactly(&receiver, &client, 3).await;
+    sidecar.stop().await;
+
+    let ids: Vec<Option<&str>> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(ids[0].is_some(), "{ids:?}");
+    assert_eq!(
+        ids, [ids[0]; 3],
+        "the replay carries the original's webhook-id"
+    );
+    assert_eq!(got[2].body, got[0].body);
+    let cases: Vec<serde_json::Value> = got
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "body": String::from_utf8(r.body.clone()).unwrap(),
+                "headers": {
+                    "webhook-id": r.header("webhook-id"),
+                    "webhook-timestamp": r.header("webhook-timestamp"),
+                    "webhook-signature": r.header("webhook-signature"),
+                },
+            })
+        })
+        .collect();
+    let verdict = crate::support::standard_webhooks::verify(&python, &[key], &cases);
+    assert_eq!(verdict, "ok 3", "the official library's verdict");
+}
+
 /// A malformed whsec_ secret rejects the delivery, saying which key and what to do, never
 /// showing the key.
 #[tokio::test]
@@ -619,7 +778,8 @@ async fn a_malformed_standard_webhooks_secret_is_rejected_visibly() {
     sidecar.stop().await;
 }
 
-/// A backlog to a rate-limited webhook arrives no faster than the limit.
+/// A backlog to a rate-limited webhook arrives at the limit: no faster, not much slower, and
+/// evenly spaced (no bursts).
 #[tokio::test]
 async fn a_rate_limit_spreads_a_backlog() {
     let db = TestDb::migrated().await;
@@ -642,6 +802,23 @@ async fn a_rate_limit_spreads_a_backlog() {
     assert!(
         rate <= 10.5,
         "{rate:.1} requests/s to a webhook limited to 10/s"
+    );
+    // and not much slower: the backlog goes at the configured rate, not a fraction of it (a
+    // loaded machine may delay a start a little; the spacing after a late start is kept, so
+    // the rate stays near 10/s)
+    assert!(
+        rate >= 7.0,
+        "{rate:.1} requests/s to a webhook limited to 10/s: the limiter holds the backlog back"
+    );
+    // evenly spaced, no bursts: no two arrivals closer than the spacing (100ms) less what a
+    // loaded machine may take off one of them on the way (a late start only widens the gaps)
+    let gaps: Vec<u128> = at
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).unwrap_or_default().as_millis())
+        .collect();
+    assert!(
+        gaps.iter().all(|&gap| gap >= 70),
+        "arrivals closer than 70ms at 10/s (a burst): gaps {gaps:?} ms"
     );
     sidecar.stop().await;
 }
