@@ -635,7 +635,11 @@ impl Config {
                 retry_schedule,
                 retry_jitter,
                 max_retry_after: duration_or("delivery.max_retry_after", d.max_retry_after, "24h")?,
-                pause_after_failures: d.pause_after_failures.unwrap_or(10),
+                // By default as many as may be in flight, so that pausing (which keeps no more requests
+                // in flight than a webhook may still fail) never slows a healthy webhook.
+                pause_after_failures: d
+                    .pause_after_failures
+                    .unwrap_or(u32::try_from(per_webhook_concurrency).unwrap_or(u32::MAX)),
                 pause_initial,
                 pause_max,
                 response_excerpt_bytes: d.response_excerpt_bytes.unwrap_or(1024),
@@ -969,6 +973,22 @@ mod tests {
         // the shipped example parses and says the same as the defaults
         let example = load(DEFAULT_TOML, &[]).unwrap();
         assert_eq!(example.delivery.concurrency, config.delivery.concurrency);
+        assert_eq!(
+            example.delivery.pause_after_failures,
+            config.delivery.pause_after_failures
+        );
+    }
+
+    /// Pausing keeps no more requests in flight than a webhook may still fail, so its default
+    /// follows the per-webhook concurrency: a healthy webhook is never slowed by it.
+    #[test]
+    fn the_pause_threshold_follows_the_per_webhook_concurrency() {
+        assert_eq!(Config::defaults().delivery.pause_after_failures, 64);
+        let config = load("[delivery]\nconcurrency = 16\n", &[]).unwrap();
+        assert_eq!(config.delivery.per_webhook_concurrency, 16);
+        assert_eq!(config.delivery.pause_after_failures, 16);
+        let config = load("[delivery]\npause_after_failures = 3\n", &[]).unwrap();
+        assert_eq!(config.delivery.pause_after_failures, 3);
     }
 
     #[test]
