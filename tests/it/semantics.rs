@@ -15,6 +15,43 @@ use crate::support::wait::{eventually, exactly};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Waits until `n` deliveries are delivered.
+async fn all_delivered(client: &tokio_postgres::Client, n: i64) {
+    eventually(
+        "every delivery to be delivered",
+        Duration::from_secs(60),
+        || async {
+            let delivered: i64 = client
+                .query_one(
+                    "select count(*) from netbox_outbox.delivery where state = 'delivered'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (delivered == n).then_some(())
+        },
+    )
+    .await;
+}
+
+/// (start, end, status) of every attempt, in start order, in milliseconds since the first.
+async fn attempt_timeline(client: &tokio_postgres::Client) -> Vec<(f64, f64, Option<i32>)> {
+    client
+        .query(
+            "select (extract(epoch from started_at - first_value(started_at) over (order by started_at)) * 1000)::float8,
+                    (extract(epoch from started_at - first_value(started_at) over (order by started_at)) * 1000 + duration_ms)::float8,
+                    status
+             from netbox_outbox.attempt order by started_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
 /// (id, state, message id, replay_of) of every delivery, by id.
 async fn deliveries(client: &tokio_postgres::Client) -> Vec<(i64, String, i64, Option<i64>)> {
     client
@@ -439,42 +476,8 @@ async fn pauses_and_probes_follow_the_configuration() {
              pause_initial = \"1s\"\npause_max = \"3s\"\n",
         ),
     );
-    eventually(
-        "every delivery to be delivered",
-        Duration::from_secs(60),
-        || async {
-            let n: i64 = client
-                .query_one(
-                    "select count(*) from netbox_outbox.delivery where state = 'delivered'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (n == 8).then_some(())
-        },
-    )
-    .await;
-    // (start, end, status) of every attempt, in order, in milliseconds since the first
-    let attempts: Vec<(f64, f64, Option<i32>)> = client
-        .query(
-            "select (extract(epoch from started_at - first_value(started_at) over (order by started_at)) * 1000)::float8,
-                    (extract(epoch from started_at - first_value(started_at) over (order by started_at)) * 1000 + duration_ms)::float8,
-                    status
-             from netbox_outbox.attempt order by started_at",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, f64>(0),
-                r.get::<_, f64>(1),
-                r.get::<_, Option<i32>>(2),
-            )
-        })
-        .collect();
+    all_delivered(&client, 8).await;
+    let attempts = attempt_timeline(&client).await;
     let statuses: Vec<Option<i32>> = attempts.iter().map(|a| a.2).take(6).collect();
     assert_eq!(
         statuses,
@@ -539,42 +542,8 @@ async fn concurrent_requests_pause_after_exactly_the_threshold() {
              pause_initial = \"1s\"\npause_max = \"2s\"\n",
         ),
     );
-    eventually(
-        "every delivery to be delivered",
-        Duration::from_secs(60),
-        || async {
-            let n: i64 = client
-                .query_one(
-                    "select count(*) from netbox_outbox.delivery where state = 'delivered'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (n == 12).then_some(())
-        },
-    )
-    .await;
-    // (start, end, status) of every attempt in start order, in ms since the first
-    let attempts: Vec<(f64, f64, Option<i32>)> = client
-        .query(
-            "select (extract(epoch from started_at - first_value(started_at) over (order by started_at)) * 1000)::float8,
-                    (extract(epoch from started_at - first_value(started_at) over (order by started_at)) * 1000 + duration_ms)::float8,
-                    status
-             from netbox_outbox.attempt order by started_at",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, f64>(0),
-                r.get::<_, f64>(1),
-                r.get::<_, Option<i32>>(2),
-            )
-        })
-        .collect();
+    all_delivered(&client, 12).await;
+    let attempts = attempt_timeline(&client).await;
     let failed = attempts.iter().filter(|a| a.2 != Some(200)).count();
     assert_eq!(failed, 5, "3 before the pause, 2 probes: {attempts:?}");
     // the first three went out together (concurrency is used), the fourth waited for the pause
