@@ -303,6 +303,10 @@ pub enum ClientErrors {
 pub struct AssemblyConfig {
     pub poll_interval: Duration,
     pub chunk_size: usize,
+    /// About how many captured changes one batch reads (whole transactions: one larger than
+    /// this is read whole). Bounds the time a batch holds its snapshot and its memory, so the
+    /// first webhooks of a long backlog go out within seconds.
+    pub batch_changes: usize,
     /// LISTEN for the capture's notifications; off behind PgBouncer in transaction mode.
     pub listen: bool,
     /// How often events deferred for an unreadable model are tried again.
@@ -404,6 +408,7 @@ struct RawDelivery {
 struct RawAssembly {
     poll_interval: Option<String>,
     chunk_size: Option<usize>,
+    batch_changes: Option<usize>,
     listen: Option<bool>,
     deferred_retry_interval: Option<String>,
 }
@@ -662,6 +667,10 @@ impl Config {
                     "assembly.chunk_size",
                     raw.assembly.chunk_size.unwrap_or(500),
                 )?,
+                batch_changes: positive(
+                    "assembly.batch_changes",
+                    raw.assembly.batch_changes.unwrap_or(5_000),
+                )?,
                 listen: raw.assembly.listen.unwrap_or(true),
                 deferred_retry_interval: nonzero(
                     "assembly.deferred_retry_interval",
@@ -796,6 +805,7 @@ const KEYS: [(&str, &[&str]); 11] = [
         &[
             "poll_interval",
             "chunk_size",
+            "batch_changes",
             "listen",
             "deferred_retry_interval",
         ],
@@ -1269,7 +1279,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("valid keys: poll_interval, chunk_size, listen"),
+            e.contains("valid keys: poll_interval, chunk_size, batch_changes, listen"),
             "{e}"
         );
     }

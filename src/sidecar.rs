@@ -341,7 +341,9 @@ async fn assemble_loop(
             continue;
         };
         match batch {
-            Ok(Batch::Done(report)) if report.changes > 0 || report.deliveries > 0 => {
+            Ok(Batch::Done(report))
+                if report.changes > 0 || report.deliveries > 0 || report.more =>
+            {
                 if report.deliveries > 0 {
                     deliveries_due.notify_one();
                 }
@@ -406,7 +408,7 @@ async fn assemble_loop(
             batch = assembler.run_batch(db) => batch,
         };
         match batch {
-            Ok(Batch::Done(report)) if report.changes > 0 => {
+            Ok(Batch::Done(report)) if report.changes > 0 || report.more => {
                 if report.deliveries > 0 {
                     deliveries_due.notify_one();
                 }

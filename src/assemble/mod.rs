@@ -1,17 +1,19 @@
 //! Turning captured changes into events and deliveries.
 //!
-//! One sidecar at a time reads a batch: every transaction committed since the previous batch,
-//! object by object ([`source`]). Each object's history merges into one change per transaction
+//! One sidecar at a time reads a batch: the transactions committed since the previous batch, up
+//! to about `assembly.batch_changes` changes ([`bounds`]), object by object ([`source`]). Each object's history merges into one change per transaction
 //! ([`history`]); each becomes an event if NetBox would send one (see [`Mode`]); each event is
 //! matched against the event rules, and each matching rule becomes a delivery with its request
 //! rendered ([`build`]) and frozen ([`store`]). The batch, its deliveries and the new read position commit
-//! together, in a REPEATABLE READ transaction whose snapshot is the batch's end, so the rows read
-//! for `data` show the objects as of the batch's commits, not as they are when webhooks go out.
+//! together, in a REPEATABLE READ transaction, so the rows read for `data` show the objects as of
+//! the batch's commits (an object changed again by a later transaction: as of its last change in
+//! the batch, see [`bounds`]), not as they are when webhooks go out.
 //!
 //! Failure is local: a template, condition or missing webhook rejects one delivery; a model
 //! whose rows or related rows cannot be read (a renamed column, a missing grant) defers that
 //! model's events ([`deferred`]) under a savepoint, and every other model goes on.
 
+pub mod bounds;
 pub mod build;
 pub mod deferred;
 pub mod source;
@@ -61,6 +63,8 @@ pub struct BatchReport {
     pub changes: u64,
     pub events: u64,
     pub deliveries: u64,
+    /// Whether committed changes were left for the next batch.
+    pub more: bool,
 }
 
 /// The state the assembler keeps between batches.
@@ -72,6 +76,9 @@ pub struct Assembler {
     /// When deferred events were last tried again.
     deferred_tried: Option<Instant>,
     builder: Builder,
+    /// How many transaction ids the last bounded batch spanned: where the next one starts
+    /// looking for its end.
+    txid_step: i64,
 }
 
 /// Whether a batch ran.
@@ -89,6 +96,7 @@ impl Assembler {
             rules: RuleSet::default(),
             rules_read: None,
             deferred_tried: None,
+            txid_step: config.assembly.batch_changes as i64,
             config,
         }
     }
@@ -165,7 +173,17 @@ impl Assembler {
             report.deliveries += self.retry_deferred(&tx).await?;
             self.deferred_tried = Some(Instant::now());
         }
-        let netbox_txs = source::netbox_transactions(&tx, &from, &to).await?;
+        let cut = bounds::choose(
+            &tx,
+            &from,
+            &to,
+            self.config.assembly.batch_changes,
+            &mut self.txid_step,
+        )
+        .await?;
+        report.more = cut.more;
+        let mut later = bounds::later_changes(&tx, &to, &cut).await?;
+        let netbox_txs = source::netbox_transactions(&tx, &from, cut.end, &to).await?;
         // NetBox matches a request's events against the rules as they are when the request
         // ends, so a rule or webhook created just before a change must apply to it: the batch
         // reads changes of NetBox's configuration first and, if there are any, re-reads the
@@ -174,7 +192,7 @@ impl Assembler {
             .iter()
             .filter_map(|model| self.netbox.content_type_id(model))
             .collect();
-        let mut reader = BatchReader::open(&tx, &from, &to, configuration.clone()).await?;
+        let mut reader = BatchReader::open(&tx, &from, cut.end, &to, configuration.clone()).await?;
         let mut reading_configuration = true;
         let mut configuration_changed = false;
         let mut chunk: Vec<ObjectHistory> = Vec::new();
@@ -205,6 +223,7 @@ impl Assembler {
                 self.process_chunk(
                     &tx,
                     std::mem::take(&mut chunk),
+                    &mut later,
                     mode,
                     &netbox_txs,
                     from.xmin,
@@ -227,7 +246,7 @@ impl Assembler {
         tx.execute(
             "update netbox_outbox.cursor set snapshot = $1::text::pg_snapshot, advanced_at = now()
              where name = 'changes'",
-            &[&to.text],
+            &[&cut.cursor(&to)],
         )
         .await?;
         if report.deliveries > 0 {
@@ -241,6 +260,7 @@ impl Assembler {
         if report.changes > 0 {
             debug!(
                 changes = report.changes,
+                more = report.more,
                 events = report.events,
                 deliveries = report.deliveries,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -289,6 +309,7 @@ impl Assembler {
         &mut self,
         tx: &tokio_postgres::Transaction<'_>,
         chunk: Vec<ObjectHistory>,
+        later: &mut HashMap<(i32, i64), Vec<crate::change::history::Change>>,
         mode: Mode,
         netbox_txs: &HashMap<i64, (String, String)>,
         txid_floor: i64,
@@ -358,7 +379,9 @@ impl Assembler {
             // Without its current row, a model that could not be read merges as if its objects
             // were gone: its events are deferred rather than judged as noise or vanished.
             let unread = failing.contains_key(&h.content_type_id);
-            for change in h.merge(
+            let later = later.remove(&key).unwrap_or_default();
+            for change in h.merge_after(
+                later,
                 live_rows.remove(&key),
                 live_tags.remove(&key).unwrap_or_default(),
             ) {

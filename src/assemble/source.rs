@@ -1,6 +1,6 @@
-//! Reading captured changes: one batch is every transaction that committed between the
-//! snapshot the previous batch was read with and the current one (the technique of PgQ), read
-//! one object at a time so a batch of any size streams through bounded memory.
+//! Reading captured changes: one batch is the transactions that committed between the snapshot
+//! the previous batch was read with and the current one (the technique of PgQ), up to the end
+//! [`super::bounds`] chooses, read one object at a time so a batch streams through bounded memory.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -42,10 +42,11 @@ impl Snapshot {
 }
 
 /// `content_type_id` and `object_id` (3 and 4) key the rows by object ([`key`]).
-const CHANGE_COLUMNS: &str = "id, txid, captured_at, content_type_id, object_id, kind::text, db_user, request, before::text, tag_id";
+pub(super) const CHANGE_COLUMNS: &str = "id, txid, captured_at, content_type_id, object_id, kind::text, db_user, request, before::text, tag_id";
 
-/// The rows of a batch: committed in `to`, not yet committed in `from`; those of the content
-/// types in `$5` (NetBox's own configuration: rules, webhooks, custom fields) first.
+/// The rows of a batch: committed in `to`, not yet committed in `from`, with a transaction id
+/// below the batch's end `$2` (see [`super::bounds`]); those of the content types in `$5`
+/// (NetBox's own configuration: rules, webhooks, custom fields) first.
 fn batch_query(table: &str, columns: &str) -> String {
     format!(
         "select * from (
@@ -106,11 +107,12 @@ fn key(first: &[i32], row: &Row) -> (bool, i32, i64) {
 }
 
 impl<'t> BatchReader<'t> {
-    /// Opens the batch between `from` and `to`; the objects of the content types in `first`
-    /// come before all others.
+    /// Opens the batch between `from` and `to`, up to transaction id `end`; the objects of the
+    /// content types in `first` come before all others.
     pub async fn open(
         tx: &'t Transaction<'t>,
         from: &Snapshot,
+        end: i64,
         to: &Snapshot,
         first: Vec<i32>,
     ) -> Result<BatchReader<'t>, tokio_postgres::Error> {
@@ -122,7 +124,7 @@ impl<'t> BatchReader<'t> {
             ))
             .await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&from.xmax, &to.xmax, &to.text, &from.xip, &first];
+            [&from.xmax, &end, &to.text, &from.xip, &first];
         Ok(BatchReader {
             changes: Portal {
                 portal: tx.bind(&changes, &params).await?,
@@ -197,7 +199,7 @@ impl<'t> BatchReader<'t> {
     }
 }
 
-fn change_from(row: &Row) -> Option<Change> {
+pub(super) fn change_from(row: &Row) -> Option<Change> {
     Some(Change {
         id: row.get(0),
         txid: row.get(1),
@@ -210,10 +212,12 @@ fn change_from(row: &Row) -> Option<Change> {
     })
 }
 
-/// NetBox's request and user for each transaction in the batch that wrote change log entries.
+/// NetBox's request and user for each transaction in the batch (up to transaction id `end`)
+/// that wrote change log entries.
 pub async fn netbox_transactions(
     tx: &Transaction<'_>,
     from: &Snapshot,
+    end: i64,
     to: &Snapshot,
 ) -> Result<HashMap<i64, (String, String)>, tokio_postgres::Error> {
     let rows = tx
@@ -225,7 +229,7 @@ pub async fn netbox_transactions(
                    select txid, id, entry from netbox_outbox.changelog
                    where txid = any($4) and pg_visible_in_snapshot(txid::text::xid8, $3::text::pg_snapshot)) c
              order by txid, id",
-            &[&from.xmax, &to.xmax, &to.text, &from.xip],
+            &[&from.xmax, &end, &to.text, &from.xip],
         )
         .await?;
     Ok(rows

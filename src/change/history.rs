@@ -221,6 +221,26 @@ pub struct ObjectHistory {
 }
 
 impl ObjectHistory {
+    /// Merges like [`ObjectHistory::merge`] an object that later transactions, left for the
+    /// next batch, changed again: `later` holds their changes that the state after this batch
+    /// depends on (the row's next change, every tag change; see `assemble::bounds`), which the
+    /// row and tags as they stand are walked back through. They yield no change of their own.
+    pub fn merge_after(
+        mut self,
+        later: Vec<Change>,
+        live_row: Option<Row>,
+        live_tags: BTreeSet<i64>,
+    ) -> Vec<TxChange> {
+        if later.is_empty() {
+            return self.merge(live_row, live_tags);
+        }
+        let later_txids: BTreeSet<i64> = later.iter().map(|c| c.txid).collect();
+        self.changes.extend(later);
+        let mut merged = self.merge(live_row, live_tags);
+        merged.retain(|c| !later_txids.contains(&c.txid));
+        merged
+    }
+
     /// Merges the history into one change per transaction, in commit order, given the row and
     /// tags as they stand in the batch's snapshot.
     pub fn merge(self, live_row: Option<Row>, live_tags: BTreeSet<i64>) -> Vec<TxChange> {

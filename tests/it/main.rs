@@ -41,6 +41,8 @@ mod support;
 /// | every misconfiguration `check` can find | `check` PROBLEM lines, exit 5; config errors exit 3 | `check::check_catches_each_misconfiguration` |
 /// | re-sending a rejected delivery after the fix | `replay --rerender` | `after_the_fix::rejected_delivery_is_sent_after_the_fix`, `after_the_fix::rejected_for_a_deleted_webhook_is_sent_after_the_rule_is_repointed` |
 mod bad_input;
+/// Bounded batches: a backlog read a few changes at a time, each event as of its commit.
+mod batches;
 /// The SQL capture: triggers, watch management, self-healing, least privilege.
 mod capture;
 /// The sidecar end to end: captured changes delivered to a real receiver.

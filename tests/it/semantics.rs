@@ -780,8 +780,11 @@ async fn a_rate_limit_spreads_a_backlog() {
         "{rate:.1} requests/s to a webhook limited to 10/s: the limiter holds the backlog back"
     );
     // evenly spaced, no bursts: no two arrivals closer than the spacing (100ms) less what a
-    // loaded machine may take off one of them on the way (a late start only widens the gaps)
-    let gaps: Vec<u128> = at
+    // loaded machine may take off one of them on the way (a late start only widens the gaps).
+    // The first request also opens the connection, so on a loaded machine it may arrive late
+    // and the first gap look short (seen: 31-41 ms, on this commit and the one before it):
+    // the gaps are counted from the second arrival.
+    let gaps: Vec<u128> = at[1..]
         .windows(2)
         .map(|w| w[1].duration_since(w[0]).unwrap_or_default().as_millis())
         .collect();
