@@ -128,6 +128,9 @@ impl Profile {
 
     /// The sidecars' configuration file. Pausing a failing webhook is off: a paused webhook is
     /// probed one delivery at a time, so its deliveries would not go dead on the schedule.
+    /// Batches are small (20 changes), so the backlogs that SIGKILLs leave are read in many
+    /// batches cut between concurrent writers' transactions: the case where transaction ids and
+    /// commit order disagree.
     pub fn sidecar_config(&self) -> String {
         let schedule: Vec<String> = self
             .retry_schedule
@@ -145,6 +148,7 @@ impl Profile {
              pause_after_failures = 0\n\
              [assembly]\n\
              poll_interval = \"100ms\"\n\
+             batch_changes = 20\n\
              [rules]\n\
              refresh_interval = \"1s\"\n\
              [metrics]\n\
