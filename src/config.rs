@@ -315,6 +315,8 @@ pub struct AssemblyConfig {
 
 #[derive(Debug, Clone)]
 pub struct NetboxConfig {
+    /// The NetBox release to render as, instead of the one its migrations say (`None`: detect).
+    pub version: Option<String>,
     /// NetBox's BASE_PATH, prefixed to `url` and `display_url`.
     pub base_path: String,
     /// Environment variables templates may read with the `env` filter (JINJA_ENVIRONMENT_PARAMS).
@@ -416,6 +418,7 @@ struct RawAssembly {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNetbox {
+    version: Option<String>,
     base_path: Option<String>,
     template_environment: Option<Vec<String>>,
     template_fuel: Option<usize>,
@@ -612,6 +615,13 @@ impl Config {
                 )
             })?),
         };
+        let version = match raw.netbox.version.as_deref() {
+            None | Some("") => None,
+            Some(v) => {
+                crate::netbox::version::validate(v).map_err(|e| invalid("netbox.version", e))?;
+                Some(v.to_string())
+            }
+        };
         let base_path = raw.netbox.base_path.unwrap_or_default();
         let base_path = base_path.trim_matches('/').to_string();
         Ok(Config {
@@ -682,6 +692,7 @@ impl Config {
                 )?,
             },
             netbox: NetboxConfig {
+                version,
                 base_path,
                 template_environment: raw.netbox.template_environment.unwrap_or_default(),
                 template_fuel: positive(
@@ -813,6 +824,7 @@ const KEYS: [(&str, &[&str]); 11] = [
     (
         "netbox",
         &[
+            "version",
             "base_path",
             "template_environment",
             "template_fuel",

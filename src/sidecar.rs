@@ -51,6 +51,8 @@ pub enum StartError {
     },
     #[error("database query failed while starting")]
     Query(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    NetboxRelease(#[from] crate::netbox::version::SelectError),
     #[error(
         "this sidecar's configuration differs from the running sidecar {other} ({host}, pid {pid}, \
          seen {seen_s:.0}s ago): {differences}. Sidecars on one database must agree on what shapes \
@@ -88,6 +90,14 @@ pub async fn run(
                 .collect::<Vec<_>>()
                 .join(", "),
         });
+    }
+    // Before anything renders: which NetBox release's catalogue (an unknown one stops here).
+    let release = crate::netbox::version::select(&client, config.netbox.version.as_deref()).await?;
+    // assumed (4.7.3 among 4.7.1-4.7.3) is the common case: `check` warns about it, the log informs
+    if release.overridden && release.contradicted() {
+        warn!(netbox = %release.describe(), "NetBox release overridden");
+    } else {
+        info!(netbox = %release.describe(), "NetBox release");
     }
     let listener = match config.metrics.listen {
         Some(addr) => Some(
@@ -221,6 +231,11 @@ pub fn fingerprint(config: &Config) -> Map<String, Value> {
         text(&config.netbox.template_environment),
     );
     keys.insert("netbox.base_path".into(), text(&config.netbox.base_path));
+    // only when set: sidecars from before the key existed detect the release, as one without
+    // it does, and must not look different
+    if let Some(version) = &config.netbox.version {
+        keys.insert("netbox.version".into(), text(version));
+    }
     keys
 }
 

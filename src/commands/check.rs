@@ -62,6 +62,7 @@ pub async fn run(client: &Client, config: &Config, network: bool) -> Vec<Finding
             return findings;
         }
     }
+    release(client, config, &mut findings).await;
     if let Err(e) = capture(client, &mut findings).await {
         findings.push(Finding::Problem(format!(
             "cannot inspect the capture: {}",
@@ -81,6 +82,20 @@ pub async fn run(client: &Client, config: &Config, network: bool) -> Vec<Finding
         )));
     }
     findings
+}
+
+/// Which NetBox release the database holds, and so which catalogue renders its webhooks: an
+/// unknown release is a problem (the sidecar refuses to start) unless `[netbox] version` names one.
+async fn release(client: &Client, config: &Config, findings: &mut Vec<Finding>) {
+    use crate::netbox::version::{SelectError, select};
+    match select(client, config.netbox.version.as_deref()).await {
+        Ok(choice) if choice.assumed() || (choice.overridden && choice.contradicted()) => {
+            findings.push(Finding::Warning(choice.describe()))
+        }
+        Ok(choice) => findings.push(Finding::Ok(choice.describe())),
+        Err(e @ SelectError::Unknown(_)) => findings.push(Finding::Problem(e.to_string())),
+        Err(e) => findings.push(Finding::Problem(crate::error_chain(&e))),
+    }
 }
 
 async fn capture(

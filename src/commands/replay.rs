@@ -403,6 +403,13 @@ pub(crate) async fn command(
     if rerender {
         let mut client = database.connect().await?;
         super::installed::require(&client, &database).await?;
+        // re-rendered with the catalogue of the release the database holds, as `run` would
+        crate::netbox::version::select(&client, config.netbox.version.as_deref())
+            .await
+            .map_err(|e| match e {
+                crate::netbox::version::SelectError::Unknown(_) => Failure::new(exit::PROBLEMS, e),
+                other => Failure::new(exit::FAILURE, other),
+            })?;
         let report = self::rerender(&mut client, config, selection, dry_run)
             .await
             .map_err(failure)?;

@@ -17,7 +17,10 @@ pub async fn run(config: Config, database: Database) -> Result<u8, Failure> {
         .await
         .map_err(|e| match e {
             crate::sidecar::StartError::Connect(c) => Failure::from(c),
-            crate::sidecar::StartError::NotMigrated { .. } => Failure::new(exit::PROBLEMS, e),
+            crate::sidecar::StartError::NotMigrated { .. }
+            | crate::sidecar::StartError::NetboxRelease(
+                crate::netbox::version::SelectError::Unknown(_),
+            ) => Failure::new(exit::PROBLEMS, e),
             crate::sidecar::StartError::ConfigDiffers { .. }
             | crate::sidecar::StartError::Metrics { .. } => Failure::new(exit::CONFIG, e),
             other => Failure::new(exit::FAILURE, other),

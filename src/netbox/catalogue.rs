@@ -1,8 +1,10 @@
-//! The model catalogue: what NetBox 4.7.3's REST serializers and snapshot encoder do for each
-//! model, generated from NetBox itself by `tools/catalogue/generate.py` and embedded here as
-//! data (`src/netbox/catalogue/netbox-4.7.3.json`), read into types so that a value the renderer
-//! does not know is refused when the catalogue loads instead of rendering as a silent `null`.
-//! See tools/catalogue/README.md for the schema.
+//! The model catalogue: what NetBox's REST serializers and snapshot encoder do for each model,
+//! generated from NetBox itself by `tools/catalogue/generate.py` and embedded here as data
+//! (`src/netbox/catalogue/netbox-4.7.3.json`, and for each older 4.7 release a JSON merge patch
+//! of it), read into types so that a value the renderer does not know is refused when the
+//! catalogue loads instead of rendering as a silent `null`. Which release's catalogue a process
+//! renders with is chosen once ([`select`], from [`super::version`]). See
+//! tools/catalogue/README.md for the schema.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -12,6 +14,37 @@ use serde_json::Value;
 
 const EMBEDDED: &str = include_str!("catalogue/netbox-4.7.3.json");
 const EMBEDDED_NAME: &str = "src/netbox/catalogue/netbox-4.7.3.json";
+
+/// The release rendered when none was selected (tests, commands that do not read the database).
+pub const DEFAULT_VERSION: &str = "4.7.3";
+
+/// Each release's catalogue: `None` is 4.7.3's own, otherwise an RFC 7386 JSON merge patch to
+/// apply to 4.7.3's (written by `tools/catalogue/versions.py`, whose list of the differences is in
+/// tools/catalogue/README.md); 60 to 75 KB each instead of a 1 MB file per release.
+const RELEASES: [(&str, Option<(&str, &str)>); 4] = [
+    (
+        "4.7.0",
+        Some((
+            "src/netbox/catalogue/netbox-4.7.0.patch.json",
+            include_str!("catalogue/netbox-4.7.0.patch.json"),
+        )),
+    ),
+    (
+        "4.7.1",
+        Some((
+            "src/netbox/catalogue/netbox-4.7.1.patch.json",
+            include_str!("catalogue/netbox-4.7.1.patch.json"),
+        )),
+    ),
+    (
+        "4.7.2",
+        Some((
+            "src/netbox/catalogue/netbox-4.7.2.patch.json",
+            include_str!("catalogue/netbox-4.7.2.patch.json"),
+        )),
+    ),
+    ("4.7.3", None),
+];
 
 /// The whole catalogue.
 #[derive(Debug, Deserialize)]
@@ -538,14 +571,84 @@ pub struct CatalogueError {
     pub problem: String,
 }
 
-/// The embedded catalogue, parsed and checked once. It is part of the binary, so a bad one is a
-/// build defect: the unit test `the_embedded_catalogue_loads` catches it before it ships.
+/// The catalogue this process renders with: the one [`select`]ed, else 4.7.3's.
 pub fn catalogue() -> &'static Catalogue {
-    static CATALOGUE: OnceLock<Catalogue> = OnceLock::new();
-    CATALOGUE.get_or_init(|| match Catalogue::parse(EMBEDDED_NAME, EMBEDDED) {
+    SELECTED.get_or_init(|| for_version(DEFAULT_VERSION))
+}
+
+static SELECTED: OnceLock<&'static Catalogue> = OnceLock::new();
+
+/// Makes `version`'s catalogue the one [`catalogue`] returns. Called once, at start, before
+/// anything renders; a later call for a release with another catalogue is a bug.
+///
+/// # Panics
+/// When `version` is not an embedded release, or another catalogue is already in use.
+pub fn select(version: &str) {
+    let wanted = for_version(version);
+    let in_use = SELECTED.get_or_init(|| wanted);
+    assert!(
+        std::ptr::eq(*in_use, wanted),
+        "the {} catalogue is already in use; {version} was selected too late",
+        in_use.netbox_version
+    );
+}
+
+/// A release's embedded catalogue, parsed and checked once. It is part of the binary, so a bad
+/// one is a build defect: the unit test `every_release_catalogue_loads` catches it before it
+/// ships.
+///
+/// # Panics
+/// When `version` is not an embedded release (callers take it from [`super::version::RELEASES`]).
+pub fn for_version(version: &str) -> &'static Catalogue {
+    static BASE: OnceLock<Catalogue> = OnceLock::new();
+    static PATCHED: [OnceLock<Catalogue>; RELEASES.len()] =
+        [const { OnceLock::new() }; RELEASES.len()];
+    let index = RELEASES
+        .iter()
+        .position(|(v, _)| *v == version)
+        .unwrap_or_else(|| panic!("no catalogue is embedded for NetBox {version}"));
+    let loaded = |result: Result<Catalogue, CatalogueError>| match result {
         Ok(catalogue) => catalogue,
         Err(error) => panic!("{error}"),
-    })
+    };
+    match RELEASES[index].1 {
+        None => BASE.get_or_init(|| loaded(Catalogue::parse(EMBEDDED_NAME, EMBEDDED))),
+        Some((name, patch)) => PATCHED[index].get_or_init(|| loaded(patched(name, patch))),
+    }
+}
+
+/// 4.7.3's catalogue with a release's merge patch applied.
+fn patched(name: &str, patch: &str) -> Result<Catalogue, CatalogueError> {
+    let error = |problem: String| CatalogueError {
+        source_name: name.to_string(),
+        location: "the file".into(),
+        problem,
+    };
+    let mut raw: Value = serde_json::from_str(EMBEDDED).map_err(|e| error(e.to_string()))?;
+    let patch: Value = serde_json::from_str(patch).map_err(|e| error(e.to_string()))?;
+    merge_patch(&mut raw, &patch);
+    Catalogue::parse(name, &raw.to_string())
+}
+
+/// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let Value::Object(fields) = target else {
+        unreachable!("made an object above")
+    };
+    for (key, change) in changes {
+        if change.is_null() {
+            fields.remove(key);
+        } else {
+            merge_patch(fields.entry(key.clone()).or_insert(Value::Null), change);
+        }
+    }
 }
 
 impl Catalogue {
@@ -696,6 +799,41 @@ mod tests {
     use std::fmt;
 
     use super::*;
+
+    #[test]
+    fn every_release_catalogue_loads() {
+        for (version, patch) in RELEASES {
+            let c = for_version(version);
+            // a shared catalogue is 4.7.3's, and says so
+            let generated_by = if patch.is_some() {
+                version
+            } else {
+                DEFAULT_VERSION
+            };
+            assert_eq!(c.netbox_version, generated_by, "the catalogue of {version}");
+            assert!(c.models.values().filter(|m| m.event_rules).count() >= 127);
+        }
+        // one entry per release the detection knows, in the same order
+        let versions: Vec<&str> = RELEASES.iter().map(|(v, _)| *v).collect();
+        let known: Vec<&str> = crate::netbox::version::RELEASES
+            .iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(versions, known);
+    }
+
+    #[test]
+    fn a_merge_patch_merges_objects_removes_nulls_and_replaces_the_rest() {
+        let mut target = serde_json::json!({"a": {"b": 1, "c": [1, 2], "d": "x"}, "e": 1});
+        merge_patch(
+            &mut target,
+            &serde_json::json!({"a": {"b": null, "c": [3], "f": {"g": 1}}, "h": true}),
+        );
+        assert_eq!(
+            target,
+            serde_json::json!({"a": {"c": [3], "d": "x", "f": {"g": 1}}, "e": 1, "h": true})
+        );
+    }
 
     #[test]
     fn the_embedded_catalogue_loads() {

@@ -7,6 +7,7 @@ pub mod config_context;
 pub mod format;
 pub mod lookup;
 pub mod render;
+pub mod version;
 
 use std::collections::{HashMap, HashSet};
 

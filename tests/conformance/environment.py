@@ -20,7 +20,9 @@ from pathlib import Path
 
 import psycopg
 
-NETBOX_VERSION = '4.7.3'
+# The NetBox patch release under test: `run --netbox V` exports it (default 4.7.3). Each release
+# has its own virtualenv (run) and template database (below).
+NETBOX_VERSION = os.environ.get('NBO_CONFORMANCE_NETBOX', '4.7.3')
 TEMPLATE_DB = os.environ.get('NBO_CONFORMANCE_TEMPLATE_DB', 'nbo_conformance_tpl_' + NETBOX_VERSION.replace('.', '_'))
 PG_HOST = os.environ.get('NBO_CONFORMANCE_PGHOST', '127.0.0.1')
 PG_PORT = int(os.environ.get('NBO_CONFORMANCE_PGPORT', '5432'))

@@ -31,7 +31,30 @@ from scenario import SIGNED_SECRET, TEMPLATED_SECRET, Expectations, Scenario, Sc
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-CATALOGUE = REPO / 'src' / 'netbox' / 'catalogue' / f'netbox-{env.NETBOX_VERSION}.json'
+CATALOGUES = REPO / 'src' / 'netbox' / 'catalogue'
+
+
+def merge_patch(target, patch):
+    """RFC 7386, as src/netbox/catalogue.rs applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def load_catalogue():
+    """The catalogue of the NetBox release under test, as the sidecar embeds it: 4.7.3's, with the
+    release's merge patch applied when it has one (tools/catalogue/versions.py)."""
+    catalogue = json.loads((CATALOGUES / 'netbox-4.7.3.json').read_text())
+    patch = CATALOGUES / f'netbox-{env.NETBOX_VERSION}.patch.json'
+    if patch.exists():
+        catalogue = merge_patch(catalogue, json.loads(patch.read_text()))
+    return catalogue
 PLUGIN = 'netbox_outbox_plugin'
 
 
@@ -59,7 +82,7 @@ def catalogue_facts():
     such as a region's cumulative `site_count`), and the snapshot keys that hold JSON. `count`
     fields are not among them: netbox-outbox counts them as NetBox's viewsets do, and they are
     compared."""
-    catalogue = json.loads(CATALOGUE.read_text())
+    catalogue = load_catalogue()
     path_dependent, json_fields = {}, {}
     for name, model in catalogue['models'].items():
         keys = {}
@@ -77,7 +100,7 @@ def catalogue_facts():
 
 def count_fields():
     """Per object type, its `count` data keys (NetBox's RelatedObjectCountFields)."""
-    catalogue = json.loads(CATALOGUE.read_text())
+    catalogue = load_catalogue()
     return {name: {f['name'] for f in model['serializer'] if f['kind'] == 'count'}
             for name, model in catalogue['models'].items()}
 
@@ -85,7 +108,7 @@ def count_fields():
 def unwatched_lists():
     """Per object type, its data keys listing rows of a model without event rules (the port
     mappings of a front or rear port), which the capture does not record."""
-    catalogue = json.loads(CATALOGUE.read_text())
+    catalogue = load_catalogue()
     models = catalogue['models']
     out = {}
     for name, model in models.items():
@@ -330,7 +353,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', action='append', choices=[c.name for c in CONFIGURATIONS],
                         help='run only this configuration (repeatable; default: all)')
-    parser.add_argument('--out', default=str(HERE / 'out'), help='report directory (default: %(default)s)')
+    parser.add_argument('--out', default=str(HERE / ('out' if env.NETBOX_VERSION == '4.7.3' else f'out-{env.NETBOX_VERSION}')),
+                        help='report directory (default: %(default)s)')
     parser.add_argument('--keep', action='store_true', help='keep the databases of the run')
     parser.add_argument('--binary', help='use this netbox-outbox binary instead of cargo build --release')
     parser.add_argument('--update-docs', action='store_true',
@@ -339,7 +363,16 @@ def main():
     parser.add_argument('--started', type=float, default=time.time(), help='when run started (set by run)')
     parser.add_argument('--reanalyse', action='store_true',
                         help='only pair, compare and report the recordings of the last run in --out')
+    parser.add_argument('--prepare', action='store_true',
+                        help='only make sure the template database of this NetBox version exists')
     args = parser.parse_args()
+    log(f'NetBox {env.NETBOX_VERSION}')
+    if args.prepare:
+        env.ensure_postgres()
+        env.ensure_redis()
+        built = env.ensure_template(env.NetBox(sys.prefix), args.cache)
+        log(f'template database {env.TEMPLATE_DB} ' + ('built' if built else 'already there'))
+        return 0
 
     out = Path(args.out)
     configurations = [c for c in CONFIGURATIONS if not args.config or c.name in args.config]
@@ -384,7 +417,7 @@ def main():
 
 def event_models():
     """The models the catalogue says NetBox can send events for (the README lists every one)."""
-    catalogue = json.loads(CATALOGUE.read_text())
+    catalogue = load_catalogue()
     return sorted(name for name, model in catalogue['models'].items() if model.get('event_rules'))
 
 

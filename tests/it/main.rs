@@ -62,6 +62,9 @@ mod installing;
 mod local_failure;
 /// Applying the migrations, by the binary and by a DBA with psql.
 mod migrate;
+/// Which NetBox release the database holds (its migrations): named by `check`, an unknown one
+/// refused by `check` and `run` unless `[netbox] version` overrides it.
+mod netbox_release;
 /// What the NetBox plugin's pages read and do: views without secrets, NetBox's role's grants.
 mod netbox_ui;
 /// Operating it: commands, SQL cookbook, metrics, least privilege, uninstall.

@@ -700,6 +700,14 @@ def _classify(name, f, model, serializer_cls):
                 spec['source_hint'] = src
                 return spec
             warn(f'unrecognised display override {key}')
+        if method is not None and _norm(source_of(method)) == _SRC_JOB_OBJECT:
+            attr_kind, attr = resolve_model_attr(model, name)
+            if attr_kind == 'gfk':
+                spec['kind'] = 'gfk'
+                spec['ct_column'] = model._meta.get_field(attr.ct_field).column
+                spec['id_column'] = model._meta.get_field(attr.fk_field).column
+                spec['models'] = gfk_targets(model, attr)
+                return spec
         spec['kind'] = 'method'
         spec['method'] = f'{label_of(model)}.{name}'
         spec['serializer_method'] = f'{serializer_cls.__name__}.{f.method_name}'
@@ -1030,7 +1038,7 @@ _SRC_CONFIG_CONTEXT = _norm('''
 def get_config_context(self, obj):
     return obj.get_config_context()
 ''')
-_SRC_PARENT_DEVICE = _norm('''
+_SRC_PARENT_DEVICE = [_norm('''
 def get_parent_device(self, obj):
     try:
         device_bay = obj.parent_bay
@@ -1039,6 +1047,33 @@ def get_parent_device(self, obj):
     data = self._parent_device_serializer.to_representation(device_bay.device)
     data['device_bay'] = self._parent_bay_serializer.to_representation(device_bay)
     return data
+'''), _norm('''
+def get_parent_device(self, obj):
+    try:
+        device_bay = obj.parent_bay
+    except DeviceBay.DoesNotExist:
+        return None
+    context = {'request': self.context['request']}
+    data = NestedDeviceSerializer(instance=device_bay.device, context=context).data
+    data['device_bay'] = NestedDeviceBaySerializer(instance=device_bay, context=context).data
+    return data
+''')]  # 4.7.3 caches the two serializers; 4.7.0 to 4.7.2 build them per call: the same output
+# NetBox 4.7.0 to 4.7.2's JobSerializer.object (4.7.3 made it a GFKSerializerField): the nested
+# representation of the generic foreign key's target, as a gfk field renders it. The two differ
+# only for a target model without a REST serializer (a plugin's): this gives its object_repr.
+_SRC_JOB_OBJECT = _norm('''
+def get_object(self, obj):
+    """
+    Serialize a nested representation of the object.
+    """
+    if obj.object is None:
+        return None
+    try:
+        serializer = get_serializer_for_model(obj.object)
+    except SerializerNotFound:
+        return obj.object_repr
+    context = {'request': self.context['request']}
+    return serializer(obj.object, nested=True, context=context).data
 ''')
 
 
@@ -1113,7 +1148,7 @@ def derive_hint(model, name, spec):
             return D([('kind', 'cached_column'), ('column', '_config_context_data'),
                       ('note', 'when the column is NULL NetBox renders the config context in Python '
                                '(ConfigContextModel.render_config_context)')])
-        if name == 'parent_device' and src == _SRC_PARENT_DEVICE:
+        if name == 'parent_device' and src in _SRC_PARENT_DEVICE:
             from dcim.api.serializers_.nested import NestedDeviceBaySerializer, NestedDeviceSerializer
             from dcim.models import DeviceBay
             dev = nested_reference(NestedDeviceSerializer(context={'request': None}), model)
