@@ -1019,13 +1019,20 @@ async fn netbox_drain_run(template: &str, sidecar_binary: &str, port: u16, expec
             .unwrap_or(0)
     };
     let mut peak = 0;
+    // Arrivals by the receiver (it prints its count about once a second): the attempt log is
+    // written by record(), which can lag far behind the requests (measured: minutes).
+    let mut first_seen: Option<f64> = None;
     wait_until(
         "the backlog to drain",
         Duration::from_secs(7200),
         async || {
             peak = peak.max(peak_kib());
             tokio::time::sleep(Duration::from_millis(450)).await;
-            received(&log) >= expected as u64
+            let got = received(&log);
+            if got > 0 && first_seen.is_none() {
+                first_seen = Some(start.elapsed().as_secs_f64());
+            }
+            got >= expected as u64
         },
     )
     .await;
@@ -1037,7 +1044,14 @@ async fn netbox_drain_run(template: &str, sidecar_binary: &str, port: u16, expec
     drop(side);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let longest_tx_s = sampling.await.unwrap();
-    // First and last attempt by the database's clock (the attempt log), from the sidecar's start.
+    // First and last attempt by the database's clock (the attempt log), from the sidecar's start,
+    // once record() has caught up; else the receiver's view (to about a second).
+    let waiting = Instant::now();
+    while count(&client, "select count(*) from netbox_outbox.attempt").await < expected
+        && waiting.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let row = client
         .query_one(
             "select count(*),
@@ -1048,10 +1062,14 @@ async fn netbox_drain_run(template: &str, sidecar_binary: &str, port: u16, expec
         )
         .await
         .unwrap();
+    let seen = first_seen.unwrap_or(wall_s);
     Drain {
-        deliveries: row.get(0),
-        first_s: row.get(1),
-        span_s: row.get::<_, f64>(2).max(0.001),
+        deliveries: row.get::<_, i64>(0).max(expected),
+        first_s: row.get::<_, Option<f64>>(1).unwrap_or(seen),
+        span_s: row
+            .get::<_, Option<f64>>(2)
+            .unwrap_or(wall_s - seen)
+            .max(0.001),
         wall_s,
         peak_mib: peak as f64 / 1024.0,
         longest_tx_s,
