@@ -7,6 +7,14 @@
 //!
 //!     cargo bench --bench capture                     # 10 s per cell
 //!     BENCH_SECONDS=30 BENCH_CLIENTS=1,16,64 cargo bench --bench capture
+//!     BENCH_CAPTURE_VARIANTS="index=benches/ab/change-object-index.sql" cargo bench --bench capture
+//!     BENCH_STATEMENT_ROWS=100 BENCH_CLIENTS=1,16 cargo bench --bench capture   # multi-row UPDATEs
+//!
+//! `BENCH_CAPTURE_VARIANTS` (`name=file.sql;name=file.sql`) adds variants: each in its own copy
+//! of the database, the SQL file applied after the migrations and `watch('dcim_device')`,
+//! measured interleaved with the others, as "sidecar busy". `BENCH_CAPTURE_BUILTIN=false` leaves
+//! out the idle-sidecar and naive variants (the baseline and the capture always run).
+//! `BENCH_STATEMENT_ROWS` (1) is the number of rows each UPDATE changes.
 //!
 //! Needs pgbench and a PostgreSQL server (TEST_DATABASE_URL, default 127.0.0.1:5432, trust auth).
 
@@ -20,10 +28,17 @@ const FIXTURE: &str = include_str!("../tests/fixtures/netbox_schema.sql");
 const ROWS: i64 = 10_000;
 
 /// One pgbench transaction: the UPDATE a NetBox device save amounts to (a real field and
-/// last_updated), on a random row.
-const SCRIPT: &str = "\\set aid random(1, 10000)\n\
-    update dcim_device set status = case when status = 'active' then 'planned' else 'active' end, \
-    description = 'bench ' || :aid, last_updated = now() where id = :aid;\n";
+/// last_updated), on a random row; or on `rows` consecutive rows in one statement (a script's
+/// `queryset.update()`).
+fn script(rows: i64) -> String {
+    format!(
+        "\\set aid random(1, {})\n\
+         update dcim_device set status = case when status = 'active' then 'planned' else 'active' end, \
+         description = 'bench ' || :aid, last_updated = now() where id between :aid and :aid + {};\n",
+        ROWS - rows + 1,
+        rows - 1
+    )
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Variant {
@@ -129,8 +144,71 @@ async fn run(seconds: u64, clients: &[u32]) {
         .await
         .unwrap();
 
-    let script = std::env::temp_dir().join("netbox-outbox-bench-update.sql");
-    std::fs::write(&script, SCRIPT).unwrap();
+    let statement_rows: i64 = std::env::var("BENCH_STATEMENT_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let script_path = std::env::temp_dir().join("netbox-outbox-bench-update.sql");
+    std::fs::write(&script_path, script(statement_rows)).unwrap();
+    let script = script_path;
+
+    // SQL variants, each in its own copy of the database (a template may have no other
+    // connection while it is copied).
+    let extra: Vec<(String, String)> = std::env::var("BENCH_CAPTURE_VARIANTS")
+        .unwrap_or_default()
+        .split(';')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            let (label, file) = v.split_once('=').expect("name=file.sql");
+            (
+                label.trim().to_string(),
+                std::fs::read_to_string(file.trim()).unwrap_or_else(|e| panic!("{file}: {e}")),
+            )
+        })
+        .collect();
+    let mut extra_dbs = Vec::new();
+    if !extra.is_empty() {
+        drop(client);
+        for (i, (label, sql)) in extra.iter().enumerate() {
+            let copy = format!("{name}_v{i}");
+            admin_client
+                .batch_execute(&format!("drop database if exists {copy} with (force)"))
+                .await
+                .unwrap();
+            let mut tries = 0;
+            while let Err(e) = admin_client
+                .batch_execute(&format!("create database {copy} template {name}"))
+                .await
+            {
+                tries += 1;
+                assert!(tries < 100, "copying the database: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // A database's settings are not copied with it.
+            admin_client
+                .batch_execute(&format!(
+                    "alter database {copy} set synchronous_commit = off"
+                ))
+                .await
+                .unwrap();
+            let database = admin.with_dbname(&copy);
+            let variant_client = database.connect().await.unwrap();
+            variant_client
+                .batch_execute("select netbox_outbox.watch('dcim_device')")
+                .await
+                .unwrap();
+            variant_client
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("variant {label}: {e}"));
+            extra_dbs.push((format!("sql: {label}"), database, variant_client));
+        }
+        client = admin.with_dbname(name).connect().await.unwrap();
+    }
+    let builtin: bool = std::env::var("BENCH_CAPTURE_BUILTIN")
+        .map(|v| v != "false")
+        .unwrap_or(true);
 
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -140,8 +218,8 @@ async fn run(seconds: u64, clients: &[u32]) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     println!(
-        "capture write-path benchmark: {ROWS} dcim_device rows, {seconds} s per cell, {rounds} rounds, \
-         {cores} cores, synchronous_commit=off"
+        "capture write-path benchmark: {ROWS} dcim_device rows, {statement_rows} row(s) per UPDATE, \
+         {seconds} s per cell, {rounds} rounds, {cores} cores, synchronous_commit=off"
     );
     println!(
         "ratio = tps / baseline tps of the same round (median over rounds); cpu ratio = baseline \
@@ -151,15 +229,32 @@ async fn run(seconds: u64, clients: &[u32]) {
         "{:>7}  {:<38} {:>8} {:>7} {:>9} {:>9}   per-round ratios",
         "clients", "variant", "tps", "ratio", "cpu us/tx", "cpu ratio"
     );
-    let variants = [
-        Variant::Baseline,
-        Variant::Capture,
-        Variant::CaptureSidecarIdle,
-        Variant::NaiveNotify,
-    ];
+    let variants: Vec<Variant> = if builtin {
+        vec![
+            Variant::Baseline,
+            Variant::Capture,
+            Variant::CaptureSidecarIdle,
+            Variant::NaiveNotify,
+        ]
+    } else {
+        vec![Variant::Baseline, Variant::Capture]
+    };
+    let labels: Vec<String> = variants
+        .iter()
+        .map(|v| v.label().to_string())
+        .chain(extra_dbs.iter().map(|(label, _, _)| label.clone()))
+        .collect();
     for &n in clients {
-        let mut cells: Vec<Vec<Cell>> = variants.iter().map(|_| Vec::new()).collect();
+        let mut cells: Vec<Vec<Cell>> = labels.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
+            for (j, (_, variant_db, variant_client)) in extra_dbs.iter().enumerate() {
+                variant_client.batch_execute("checkpoint").await.unwrap();
+                cells[variants.len() + j].push(pgbench(variant_db, &script, n, seconds));
+                variant_client
+                    .batch_execute("truncate netbox_outbox.change")
+                    .await
+                    .unwrap();
+            }
             for (i, &variant) in variants.iter().enumerate() {
                 set_variant(&client, variant).await;
                 // The idle sidecar sleeps as `netbox-outbox run` does when it has no work.
@@ -175,7 +270,7 @@ async fn run(seconds: u64, clients: &[u32]) {
                     .unwrap();
             }
         }
-        for (i, variant) in variants.iter().enumerate() {
+        for (i, label) in labels.iter().enumerate() {
             let ratios: Vec<f64> = (0..rounds)
                 .map(|r| cells[i][r].tps / cells[0][r].tps)
                 .collect();
@@ -186,7 +281,7 @@ async fn run(seconds: u64, clients: &[u32]) {
             let cpu: Vec<f64> = cells[i].iter().map(|c| c.cpu_us_per_tx).collect();
             println!(
                 "{n:>7}  {:<38} {:>8.0} {:>7.2} {:>9.0} {:>9.2}   {}",
-                variant.label(),
+                label,
                 median(&tps),
                 median(&ratios),
                 median(&cpu),
@@ -200,10 +295,16 @@ async fn run(seconds: u64, clients: &[u32]) {
         }
     }
     drop(client);
-    admin_client
-        .batch_execute(&format!("drop database if exists {name} with (force)"))
-        .await
-        .unwrap();
+    let copies: Vec<String> = (0..extra_dbs.len())
+        .map(|i| format!("{name}_v{i}"))
+        .collect();
+    drop(extra_dbs);
+    for db in copies.iter().map(String::as_str).chain([name]) {
+        admin_client
+            .batch_execute(&format!("drop database if exists {db} with (force)"))
+            .await
+            .unwrap();
+    }
 }
 
 async fn set_variant(client: &tokio_postgres::Client, variant: Variant) {
