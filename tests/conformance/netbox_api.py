@@ -34,9 +34,13 @@ class Api:
                 return s
         return None
 
-    def call(self, step, method, path, body=None, expect=(200, 201, 202, 204)):
+    def call(self, step, method, path, body=None, expect=(200, 201, 202, 204), files=None):
         started = time.monotonic()
-        response = self.session.request(method, self.base_url + path, json=body, timeout=300)
+        if files is None:
+            response = self.session.request(method, self.base_url + path, json=body, timeout=300)
+        else:
+            # a multipart form (an image attachment's file); the record keeps the form fields
+            response = self.session.request(method, self.base_url + path, data=body, files=files, timeout=300)
         record = {
             'step': step,
             'method': method,
@@ -64,6 +68,9 @@ class Api:
 
     def post(self, step, path, body, **kw):
         return self.call(step, 'POST', path, body, **kw)
+
+    def upload(self, step, path, form, files, method='POST', **kw):
+        return self.call(step, method, path, form, files=files, **kw)
 
     def patch(self, step, path, body, **kw):
         return self.call(step, 'PATCH', path, body, **kw)

@@ -15,6 +15,7 @@ every depth), and the signature's validity.
 | `request-path-counts` | `data.<key>` present in NetBox's body and absent from ours, where the catalogue says the key is a queryset annotation omitted when missing (`annotation`, `when_missing: omit`); and, for `updated` and `deleted`, NetBox's value of an annotation whose value is a default when missing (`annotation`, `when_missing: default`, e.g. region `site_count`, device role `device_count`) where ours is that default. Not `RelatedObjectCountField`s (`count`: `device_count` of a site...): netbox-outbox counts those from the database for REST updates and deletes, and they are compared | NetBox fills them only when the REST viewset's annotated queryset produced the instance (PATCH, PUT, DELETE); the viewsets' own annotations (cumulative over a tree) are not computed by netbox-outbox yet |
 | `fallback-counts` | without the plugin only, for `updated` and `deleted`: a `count` key (`device_count`...) in our `data` and not in NetBox's | the database does not know whether a change came through the REST API; netbox-outbox follows its documented fallback, a REST PATCH or DELETE, whose viewset annotates them; NetBox's change came from nbshell or a script |
 | `cascade-on-delete` | for `deleted`: a `count` key (`prefix_count`, `tagged_items`) where ours is lower than NetBox's, and a list of port mappings (`rear_ports`, `front_ports`) that is empty in ours and not in NetBox's | NetBox serializes a deleted object before its delete cascades (SET_NULL onto prefixes, the deleted tag's tagged items, the port's mappings); the sidecar reads the committed state, and the capture holds the cascaded rows only for watched models (never the port mappings, which have no event rules) |
+| `unordered-object-types` | the order of a list of object types (`object_types` of an event rule, custom field, custom link, export template, saved filter), when both sides list the same types; only for lists NetBox reads through a many-to-many relation without an ordering (catalogue kind `content_types`, no `order_by`) | NetBox reads them with a query without `ORDER BY`, so their order is whatever plan PostgreSQL picked for that query (seen: neither the types' ids nor their names); netbox-outbox sorts them by name |
 | `client-json-order` | for `created`: the key order inside JSON values of `snapshots.postchange` (`custom_fields` and JSON fields such as `local_context_data`), when both sides have the same keys | NetBox's snapshot of a new object keeps the order the client sent; PostgreSQL's jsonb keeps its own order, and the client's is stored nowhere |
 | `unlogged-request` | without the plugin only: `request.id` and `request.user` of a change NetBox did not write to its change log (a save that changes nothing), when ours are the documented stand-ins: the transaction's id (`6e626f75-7462-...`) and the database role | NetBox writes no change log row for such a save, so nothing in the database holds its request id or user; the plugin provides them |
 | `in-memory-counters` | `*_count` integers inside nested objects of `data` (for example `data.device_type.device_count`) | NetBox renders a nested object from the copy it loaded during the request, and updates counter caches in the database only (`QuerySet.update(F() + 1)`), so the value depends on when in the request NetBox loaded that copy (seen: 4, 2 and 3 for three devices of one bulk create); the database holds the committed count |
@@ -55,6 +56,7 @@ RULES = {
     'request-path-counts': 'viewset annotations (region site_count...) NetBox adds only for REST PATCH/PUT/DELETE',
     'fallback-counts': 'without the plugin: related-object counts of the fallback REST request, NetBox\'s change made otherwise',
     'cascade-on-delete': 'deleted: a count lower than NetBox\'s, or port mappings empty, after the delete\'s own cascade',
+    'unordered-object-types': 'order of an object type list NetBox reads without ORDER BY (same types)',
     'client-json-order': 'created: key order inside JSON values of the postchange snapshot (client order)',
     'unlogged-request': 'without the plugin: request id and user of a save NetBox did not log',
     'in-memory-counters': '*_count integers inside nested objects of data (NetBox in-memory copies)',
@@ -75,6 +77,8 @@ WHY = {
     'cascade-on-delete': 'NetBox serializes a deleted object before the delete cascades; the sidecar reads after the '
                          'commit, and the rows the cascade removed or unlinked are in the capture only when their '
                          'model is watched (port mappings never are: no event rules)',
+    'unordered-object-types': 'NetBox lists them from a query without ORDER BY: the order is the plan PostgreSQL '
+                              'chose for NetBox\'s query, which no row records',
     'client-json-order': 'jsonb stores its own key order; the order the client sent is stored nowhere',
     'unlogged-request': 'NetBox logs no change for a save that changes nothing, so its request id and user '
                         'are in no row; the plugin sends them',
@@ -90,7 +94,7 @@ class Context:
     """What the normalisation needs to know about a configuration."""
 
     def __init__(self, plugin, secrets, path_dependent_fields, json_snapshot_fields, db_user, mirror_paths=None,
-                 count_fields=None, unwatched_lists=None):
+                 count_fields=None, unwatched_lists=None, unordered_lists=None):
         self.plugin = plugin
         # webhook name -> secret ('' when none)
         self.secrets = secrets
@@ -107,6 +111,8 @@ class Context:
         self.count_fields = count_fields or {}
         # object type -> data keys listing rows of a model the capture does not record
         self.unwatched_lists = unwatched_lists or {}
+        # object type -> data keys listing object types read without an ordering
+        self.unordered_lists = unordered_lists or {}
 
 
 def view(received, webhook):
@@ -240,6 +246,15 @@ def normalise(netbox, ours, ctx):
                 forgiven = True
         if forgiven:
             applied.append('cascade-on-delete')
+
+    # unordered-object-types: the same object types, in the order of NetBox's unordered query
+    if isinstance(nb_data, dict) and isinstance(our_data, dict):
+        for k in ctx.unordered_lists.get(nb.get('object_type'), ()):
+            a, b = nb_data.get(k), our_data.get(k)
+            if (isinstance(a, list) and isinstance(b, list) and a != b
+                    and all(isinstance(x, str) for x in a + b) and sorted(a) == sorted(b)):
+                nb_data[k] = list(b)
+                applied.append('unordered-object-types')
 
     # in-memory-counters
     if isinstance(nb_data, dict) and isinstance(our_data, dict):

@@ -7,6 +7,7 @@ import json
 from collections import defaultdict
 
 import normalise
+from every_model import NOT_CREATABLE
 
 STATUSES = ('matched', 'differed', 'missing', 'extra', 'normalised')
 
@@ -49,7 +50,10 @@ def summary_table(analyses, event_models=()):
     types = sorted(reached | set(event_models))
     for t in types:
         if t not in reached:
-            lines.append(f"| {t} | " + ' | '.join('-' for _ in analyses) + ' | not reached by the scenario | - | - | - | - | - |')
+            # a model NetBox cannot create through REST says why; any other was not reached
+            why = f'not created by the scenario: {NOT_CREATABLE[t]}' if t in NOT_CREATABLE \
+                else 'not reached by the scenario'
+            lines.append(f"| {t} | " + ' | '.join('-' for _ in analyses) + f' | {why} | - | - | - | - | - |')
             continue
         cells = []
         totals = defaultdict(int)

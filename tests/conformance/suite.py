@@ -119,6 +119,17 @@ def unwatched_lists():
     return out
 
 
+def unordered_lists():
+    """Per object type, its lists of object types that NetBox reads without an ordering."""
+    catalogue = json.loads(CATALOGUE.read_text())
+    out = {}
+    for name, model in catalogue['models'].items():
+        keys = {f['name'] for f in model['serializer'] if f['kind'] == 'content_types' and not f.get('order_by')}
+        if keys:
+            out[name] = keys
+    return out
+
+
 class Control:
     """The scenario's hooks into the run: the capture mode, the sidecar's progress, nbshell."""
 
@@ -305,7 +316,9 @@ def analyse(cfg, received, steps, expect, stats):
     path_dependent, json_fields = catalogue_facts()
     ctx = Context(cfg.plugin, secrets, path_dependent, json_fields, env.PG_USER,
                   mirror_paths={f'/hook/{ours}': f'/hook/{theirs}' for ours, theirs in expect.mirrors.items()},
-                  count_fields=count_fields(), unwatched_lists=unwatched_lists())
+                  count_fields=count_fields(), unwatched_lists=unwatched_lists(),
+                  unordered_lists=unordered_lists())
+    ctx.capture_mode = cfg.capture_mode
     by_id = {s['request_id']: s for s in steps if s.get('request_id')}
     analysis = compare.analyse(cfg.name, received, ctx, expect, by_id.get)
     analysis.rest_calls = len(steps)

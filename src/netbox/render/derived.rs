@@ -13,7 +13,125 @@ use crate::netbox::catalogue::{Cabling, DeriveKind, Field, Model, PYTHON_ONLY, P
 use crate::netbox::config_context::{self, Scope};
 use crate::netbox::lookup::{DeletedKey, Found, RelatedKey};
 
+/// `CustomFieldSerializer.get_data_type`: the JSON type of a custom field's values.
+pub(crate) fn custom_field_data_type(field_type: &str) -> &'static str {
+    match field_type {
+        "integer" => "integer",
+        "decimal" => "decimal",
+        "boolean" => "boolean",
+        "json" | "object" => "object",
+        "multiselect" | "multiobject" => "array",
+        _ => "string",
+    }
+}
+
+/// The action types NetBox itself registers (`get_event_rule_action` finds them whatever plugins
+/// are installed); a plugin's action type depends on NetBox's configuration.
+const BUILTIN_EVENT_RULE_ACTIONS: &[&str] = &["webhook", "script", "notification"];
+
+/// Two sets of module bay types are compatible unless both constrain and share none
+/// (`Module.is_bay_compatible`, `ModuleBay.is_module_compatible`).
+pub(crate) fn bay_types_compatible(bay: &BTreeSet<i64>, module_type: &BTreeSet<i64>) -> bool {
+    bay.is_empty() || module_type.is_empty() || !bay.is_disjoint(module_type)
+}
+
 impl Renderer<'_> {
+    /// Serializer methods without a catalogue recipe that NetBox computes from a column or a few
+    /// related rows, reproduced by name. None: not one of them, or not computable from the
+    /// database (then the catalogue's PYTHON_ONLY decision applies).
+    fn computed_by_name(&mut self, name: &str, field: &str, row: &Row) -> Option<Value> {
+        let get = |c: &str| row.get(c).cloned().unwrap_or(Value::Null);
+        match (name, field) {
+            ("extras.customfield", "data_type") => {
+                Some(Value::from(custom_field_data_type(get("type").as_str()?)))
+            }
+            ("extras.customfieldchoiceset", "choices_count") => {
+                // base choices are lists in NetBox's code (ISO 3166, IATA, UN/LOCODE), not rows
+                if get("base_choices").as_str().is_some_and(|b| !b.is_empty()) {
+                    return None;
+                }
+                Some(Value::from(
+                    get("extra_choices").as_array().map_or(0, Vec::len) as i64,
+                ))
+            }
+            ("extras.eventrule", "action_is_available") => BUILTIN_EVENT_RULE_ACTIONS
+                .contains(&get("action_type").as_str()?)
+                .then_some(Value::Bool(true)),
+            ("dcim.module", "is_bay_compatible") => {
+                let (Some(bay), Some(module_type)) = (
+                    get("module_bay_id").as_i64(),
+                    get("module_type_id").as_i64(),
+                ) else {
+                    return Some(Value::Bool(true));
+                };
+                let bay_types = self.bay_types("dcim.modulebay", bay);
+                let type_types = self.bay_types("dcim.moduletype", module_type);
+                Some(match (bay_types, type_types) {
+                    (Some(b), Some(t)) => Value::Bool(bay_types_compatible(&b, &t)),
+                    _ => Value::Null, // fetched for the next pass
+                })
+            }
+            ("dcim.modulebay", "is_module_compatible") => {
+                let id = get("id").as_i64()?;
+                let key = RelatedKey {
+                    table: self.catalogue.model("dcim.module")?.table.clone(),
+                    column: "module_bay_id".into(),
+                    content_type: None,
+                };
+                let module_type = match self.lookups.related(&key, id) {
+                    Found::Yes(rows) => rows
+                        .first()
+                        .map(|m| m.get("module_type_id").and_then(Value::as_i64)),
+                    Found::Missing => {
+                        self.needs.related.insert((key, id));
+                        return Some(Value::Null);
+                    }
+                };
+                // no module installed, or one without a type
+                let Some(Some(module_type)) = module_type else {
+                    return Some(Value::Bool(true));
+                };
+                let bay_types = self.bay_types("dcim.modulebay", id);
+                let type_types = self.bay_types("dcim.moduletype", module_type);
+                Some(match (bay_types, type_types) {
+                    (Some(b), Some(t)) => Value::Bool(bay_types_compatible(&b, &t)),
+                    _ => Value::Null,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The module bay types of a module bay or module type (its `module_bay_types` relation),
+    /// or None while they are fetched for the next pass.
+    fn bay_types(&mut self, model: &str, id: i64) -> Option<BTreeSet<i64>> {
+        let through = self
+            .catalogue
+            .model(model)?
+            .serializer
+            .iter()
+            .find(|f| f.name == "module_bay_types")?
+            .through
+            .clone()?;
+        let (source, target) = (through.source_column?, through.target_column?);
+        let key = RelatedKey {
+            table: through.table,
+            column: source,
+            content_type: None,
+        };
+        match self.lookups.related(&key, id) {
+            Found::Yes(rows) => Some(
+                rows.iter()
+                    .filter_map(|r| r.get(&target).and_then(Value::as_i64))
+                    .collect(),
+            ),
+            Found::Missing => {
+                self.needs.related.insert((key, id));
+                None
+            }
+        }
+    }
+
     /// Fields NetBox computes in Python, reproduced where the catalogue says how.
     pub(crate) fn method(
         &mut self,
@@ -31,6 +149,9 @@ impl Renderer<'_> {
             // is refused when the catalogue loads).
             if let Some(cabling) = Cabling::of(&field.name) {
                 return self.cabling(name, model, cabling, row, depth);
+            }
+            if let Some(value) = self.computed_by_name(name, &field.name, row) {
+                return value;
             }
             if PYTHON_ONLY.contains(&(name, field.name.as_str())) {
                 return Value::Null;
@@ -405,5 +526,45 @@ impl Renderer<'_> {
             );
         }
         Value::Object(parent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_field_data_types_are_netboxs() {
+        for (field_type, data_type) in [
+            ("text", "string"),
+            ("longtext", "string"),
+            ("integer", "integer"),
+            ("decimal", "decimal"),
+            ("boolean", "boolean"),
+            ("date", "string"),
+            ("datetime", "string"),
+            ("url", "string"),
+            ("json", "object"),
+            ("select", "string"),
+            ("multiselect", "array"),
+            ("object", "object"),
+            ("multiobject", "array"),
+        ] {
+            assert_eq!(
+                custom_field_data_type(field_type),
+                data_type,
+                "{field_type}"
+            );
+        }
+    }
+
+    #[test]
+    fn bay_types_are_incompatible_only_when_both_constrain_and_share_none() {
+        let set = |v: &[i64]| v.iter().copied().collect::<BTreeSet<i64>>();
+        assert!(bay_types_compatible(&set(&[]), &set(&[])));
+        assert!(bay_types_compatible(&set(&[1]), &set(&[])));
+        assert!(bay_types_compatible(&set(&[]), &set(&[2])));
+        assert!(bay_types_compatible(&set(&[1, 2]), &set(&[2, 3])));
+        assert!(!bay_types_compatible(&set(&[1]), &set(&[2])));
     }
 }

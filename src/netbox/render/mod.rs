@@ -290,6 +290,23 @@ pub fn rest_annotated(change: &TxChange, api_path: Option<&str>, base: &str) -> 
         && (path == list || path == format!("{list}{}/", change.object_id))
 }
 
+/// Where the related objects an object nests directly come from. NetBox nests them from the
+/// in-memory copies it serialized with (see [`ChangeContext::serialized_after`]); for most
+/// objects those equal the rows as of the batch, but a signal that runs after the serialization
+/// and changes them with `QuerySet.update()` makes them differ: a new cable termination's object
+/// before the signal attaches the cable to it (`cable` null, `_occupied` false), a deleted
+/// wireless link's interfaces before the signal detaches them (`_occupied` true).
+pub(crate) fn related_source(name: &str, action: Action, depth: usize) -> RowSource {
+    match (name, action) {
+        ("dcim.cabletermination", Action::Created) | ("wireless.wirelesslink", Action::Deleted)
+            if depth == 0 =>
+        {
+            RowSource::AsSerialized
+        }
+        _ => RowSource::Batch,
+    }
+}
+
 impl<'a> ChangeContext<'a> {
     pub fn of(change: &'a TxChange) -> Self {
         ChangeContext {
@@ -404,7 +421,8 @@ impl Renderer<'_> {
             FieldKind::Fk => match column(&field.column).as_i64() {
                 Some(target) => match field.model.as_deref() {
                     Some(target_model) => {
-                        self.nested(target_model, target, field, depth, RowSource::Batch)
+                        let source = related_source(name, self.context.action, depth);
+                        self.nested(target_model, target, field, depth, source)
                     }
                     None => self.unrenderable(name, field, "an `fk` without `model`"),
                 },
@@ -418,10 +436,11 @@ impl Renderer<'_> {
                     .map_or(Value::Null, Value::String),
                 None => Value::Null,
             },
-            FieldKind::ContentTypes => self.content_types(field, id?),
+            FieldKind::ContentTypes => self.content_types(field, id?, depth),
             FieldKind::Gfk => match (field.ct_column.as_deref(), field.id_column.as_deref()) {
                 (Some(ct_column), Some(id_column)) => {
-                    self.gfk(row, ct_column, id_column, field, depth)
+                    let source = related_source(name, self.context.action, depth);
+                    self.gfk(row, ct_column, id_column, field, depth, source)
                 }
                 _ => self.unrenderable(name, field, "a `gfk` without `ct_column`/`id_column`"),
             },
@@ -516,6 +535,33 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn only_the_documented_in_memory_relations_are_shown_as_serialized() {
+        use super::nested::RowSource::{AsSerialized, Batch};
+        assert_eq!(
+            related_source("dcim.cabletermination", Action::Created, 0),
+            AsSerialized
+        );
+        assert_eq!(
+            related_source("wireless.wirelesslink", Action::Deleted, 0),
+            AsSerialized
+        );
+        // nested deeper, other actions and other models: as of the batch
+        assert_eq!(
+            related_source("dcim.cabletermination", Action::Created, 1),
+            Batch
+        );
+        assert_eq!(
+            related_source("dcim.cabletermination", Action::Deleted, 0),
+            Batch
+        );
+        assert_eq!(
+            related_source("wireless.wirelesslink", Action::Created, 0),
+            Batch
+        );
+        assert_eq!(related_source("dcim.interface", Action::Created, 0), Batch);
+    }
 
     const DEVICE: i32 = 10;
     const FRONT_PORT: i32 = 11;

@@ -194,7 +194,7 @@ impl Renderer<'_> {
         Some(ids.iter().filter_map(Value::as_i64).collect())
     }
 
-    pub(crate) fn content_types(&mut self, field: &Field, id: i64) -> Value {
+    pub(crate) fn content_types(&mut self, field: &Field, id: i64, depth: usize) -> Value {
         let Some(through) = &field.through else {
             return Value::Array(Vec::new());
         };
@@ -202,26 +202,33 @@ impl Renderer<'_> {
         else {
             return Value::Array(Vec::new());
         };
-        let key = RelatedKey {
-            table: through.table.clone(),
-            column: source.clone(),
-            content_type: None,
+        // a deleted object's own links: from NetBox's change log, as for `m2m`
+        let ct_ids: Vec<i64> = match self.deleted_links(field, depth) {
+            Some(ids) => ids,
+            None => {
+                let key = RelatedKey {
+                    table: through.table.clone(),
+                    column: source.clone(),
+                    content_type: None,
+                };
+                match self.lookups.related(&key, id) {
+                    Found::Yes(rows) => rows
+                        .iter()
+                        .filter_map(|r| r.get(target_column)?.as_i64())
+                        .collect(),
+                    Found::Missing => {
+                        self.needs.related.insert((key, id));
+                        return Value::Array(Vec::new());
+                    }
+                }
+            }
         };
-        match self.lookups.related(&key, id) {
-            Found::Yes(rows) => {
-                let mut names: Vec<String> = rows
-                    .iter()
-                    .filter_map(|r| r.get(target_column)?.as_i64())
-                    .filter_map(|ct| self.netbox.object_type(ct as i32))
-                    .collect();
-                names.sort();
-                Value::Array(names.into_iter().map(Value::String).collect())
-            }
-            Found::Missing => {
-                self.needs.related.insert((key, id));
-                Value::Array(Vec::new())
-            }
-        }
+        let mut names: Vec<String> = ct_ids
+            .into_iter()
+            .filter_map(|ct| self.netbox.object_type(ct as i32))
+            .collect();
+        names.sort();
+        Value::Array(names.into_iter().map(Value::String).collect())
     }
 
     /// A generic foreign key: the target's nested representation.
@@ -232,6 +239,7 @@ impl Renderer<'_> {
         id_column: &str,
         spec: &Field,
         depth: usize,
+        source: RowSource,
     ) -> Value {
         let (Some(ct), Some(id)) = (
             row.get(ct_column).and_then(Value::as_i64),
@@ -247,7 +255,7 @@ impl Renderer<'_> {
             variant: None,
             ..spec.clone()
         };
-        self.nested(&name, id, &bare, depth, RowSource::Batch)
+        self.nested(&name, id, &bare, depth, source)
     }
 
     /// The full tag objects, ordered by weight then name.
