@@ -679,7 +679,7 @@ impl Config {
                 )?,
                 batch_changes: positive(
                     "assembly.batch_changes",
-                    raw.assembly.batch_changes.unwrap_or(5_000),
+                    raw.assembly.batch_changes.unwrap_or(1_000),
                 )?,
                 listen: raw.assembly.listen.unwrap_or(true),
                 deferred_retry_interval: nonzero(

@@ -120,6 +120,24 @@ def score(outcomes):
 # One configuration
 # ------------------------------------------------------------------------------------------------
 
+# Differences found and not fixed yet, by (object type, event). They stay counted as differing
+# (or unpaired) in every figure and table, never as identical or by design; only the exit status
+# leaves them out, so that a new difference fails the suite while these are worked on. Each names
+# what differs and what a fix needs. Remove an entry when it is fixed.
+KNOWN_OPEN = {
+    ('users.owner', 'deleted'):
+        'NetBox sends prechange null (the model has no change logging) and the owner\'s users as it '
+        'held them (1), netbox-outbox the captured row and the users left (none); with the plugin '
+        '(capture_mode=netbox) netbox-outbox sends nothing, since no change log entry marks the '
+        'delete as NetBox\'s. Needs the catalogue to know which models log changes (issue 15).',
+    ('users.ownergroup', 'deleted'):
+        'as users.owner: no change logging, prechange null in NetBox (issue 15)',
+    ('dcim.cabletermination', 'deleted'):
+        'NetBox showed the cable (and _occupied true) on the deleted termination\'s nested port in '
+        'one run of three, none in the others: not yet explained (issue 15)',
+}
+
+
 class Analysis:
     def __init__(self, name):
         self.name = name
@@ -314,6 +332,8 @@ def _count_pair(a, key, webhook, outcomes, applied, problems, step):
     else:
         a.counts['differing'] += 1
         a.types[object_type]['differing'] += 1
+        if (object_type, key[0]) in KNOWN_OPEN:
+            a.counts['differing_known'] += 1
 
 
 def _unpaired(a, side, webhook, key, step, expect, ctx):
@@ -346,5 +366,9 @@ def _unpaired(a, side, webhook, key, step, expect, ctx):
         return
     a.unpaired.append(entry)
     a.counts[f'unpaired_{side}'] += 1
+    if (object_type, event) in KNOWN_OPEN:
+        entry['why'] = f'known, open: {KNOWN_OPEN[(object_type, event)]}'
+        a.counts['unpaired_known'] += 1
+        return
     a.failures.append(f'unpaired {side} webhook: {webhook} {event} {object_type} {object_id} '
                       f'(step: {step or "none: not a REST request"})')

@@ -27,6 +27,11 @@ def _fmt(v, limit=140):
     return text if len(text) <= limit else text[:limit] + '…'
 
 
+def _with_known(n, known):
+    """A count of differing or unpaired webhooks, saying how many are known and open."""
+    return f'{n} ({known} known, open)' if known else str(n)
+
+
 def summary_table(analyses, event_models=()):
     """The configurations, then one row per object type: every model with the event_rules
     feature (event_models) and any other the scenario reached; a model the scenario did not
@@ -40,7 +45,8 @@ def summary_table(analyses, event_models=()):
         lines.append(f"| {a.name} | {a.configuration.capture_mode} | {c.get('received_netbox', 0)} | "
                      f"{c.get('received_outbox', 0)} | {c.get('paired', 0)} | {c.get('identical', 0)} | "
                      f"{c.get('documented', 0)} | {c.get('documented_client_only', 0)} | "
-                     f"{c.get('differing', 0)} | {len(a.unpaired)} | "
+                     f"{_with_known(c.get('differing', 0), c.get('differing_known', 0))} | "
+                     f"{_with_known(len(a.unpaired), c.get('unpaired_known', 0))} | "
                      f"{len(a.by_design)} |")
     lines += ['', '| object type | ' + ' | '.join(
         f'{a.name}: identical / documented / differing / by design' for a in analyses)
