@@ -121,7 +121,7 @@ def unwatched_lists():
 
 def unordered_lists():
     """Per object type, its lists of object types that NetBox reads without an ordering."""
-    catalogue = json.loads(CATALOGUE.read_text())
+    catalogue = load_catalogue()
     out = {}
     for name, model in catalogue['models'].items():
         keys = {f['name'] for f in model['serializer'] if f['kind'] == 'content_types' and not f.get('order_by')}
