@@ -13,6 +13,12 @@ import time
 from dataclasses import dataclass, field
 
 import every_model
+from environment import NETBOX_VERSION
+
+# Every model is proven on NetBox 4.7.3; the reduced pass on an older release (tests/run runs
+# 4.7.0) is the main scenario alone: every_model.py's bodies are written against 4.7.3's
+# serializers (4.7.0's VLAN translation policies and rules, for one, have no tags or custom fields).
+EVERY_MODEL = NETBOX_VERSION == '4.7.3'
 
 API = '/api'
 
@@ -222,7 +228,7 @@ class Scenario:
         # every custom field type on the device, and on every model every_model.py reaches that
         # has custom fields
         for f in fields:
-            f['object_types'] = device + every_model.CF_TYPES
+            f['object_types'] = device + (every_model.CF_TYPES if EVERY_MODEL else [])
         fields.append({'name': 'site_code', 'type': 'text', 'object_types': ['dcim.site']})
         self.api.post('custom fields (bulk)', API + '/extras/custom-fields/', fields)
 
@@ -505,7 +511,8 @@ class Scenario:
         self.build()
         self.update()
         # one object of every other model NetBox can send events for (every_model.py)
-        every_model.EveryModel(self).run()
+        if EVERY_MODEL:
+            every_model.EveryModel(self).run()
         job = self.background()
         wait_job(job)
         self.teardown()
