@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 use self::build::{Builder, Event, attribution};
 use self::source::{BatchReader, Snapshot};
 use self::store::{NewDeferral, NewDelivery, NewEvent};
+use crate::change::Action;
 use crate::change::history::{ObjectHistory, TxChange};
 use crate::config::Config;
 use crate::metrics as m;
@@ -270,6 +271,14 @@ impl Assembler {
         Ok(report)
     }
 
+    /// Whether NetBox logs the changes of a content type's model (true when unknown).
+    fn logs_changes(&self, content_type_id: i32) -> bool {
+        self.netbox
+            .object_type(content_type_id)
+            .and_then(|name| netbox::catalogue::catalogue().model(&name))
+            .is_none_or(|model| model.change_logging)
+    }
+
     /// Re-reads rules, webhooks, custom fields and content types when they may have changed:
     /// every `rules.refresh_interval` (changes made with plain SQL), or at once when `changed`.
     async fn refresh_configuration(
@@ -411,6 +420,11 @@ impl Assembler {
                     Mode::Netbox => {
                         change.logged_by_netbox()
                             || (netbox_tx && (unread || change.last_updated_moved()))
+                            // NetBox sends the deletes of a model it does not log changes of
+                            // (no change log entry marks them), and nothing else of it.
+                            || (netbox_tx
+                                && change.action == Action::Deleted
+                                && !self.logs_changes(change.content_type_id))
                     }
                 };
                 if !emit {

@@ -85,10 +85,18 @@ pub struct Model {
     /// The model's default ordering.
     #[serde(default)]
     pub ordering: Vec<OrderBy>,
+    /// Whether NetBox logs the model's changes (ChangeLoggingMixin). NetBox sends only deletes
+    /// of a model that does not, and with no prechange snapshot.
+    #[serde(default = "logs_changes")]
+    pub change_logging: bool,
 }
 
 fn default_pk() -> String {
     "id".into()
+}
+
+fn logs_changes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

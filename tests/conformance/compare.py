@@ -126,15 +126,10 @@ def score(outcomes):
 # what differs and what a fix needs. Remove an entry when it is fixed.
 KNOWN_OPEN = {
     ('users.owner', 'deleted'):
-        'NetBox sends prechange null (the model has no change logging) and the owner\'s users as it '
-        'held them (1), netbox-outbox the captured row and the users left (none); with the plugin '
-        '(capture_mode=netbox) netbox-outbox sends nothing, since no change log entry marks the '
-        'delete as NetBox\'s. Needs the catalogue to know which models log changes (issue 15).',
-    ('users.ownergroup', 'deleted'):
-        'as users.owner: no change logging, prechange null in NetBox (issue 15)',
-    ('dcim.cabletermination', 'deleted'):
-        'NetBox showed the cable (and _occupied true) on the deleted termination\'s nested port in '
-        'one run of three, none in the others: not yet explained (issue 15)',
+        'NetBox nests the owner\'s users as it held them in memory (1), netbox-outbox the users '
+        'left when the batch reads them (none: the links are deleted with the owner, and the model '
+        'has no change log to recover them from). Needs the capture\'s image of the deleted links '
+        '(issue 15).',
 }
 
 

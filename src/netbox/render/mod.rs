@@ -298,7 +298,8 @@ pub fn rest_annotated(change: &TxChange, api_path: Option<&str>, base: &str) -> 
 /// wireless link's interfaces before the signal detaches them (`_occupied` true).
 pub(crate) fn related_source(name: &str, action: Action, depth: usize) -> RowSource {
     match (name, action) {
-        ("dcim.cabletermination", Action::Created) | ("wireless.wirelesslink", Action::Deleted)
+        ("dcim.cabletermination", Action::Created | Action::Deleted)
+        | ("wireless.wirelesslink", Action::Deleted)
             if depth == 0 =>
         {
             RowSource::AsSerialized
@@ -554,7 +555,7 @@ mod tests {
         );
         assert_eq!(
             related_source("dcim.cabletermination", Action::Deleted, 0),
-            Batch
+            AsSerialized
         );
         assert_eq!(
             related_source("wireless.wirelesslink", Action::Created, 0),

@@ -32,9 +32,12 @@ impl Renderer<'_> {
             out.insert("postchange".into(), post);
             return Value::Object(out);
         }
-        let pre = change.pre_row.as_ref().map_or(Value::Null, |row| {
-            self.snapshot(name, model, row, &change.pre_tags)
-        });
+        // NetBox takes a prechange snapshot only of models that log their changes.
+        let logs_changes = model.is_none_or(|m| m.change_logging);
+        let pre = match &change.pre_row {
+            Some(row) if logs_changes => self.snapshot(name, model, row, &change.pre_tags),
+            _ => Value::Null,
+        };
         let post = change.post_row.as_ref().map_or(Value::Null, |row| {
             self.snapshot(name, model, row, &change.post_tags)
         });
