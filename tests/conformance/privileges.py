@@ -153,10 +153,16 @@ def main():
             "u = User.objects.create_user('privileges', 'p@example.com', 'not-a-password')",
             "Token(user=u, version=1, token='f' * 40, write_enabled=True).save()",
             f"w = Webhook.objects.create(name='privileges', payload_url={receiver.url('/hook/privileges')!r})",
-            "r = EventRule.objects.create(name='privileges', event_types=['object_created'], "
+            # the rule and its object types in one transaction, as NetBox's API and UI save them
+            # (in two, a site created at once may be read before the second: seen on a quiet
+            # machine, where each commit is read on its own)
+            'from django.db import transaction',
+            'with transaction.atomic():',
+            "    r = EventRule.objects.create(name='privileges', event_types=['object_created'], "
             "action_type='netbox_outbox.webhook', action_object_type=ObjectType.objects.get_for_model(Webhook), "
             "action_object_id=w.id)",
-            'r.object_types.set([ObjectType.objects.get_for_model(Site)])',
+            '    r.object_types.set([ObjectType.objects.get_for_model(Site)])',
+            '',
             "Site.objects.create(name='least privilege', slug='least-privilege')",
         ]), log_path=workdir / 'nbshell.log')
         deadline = time.monotonic() + 120
