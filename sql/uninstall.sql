@@ -22,7 +22,7 @@ declare
 begin
     for t in select tgrelid::regclass as tbl, tgname from pg_trigger
              where tgname in ('netbox_outbox_capture', 'netbox_outbox_capture_truncate', 'netbox_outbox_capture_tag',
-                             'netbox_outbox_capture_changelog')
+                             'netbox_outbox_capture_changelog', 'netbox_outbox_capture_link')
                and not tgisinternal loop
         execute format('drop trigger %I on %s', t.tgname, t.tbl);
     end loop;

@@ -287,6 +287,7 @@ pub fn standing_change(
         tag_changes: 0,
         request_context: None,
         db_user,
+        removed_links: Vec::new(),
     }
 }
 

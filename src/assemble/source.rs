@@ -42,7 +42,7 @@ impl Snapshot {
 }
 
 /// `content_type_id` and `object_id` (3 and 4) key the rows by object ([`key`]).
-pub(super) const CHANGE_COLUMNS: &str = "id, txid, captured_at, content_type_id, object_id, kind::text, db_user, request, before::text, tag_id";
+pub(super) const CHANGE_COLUMNS: &str = "id, txid, captured_at, content_type_id, object_id, kind::text, db_user, request, before::text, tag_id, link_table";
 
 /// The rows of a batch: committed in `to`, not yet committed in `from`, with a transaction id
 /// below the batch's end `$2` (see [`super::bounds`]); those of the content types in `$5`
@@ -209,6 +209,7 @@ pub(super) fn change_from(row: &Row) -> Option<Change> {
         request_context: row.get(7),
         before: parse_row(row.get::<_, Option<String>>(8).as_deref()),
         tag_id: row.get(9),
+        link_table: row.get(10),
     })
 }
 

@@ -4,7 +4,9 @@
 //! - the prechange state is the state before the transaction's first change, the postchange
 //!   state the one after its last;
 //! - a create followed by updates is a create; anything ending in a delete is a delete;
-//! - a tag added or removed is an update of the tagged object.
+//! - a tag added or removed is an update of the tagged object;
+//! - a deleted link of a model without change logging is no change of its own: it is kept with
+//!   the transaction that deleted it, for rendering the deleted object's many-to-many fields.
 //!
 //! The capture stores only the row *before* each change, so the row after a change is the row
 //! before the next change to the object, or the row as it stands in the batch's snapshot. This
@@ -25,6 +27,8 @@ pub enum ChangeKind {
     Delete,
     TagAdded,
     TagRemoved,
+    /// A row of a many-to-many table listed in `netbox_outbox.watch_link`, deleted.
+    LinkRemoved,
 }
 
 impl ChangeKind {
@@ -36,6 +40,7 @@ impl ChangeKind {
             "D" => ChangeKind::Delete,
             "T" => ChangeKind::TagAdded,
             "t" => ChangeKind::TagRemoved,
+            "L" => ChangeKind::LinkRemoved,
             _ => return None,
         })
     }
@@ -60,6 +65,16 @@ pub struct Change {
     pub request_context: Option<String>,
     pub before: Option<Row>,
     pub tag_id: Option<i64>,
+    /// For [`ChangeKind::LinkRemoved`], the many-to-many table the link (`before`) was in.
+    pub link_table: Option<String>,
+}
+
+/// A link row deleted in the transaction (see [`ChangeKind::LinkRemoved`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemovedLink {
+    /// The many-to-many table, e.g. `users_owner_users`.
+    pub table: String,
+    pub row: Row,
 }
 
 /// One row of netbox_outbox.changelog: a copy of NetBox's core_objectchange row.
@@ -158,6 +173,9 @@ pub struct TxChange {
     /// The NetBox plugin's request context, if any change carried one.
     pub request_context: Option<String>,
     pub db_user: String,
+    /// Links of the object deleted in the transaction, for a model without change logging
+    /// (its many-to-many fields as NetBox serialized the deleted object).
+    pub removed_links: Vec<RemovedLink>,
 }
 
 impl TxChange {
@@ -247,7 +265,12 @@ impl ObjectHistory {
         // Group by transaction, in order of first appearance (which, for one object, is commit
         // order: a second writer waits for the first one's row lock).
         let mut groups: Vec<Group> = Vec::new();
-        let mut changes = self.changes.into_iter().peekable();
+        // Deleted links are no change of their own: set aside, then given to their transaction.
+        let (links, changes): (Vec<Change>, Vec<Change>) = self
+            .changes
+            .into_iter()
+            .partition(|c| c.kind == ChangeKind::LinkRemoved);
+        let mut changes = changes.into_iter().peekable();
         let mut entries = self.changelog.into_iter().peekable();
         loop {
             let take_change = match (changes.peek(), entries.peek()) {
@@ -274,6 +297,15 @@ impl ObjectHistory {
                 group.changes.push(changes.next().expect("peeked"));
             } else {
                 group.entries.push(entries.next().expect("peeked"));
+            }
+        }
+        for link in links {
+            if let (Some(group), Some(table), Some(row)) = (
+                groups.iter_mut().find(|g| g.txid == link.txid),
+                link.link_table,
+                link.before,
+            ) {
+                group.links.push(RemovedLink { table, row });
             }
         }
 
@@ -305,6 +337,7 @@ impl ObjectHistory {
                             tags.insert(tag);
                         }
                     }
+                    ChangeKind::LinkRemoved => {}
                 }
             }
             merged.push(group.finish(
@@ -327,6 +360,7 @@ struct Group {
     seq: i64,
     changes: Vec<Change>,
     entries: Vec<ChangelogEntry>,
+    links: Vec<RemovedLink>,
 }
 
 impl Group {
@@ -336,6 +370,7 @@ impl Group {
             seq,
             changes: Vec::new(),
             entries: Vec::new(),
+            links: Vec::new(),
         }
     }
 
@@ -410,6 +445,7 @@ impl Group {
                 .or_else(|| changelog.iter().find_map(|e| e.request_context.clone())),
             db_user: first.map(|c| c.db_user.clone()).unwrap_or_default(),
             changelog,
+            removed_links: self.links,
         }
     }
 }

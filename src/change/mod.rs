@@ -5,7 +5,7 @@
 
 pub mod history;
 
-pub use self::history::{Action, Row, TxChange};
+pub use self::history::{Action, RemovedLink, Row, TxChange};
 
 /// Parses a `row_to_json` text into a map; None for null or anything else.
 pub fn parse_row(text: Option<&str>) -> Option<Row> {

@@ -124,13 +124,8 @@ def score(outcomes):
 # (or unpaired) in every figure and table, never as identical or by design; only the exit status
 # leaves them out, so that a new difference fails the suite while these are worked on. Each names
 # what differs and what a fix needs. Remove an entry when it is fixed.
-KNOWN_OPEN = {
-    ('users.owner', 'deleted'):
-        'NetBox nests the owner\'s users as it held them in memory (1), netbox-outbox the users '
-        'left when the batch reads them (none: the links are deleted with the owner, and the model '
-        'has no change log to recover them from). Needs the capture\'s image of the deleted links '
-        '(issue 15).',
-}
+# None now: a deleted users.owner's users, the last, come from the captured link rows (V16).
+KNOWN_OPEN: dict = {}
 
 
 class Analysis:

@@ -443,6 +443,86 @@ async fn sync_reinstalls_a_missing_trigger() {
     assert_eq!(rows[0].object_id, heard);
 }
 
+/// A link row deleted from a many-to-many table of a model without change logging
+/// (`netbox_outbox.watch_link`) is kept as kind L of the object that owned it, with the table it
+/// was in; added links are not. A link table whose owner column is gone (renamed by a NetBox
+/// migration) loses its trigger, and deleting from it never fails NetBox's write.
+#[tokio::test]
+async fn deleted_links_of_models_without_change_logging_are_captured() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let owner_ct = content_type(&client, "users.owner").await;
+    client
+        .batch_execute(
+            "insert into users_owner (id, name) values (7, 'ops');
+             insert into users_owner_users (owner_id, user_id) select 7, id from users_user;
+             delete from users_owner_users where owner_id = 7;",
+        )
+        .await
+        .unwrap();
+    let rows: Vec<Captured> = captured(&client)
+        .await
+        .into_iter()
+        .filter(|r| r.kind == "L")
+        .collect();
+    assert_eq!(rows.len(), 2, "one per deleted link (admin, alice)");
+    assert!(
+        rows.iter()
+            .all(|r| r.content_type_id == owner_ct && r.object_id == 7)
+    );
+    let tables: Vec<String> = client
+        .query(
+            "select link_table from netbox_outbox.change where kind = 'L'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, ["users_owner_users", "users_owner_users"]);
+    assert_eq!(rows[0].before.as_ref().unwrap()["owner_id"], 7);
+
+    // the owner column renamed by a NetBox migration: the trigger, still in place, skips the
+    // link rather than fail the write; sync() then removes it, and installs it again once the
+    // column is back
+    client
+        .batch_execute(
+            "alter event trigger netbox_outbox_ddl disable;
+             alter table users_owner_users rename column owner_id to team_id;
+             insert into users_owner_users (team_id, user_id) values (7, 1);
+             delete from users_owner_users;",
+        )
+        .await
+        .expect("a NetBox write to a link table never fails");
+    let links = client
+        .query_one(
+            "select count(*) from netbox_outbox.change where kind = 'L'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(links, 2);
+    let sync = || async {
+        client
+            .query("select action, table_name from netbox_outbox.sync()", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    };
+    let link = |action: &str| vec![(action.to_string(), "users_owner_users".to_string())];
+    assert_eq!(sync().await, link("removed link"));
+    client
+        .batch_execute("alter table users_owner_users rename column team_id to owner_id")
+        .await
+        .unwrap();
+    assert_eq!(sync().await, link("installed link"));
+    assert_eq!(sync().await, []);
+}
+
 /// The capture runs as its owner: a NetBox role with no grant on the netbox_outbox schema writes
 /// normally, and its changes are captured.
 #[tokio::test]
@@ -644,7 +724,12 @@ async fn nobody_attaches_the_capture_to_a_table_of_their_own() {
         ))
         .await
         .unwrap();
-    for function in ["capture('1')", "capture_tag()", "capture_changelog()"] {
+    for function in [
+        "capture('1')",
+        "capture_tag()",
+        "capture_changelog()",
+        "capture_link('1', 'owner_id')",
+    ] {
         let error = attacker
             .batch_execute(&format!(
                 "create trigger hijack after insert or update or delete on {role}.mine

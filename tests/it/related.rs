@@ -378,6 +378,72 @@ async fn a_deleted_objects_links_come_from_netbox_change_log() {
     sidecar.stop().await;
 }
 
+/// A deleted owner (a model NetBox does not change-log, so no prechange snapshot holds its
+/// links) nests the users and groups it had when the transaction deleted it, from the capture's
+/// images of the deleted link rows; links removed in an earlier transaction are not among them,
+/// and removing links is no event of its own.
+#[tokio::test]
+async fn a_deleted_owners_links_come_from_the_captured_link_rows() {
+    let s = setup(&["users.owner"]).await;
+    s.client
+        .batch_execute(
+            "insert into users_user (username) values ('bob');
+             insert into users_group (id, name) values (1, 'noc');
+             insert into users_owner (id, name) values (1, 'ops');
+             insert into users_owner_users (owner_id, user_id)
+                 select 1, id from users_user where username in ('alice', 'bob', 'admin');
+             insert into users_owner_user_groups (owner_id, group_id) values (1, 1);",
+        )
+        .await
+        .unwrap();
+    let sidecar = Sidecar::start(&s.db, test_config(""));
+    s.client
+        .batch_execute(
+            "delete from users_owner_users where owner_id = 1
+                 and user_id = (select id from users_user where username = 'bob');",
+        )
+        .await
+        .unwrap();
+    // as Django deletes an object with many-to-many fields: the links first, then the object
+    s.client
+        .batch_execute(
+            "begin;
+             delete from users_owner_users where owner_id = 1;
+             delete from users_owner_user_groups where owner_id = 1;
+             delete from users_owner where id = 1;
+             commit;",
+        )
+        .await
+        .unwrap();
+    // the owner's creation (before the sidecar started), then its deletion
+    let got = s.receiver.wait_for(2, WAIT).await.unwrap();
+    let deleted = find(&got, "users.owner", "deleted", 1).json();
+    let users: Vec<&str> = deleted["data"]["users"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{deleted}"))
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["admin", "alice"], "{deleted}");
+    assert_eq!(
+        deleted["data"]["user_groups"][0]["name"], "noc",
+        "{deleted}"
+    );
+    assert_eq!(deleted["snapshots"]["prechange"], Value::Null, "{deleted}");
+    sidecar.stop().await;
+    let events: Vec<Value> = s
+        .receiver
+        .received()
+        .iter()
+        .map(|r| r.json()["event"].clone())
+        .collect();
+    assert_eq!(
+        events,
+        ["created", "deleted"],
+        "removing a link is no event"
+    );
+}
+
 /// Related-object counts as NetBox's REST viewsets annotate them: a tenant updated or deleted
 /// (without the plugin: the documented fallback, a PATCH or DELETE through the API) has its
 /// `site_count` and the other counts, counted from the database; created, it has none (NetBox's

@@ -49,6 +49,7 @@ impl Builder {
             request_context: None,
             before,
             tag_id: tag,
+            link_table: None,
         });
         self
     }
@@ -72,6 +73,22 @@ impl Builder {
             ChangeKind::TagRemoved
         };
         self.change(txid, kind, None, Some(tag))
+    }
+
+    fn link_removed(mut self, txid: i64, user_id: i64) -> Self {
+        self = self.change(
+            txid,
+            ChangeKind::LinkRemoved,
+            match json!({"id": user_id * 10, "owner_id": 1, "user_id": user_id}) {
+                Value::Object(map) => Some(map),
+                _ => unreachable!(),
+            },
+            None,
+        );
+        if let Some(last) = self.history.changes.last_mut() {
+            last.link_table = Some("users_owner_users".into());
+        }
+        self
     }
 
     fn logged(mut self, txid: i64, objectchange_id: i64, action: &str, post: Value) -> Self {
@@ -231,4 +248,36 @@ fn counter_only_updates_are_noise_but_saves_are_not() {
     let merged = Builder::new().update(7, saved).merge(Some(resaved), &[]);
     assert!(!merged[0].is_noise(|c| c.ends_with("_count")));
     assert!(merged[0].last_updated_moved());
+}
+
+#[test]
+fn deleted_links_stay_with_their_transaction_and_make_no_change_of_their_own() {
+    let merged = Builder::new()
+        // a link removed alone (no event), then the links and the object deleted together
+        .link_removed(7, 3)
+        .link_removed(8, 1)
+        .link_removed(8, 2)
+        .delete(8, row("a", "active"))
+        .merge(None, &[]);
+    assert_eq!(merged.len(), 1, "{merged:?}");
+    let m = &merged[0];
+    assert_eq!(m.action, Action::Deleted);
+    assert_eq!(m.txid, 8);
+    assert_eq!((m.row_changes, m.tag_changes), (1, 0));
+    assert_eq!(
+        m.seq, 104,
+        "ordered by the object's own change, not its links"
+    );
+    let users: Vec<_> = m
+        .removed_links
+        .iter()
+        .map(|l| (l.table.as_str(), l.row["user_id"].clone()))
+        .collect();
+    assert_eq!(
+        users,
+        [
+            ("users_owner_users", json!(1)),
+            ("users_owner_users", json!(2))
+        ]
+    );
 }

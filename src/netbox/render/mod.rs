@@ -27,7 +27,7 @@ use self::values::format_value;
 use super::Netbox;
 use super::catalogue::{Catalogue, Field, FieldKind, Model, WhenMissing, catalogue};
 use super::lookup::{Found, Lookups, Needs};
-use crate::change::{Action, Row, TxChange};
+use crate::change::{Action, RemovedLink, Row, TxChange};
 
 /// An event's `data` and `snapshots`.
 #[derive(Debug, Clone)]
@@ -257,6 +257,8 @@ pub struct ChangeContext<'a> {
     pub serialized_after: i64,
     /// NetBox's own snapshot of the object before the change, from its change log.
     pub prechange: Option<&'a Value>,
+    /// Links deleted with the object, for a model without change logging (no prechange).
+    pub removed_links: &'a [RemovedLink],
     /// The object's row before the transaction (None for a create).
     pub pre_row: Option<&'a Row>,
     /// NetBox's REST viewset loaded the object through its annotated queryset (a PATCH, PUT or
@@ -318,6 +320,7 @@ impl<'a> ChangeContext<'a> {
                 _ => change.seq,
             },
             prechange: change.changelog.last().and_then(|e| e.prechange()),
+            removed_links: &change.removed_links,
             pre_row: change.pre_row.as_ref(),
             rest_counts: false,
         }
@@ -605,6 +608,7 @@ mod tests {
             tag_changes: 0,
             request_context: None,
             db_user: "netbox".into(),
+            removed_links: Vec::new(),
         }
     }
 

@@ -185,13 +185,31 @@ impl Renderer<'_> {
 
     /// For a deleted object's own many-to-many field: the linked ids from NetBox's change log.
     /// The database deletes the link rows with the object, in the same transaction; NetBox
-    /// serialized the object before that, and logged the links in its prechange snapshot.
+    /// serialized the object before that, and logged the links in its prechange snapshot. A
+    /// model without change logging has none: the capture's images of the deleted link rows
+    /// (`netbox_outbox.watch_link`) stand in for it.
     pub(crate) fn deleted_links(&self, field: &Field, depth: usize) -> Option<Vec<i64>> {
         if depth > 0 || self.context.action != Action::Deleted {
             return None;
         }
-        let ids = self.context.prechange?.get(&field.name)?.as_array()?;
-        Some(ids.iter().filter_map(Value::as_i64).collect())
+        if let Some(prechange) = self.context.prechange {
+            let ids = prechange.get(&field.name)?.as_array()?;
+            return Some(ids.iter().filter_map(Value::as_i64).collect());
+        }
+        let through = field.through.as_ref()?;
+        let target = through.target_column.as_deref()?;
+        let mut links = self
+            .context
+            .removed_links
+            .iter()
+            .filter(|l| l.table == through.table)
+            .peekable();
+        links.peek()?;
+        Some(
+            links
+                .filter_map(|l| l.row.get(target).and_then(Value::as_i64))
+                .collect(),
+        )
     }
 
     pub(crate) fn content_types(&mut self, field: &Field, id: i64, depth: usize) -> Value {
