@@ -3,6 +3,13 @@
 
 use std::process::ExitCode;
 
+/// mimalloc rather than the C library's allocator: assembly allocates and frees many small JSON
+/// values per change, and glibc's malloc spent a third of the sidecar's CPU on them, with its
+/// per-thread arenas holding freed memory (docs/benchmarks.md, section 3d). musl's allocator, in
+/// the container image, is slower still.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     netbox_outbox::cli::main()
 }
