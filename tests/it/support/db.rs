@@ -241,6 +241,8 @@ pub struct Captured {
     pub request: Option<String>,
     pub before: Option<serde_json::Value>,
     pub tag_id: Option<i64>,
+    /// The many-to-many table of a deleted link (kind L).
+    pub link_table: Option<String>,
 }
 
 /// Every captured change, in id order.
@@ -248,7 +250,7 @@ pub async fn captured(client: &Client) -> Vec<Captured> {
     client
         .query(
             "select id, txid::text, content_type_id, object_id, kind::text, db_user, application_name,
-                    request, before, tag_id
+                    request, before, tag_id, link_table
              from netbox_outbox.change order by id",
             &[],
         )
@@ -266,6 +268,7 @@ pub async fn captured(client: &Client) -> Vec<Captured> {
             request: r.get(7),
             before: r.get(8),
             tag_id: r.get(9),
+            link_table: r.get(10),
         })
         .collect()
 }
