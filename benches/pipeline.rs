@@ -131,8 +131,8 @@ fn migrate_with(database: &Database, sidecar_binary: &str) {
     assert!(status.success(), "{sidecar_binary} migrate failed");
 }
 
-/// A fresh NetBox-shaped database migrated by `sidecar_binary`.
-async fn scratch_by(name: &str, sidecar_binary: &str) -> (Database, Client) {
+/// A fresh NetBox-shaped database, not migrated yet.
+async fn fixture_database(name: &str) -> (Database, Client) {
     let server = admin().connect().await.expect("PostgreSQL is reachable");
     for sql in [
         format!("drop database if exists {name} with (force)"),
@@ -143,6 +143,12 @@ async fn scratch_by(name: &str, sidecar_binary: &str) -> (Database, Client) {
     let database = admin().with_dbname(name);
     let client = database.connect().await.unwrap();
     client.batch_execute(FIXTURE).await.unwrap();
+    (database, client)
+}
+
+/// A fresh NetBox-shaped database migrated by `sidecar_binary`.
+async fn scratch_by(name: &str, sidecar_binary: &str) -> (Database, Client) {
+    let (database, client) = fixture_database(name).await;
     migrate_with(&database, sidecar_binary);
     (database, client)
 }
@@ -157,19 +163,7 @@ fn admin() -> Database {
 
 /// A fresh NetBox-shaped, migrated database.
 async fn scratch(name: &str) -> (Database, Client) {
-    let admin = admin();
-    let server = admin.connect().await.expect("PostgreSQL is reachable");
-    server
-        .batch_execute(&format!("drop database if exists {name} with (force)"))
-        .await
-        .unwrap();
-    server
-        .batch_execute(&format!("create database {name}"))
-        .await
-        .unwrap();
-    let database = admin.with_dbname(name);
-    let mut client = database.connect().await.unwrap();
-    client.batch_execute(FIXTURE).await.unwrap();
+    let (database, mut client) = fixture_database(name).await;
     netbox_outbox::migrations::run(&mut client).await.unwrap();
     (database, client)
 }
@@ -1462,17 +1456,7 @@ async fn ab() {
     let mut results: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
         for (i, variant) in variants.iter().enumerate() {
-            let name = "nbo_bench_ab";
-            let server = admin().connect().await.unwrap();
-            for sql in [
-                format!("drop database if exists {name} with (force)"),
-                format!("create database {name}"),
-            ] {
-                server.batch_execute(&sql).await.unwrap();
-            }
-            let database = admin().with_dbname(name);
-            let client = database.connect().await.unwrap();
-            client.batch_execute(FIXTURE).await.unwrap();
+            let (database, client) = fixture_database("nbo_bench_ab").await;
             let url = match &variant.sslmode {
                 Some(mode) => format!("{} sslmode={mode}", database_url(&database)),
                 None => database_url(&database),

@@ -62,7 +62,7 @@ where delivery_id = 1;
 select * from netbox_outbox.object_history('dcim.device', 1);
 
 -- The raw captured changes of one object (the outbox itself), newest first.
-select c.id, c.captured_at, c.kind, c.db_user, c.application_name, c.before
+select c.id, c.captured_at, c.kind, c.db_user, c.application_name, c.before, c.link_table
 from netbox_outbox.change c
 join django_content_type ct on ct.id = c.content_type_id
 where ct.app_label = 'dcim' and ct.model = 'device' and c.object_id = 1
@@ -148,6 +148,12 @@ select netbox_outbox.resume_webhook('crm');
 
 -- The watched tables and whether their trigger is in place.
 select * from netbox_outbox.watched_tables order by table_name;
+
+-- The many-to-many tables of models NetBox does not change-log whose deleted rows are kept (kind
+-- L), so that a deleted owner lists its users as NetBox did; and whether their trigger is in place.
+select l.*, exists (select from pg_trigger t where t.tgname = 'netbox_outbox_capture_link'
+                     and t.tgrelid = to_regclass(format('public.%I', l.table_name))) as trigger_installed
+from netbox_outbox.watch_link l order by l.table_name;
 
 -- Stop or start capturing one model, or all of them.
 select netbox_outbox.unwatch('dcim.interface');

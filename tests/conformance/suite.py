@@ -12,6 +12,7 @@ unpaired outside the documented by-design cases.
 import argparse
 import base64
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -34,17 +35,14 @@ REPO = HERE.parent.parent
 CATALOGUES = REPO / 'src' / 'netbox' / 'catalogue'
 
 
-def merge_patch(target, patch):
-    """RFC 7386, as src/netbox/catalogue.rs applies it."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
+def catalogue_versions():
+    """tools/catalogue/versions.py, which writes the merge patches and applies them (RFC 7386, as
+    src/netbox/catalogue.rs does); loaded by path, as tools/ is no package."""
+    spec = importlib.util.spec_from_file_location(
+        'catalogue_versions', REPO / 'tools' / 'catalogue' / 'versions.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_catalogue():
@@ -53,7 +51,7 @@ def load_catalogue():
     catalogue = json.loads((CATALOGUES / 'netbox-4.7.3.json').read_text())
     patch = CATALOGUES / f'netbox-{env.NETBOX_VERSION}.patch.json'
     if patch.exists():
-        catalogue = merge_patch(catalogue, json.loads(patch.read_text()))
+        catalogue = catalogue_versions().apply_patch(catalogue, json.loads(patch.read_text()))
     return catalogue
 PLUGIN = 'netbox_outbox_plugin'
 
