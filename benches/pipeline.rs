@@ -432,9 +432,18 @@ async fn queue_ceiling(database: &Database, n: i64) -> f64 {
     let mut claimed_total = 0;
     let mut empty_claims = 0;
     while claimed_total < n && empty_claims < 10_000 {
-        let claimed = queue::claim(&claimer, &[(1, 500)], Duration::from_secs(30), sidecar)
-            .await
-            .unwrap();
+        let quota = queue::Quota {
+            webhook_id: 1,
+            heads: 500,
+            run_length: 1,
+        };
+        let claimed: Vec<_> =
+            queue::claim(&claimer, &[quota], 500, Duration::from_secs(30), sidecar)
+                .await
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .collect();
         if claimed.is_empty() {
             // nothing due (all leased, or fewer than n deliveries): give the recorder a turn
             empty_claims += 1;
@@ -1193,9 +1202,17 @@ async fn claim_latency(client: &Client) -> Vec<f64> {
     let mut samples = Vec::new();
     for _ in 0..200 {
         let start = Instant::now();
-        let claimed = queue::claim(client, &[(1, 100)], Duration::from_secs(30), sidecar)
+        let quota = queue::Quota {
+            webhook_id: 1,
+            heads: 100,
+            run_length: 1,
+        };
+        let claimed: Vec<_> = queue::claim(client, &[quota], 100, Duration::from_secs(30), sidecar)
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
         samples.push(start.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(claimed.len(), 100, "the claim found every due delivery");
         let ids: Vec<i64> = claimed.iter().map(|c| c.delivery_id).collect();
@@ -1214,6 +1231,13 @@ async fn claim_latency(client: &Client) -> Vec<f64> {
 async fn deep() {
     let n: i64 = env("BENCH_DEEP_DELIVERIES", 20_000);
     let shapes = std::env::var("BENCH_DEEP_OBJECTS").unwrap_or_else(|_| "50,20000".into());
+    // Each shape is drained once per run length, the first being the baseline: 1 claims only
+    // queue heads (one delivery per object per claim), as before runs.
+    let runs: Vec<String> = std::env::var("BENCH_DEEP_RUNS")
+        .unwrap_or_else(|_| "1,32".into())
+        .split(',')
+        .map(|r| r.trim().to_string())
+        .collect();
     println!("== deep queues: {n} pending deliveries, first to last ==");
     for objects in shapes
         .split(',')
@@ -1274,76 +1298,105 @@ async fn deep() {
             .batch_execute("select netbox_outbox.resume_webhook('bench')")
             .await
             .unwrap();
-        // The receiver prints its count about once a second: let the ceiling's requests settle.
-        let mut before = received(&log);
-        loop {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let now = received(&log);
-            if now == before {
-                break;
+        let mut baseline: Option<f64> = None;
+        for (i, run_length) in runs.iter().enumerate() {
+            if i > 0 {
+                // the same deliveries again, pending and never tried
+                client
+                    .batch_execute(
+                        "delete from netbox_outbox.attempt;
+                         update netbox_outbox.delivery set state = 'pending', attempts = 0,
+                                finished_at = null, last_status = null, last_error = null,
+                                next_attempt_at = now(), leased_until = '-infinity', leased_by = null",
+                    )
+                    .await
+                    .unwrap();
+                // one statement each: VACUUM cannot run inside a transaction block
+                for table in ["delivery", "queue_head", "attempt"] {
+                    client
+                        .batch_execute(&format!("vacuum analyze netbox_outbox.{table}"))
+                        .await
+                        .unwrap();
+                }
             }
-            before = now;
-        }
-        let start = Instant::now();
-        let side = sidecar(&database, &[]);
-        wait_until(
-            "every delivery recorded",
-            Duration::from_secs(900),
-            async || {
-                count(
-                    &client,
-                    "select count(*) from netbox_outbox.delivery where state = 'pending'",
+            // The receiver prints its count about once a second: let earlier requests settle.
+            let mut before = received(&log);
+            loop {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let now = received(&log);
+                if now == before {
+                    break;
+                }
+                before = now;
+            }
+            let start = Instant::now();
+            let side = sidecar(
+                &database,
+                &[("NETBOX_OUTBOX_DELIVERY__RUN_LENGTH", run_length.as_str())],
+            );
+            wait_until(
+                "every delivery recorded",
+                Duration::from_secs(900),
+                async || {
+                    count(
+                        &client,
+                        "select count(*) from netbox_outbox.delivery where state = 'pending'",
+                    )
+                    .await
+                        == 0
+                },
+            )
+            .await;
+            let elapsed = start.elapsed();
+            drop(side);
+            let delivered = count(
+                &client,
+                "select count(*) from netbox_outbox.delivery where state = 'delivered'",
+            )
+            .await;
+            assert_eq!(delivered, expected, "every delivery delivered");
+            wait_until(
+                "the receiver's count",
+                Duration::from_secs(10),
+                async || received(&log) >= before + expected as u64,
+            )
+            .await;
+            // The gap between two consecutive deliveries of one object, at the median.
+            let gap_ms: f64 = client
+                .query_one(
+                    "select coalesce(percentile_cont(0.5) within group (order by gap), 0)::float8 from (
+                         select extract(epoch from a.started_at - lag(a.started_at) over (
+                                    partition by d.object_id order by d.seq)) * 1000 as gap
+                         from netbox_outbox.attempt a join netbox_outbox.delivery d on d.id = a.delivery_id
+                     ) g where gap is not null",
+                    &[],
                 )
                 .await
-                    == 0
-            },
-        )
-        .await;
-        let elapsed = start.elapsed();
-        drop(side);
-        let delivered = count(
-            &client,
-            "select count(*) from netbox_outbox.delivery where state = 'delivered'",
-        )
-        .await;
-        assert_eq!(delivered, expected, "every delivery delivered");
-        wait_until(
-            "the receiver's count",
-            Duration::from_secs(10),
-            async || received(&log) >= before + expected as u64,
-        )
-        .await;
-        // The gap between two consecutive deliveries of one object, at the median.
-        let gap_ms: f64 = client
-            .query_one(
-                "select coalesce(percentile_cont(0.5) within group (order by gap), 0)::float8 from (
-                     select extract(epoch from a.started_at - lag(a.started_at) over (
-                                partition by d.object_id order by d.seq)) * 1000 as gap
-                     from netbox_outbox.attempt a join netbox_outbox.delivery d on d.id = a.delivery_id
-                 ) g where gap is not null",
-                &[],
+                .unwrap()
+                .get(0);
+            // First attempt to last, by the database's clock (the sidecar's start-up excluded).
+            let span: f64 = count_f64(
+                &client,
+                "select extract(epoch from max(started_at + make_interval(secs => duration_ms / 1000.0))
+                                         - min(started_at))::float8
+                 from netbox_outbox.attempt",
             )
-            .await
-            .unwrap()
-            .get(0);
-        // First attempt to last, by the database's clock (the sidecar's start-up excluded).
-        let span: f64 = count_f64(
-            &client,
-            "select extract(epoch from max(started_at + make_interval(secs => duration_ms / 1000.0))
-                                     - min(started_at))::float8
-             from netbox_outbox.attempt",
-        )
-        .await;
-        let rate = expected as f64 / span.max(0.001);
-        let wall_rate = expected as f64 / elapsed.as_secs_f64();
-        println!(
-            "  {objects:>6} objects x {per_object:>3}: {expected} first to last in {span:.2} s = {rate:>6.0}/s \
-             (from the sidecar's start to the last one recorded: {:.2} s = {wall_rate:.0}/s) | \
-             HTTP alone ({in_flight} in flight) {ceiling:>6.0}/s | ratio {:.2} ({:.2}) | median gap per object {gap_ms:.1} ms",
-            elapsed.as_secs_f64(),
-            rate / ceiling,
-            wall_rate / ceiling
-        );
+            .await;
+            let rate = expected as f64 / span.max(0.001);
+            let wall_rate = expected as f64 / elapsed.as_secs_f64();
+            let versus = baseline.map_or(String::new(), |b| {
+                format!(" | x{:.2} of run_length {}", rate / b, runs[0])
+            });
+            baseline.get_or_insert(rate);
+            println!(
+                "  {objects:>6} objects x {per_object:>3}, run_length {run_length:>3}: {expected} first to last in {span:.2} s = {rate:>6.0}/s \
+                 (from the sidecar's start to the last one recorded: {:.2} s = {wall_rate:.0}/s) | \
+                 HTTP alone ({in_flight} in flight) {ceiling:>6.0}/s | ratio {:.2} ({:.2}) | median gap per object {gap_ms:.1} ms{versus}",
+                elapsed.as_secs_f64(),
+                rate / ceiling,
+                wall_rate / ceiling
+            );
+        }
     }
     println!();
 }

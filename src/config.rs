@@ -254,6 +254,9 @@ pub struct DeliveryConfig {
     pub concurrency: usize,
     pub per_webhook_concurrency: usize,
     pub claim_batch: usize,
+    /// The most deliveries of one (webhook, object) queue claimed together and sent one after
+    /// another, each once the one before it was delivered (1: only queue heads).
+    pub run_length: usize,
     pub poll_interval: Duration,
     pub default_timeout: Duration,
     pub lease_margin: Duration,
@@ -384,6 +387,7 @@ struct RawDelivery {
     concurrency: Option<usize>,
     per_webhook_concurrency: Option<usize>,
     claim_batch: Option<usize>,
+    run_length: Option<usize>,
     poll_interval: Option<String>,
     default_timeout: Option<String>,
     lease_margin: Option<String>,
@@ -641,6 +645,11 @@ impl Config {
                 concurrency,
                 per_webhook_concurrency,
                 claim_batch: positive("delivery.claim_batch", d.claim_batch.unwrap_or(500))?,
+                run_length: at_most(
+                    "delivery.run_length",
+                    positive("delivery.run_length", d.run_length.unwrap_or(32))?,
+                    1000,
+                )?,
                 poll_interval: nonzero(
                     "delivery.poll_interval",
                     duration_or("delivery.poll_interval", d.poll_interval, "1s")?,
@@ -734,6 +743,15 @@ fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
     }
 }
 
+/// A bound that keeps memory in check: say what the largest accepted value is.
+fn at_most(key: &str, value: usize, max: usize) -> Result<usize, ConfigError> {
+    if value > max {
+        Err(invalid(key, format!("must be at most {max}")))
+    } else {
+        Ok(value)
+    }
+}
+
 /// A poll interval of zero would spin a core on the database; say so instead.
 fn nonzero(key: &str, value: Duration) -> Result<Duration, ConfigError> {
     if value.is_zero() {
@@ -790,6 +808,7 @@ const KEYS: [(&str, &[&str]); 11] = [
             "concurrency",
             "per_webhook_concurrency",
             "claim_batch",
+            "run_length",
             "poll_interval",
             "default_timeout",
             "lease_margin",
@@ -1011,6 +1030,28 @@ mod tests {
         assert_eq!(config.delivery.pause_after_failures, 16);
         let config = load("[delivery]\npause_after_failures = 3\n", &[]).unwrap();
         assert_eq!(config.delivery.pause_after_failures, 3);
+    }
+
+    /// A run holds its requests in memory: between one delivery per object and a thousand.
+    #[test]
+    fn the_run_length_is_bounded() {
+        assert_eq!(Config::defaults().delivery.run_length, 32);
+        assert_eq!(
+            load("[delivery]\nrun_length = 1\n", &[])
+                .unwrap()
+                .delivery
+                .run_length,
+            1
+        );
+        for (value, says) in [("0", "at least 1"), ("1001", "at most 1000")] {
+            let error = load(&format!("[delivery]\nrun_length = {value}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("delivery.run_length") && error.contains(says),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -111,9 +111,12 @@ impl Database {
         let resolved = conninfo::fill_from_environment(&mut config, &mut extras, env)?;
         let tls = Tls::from_extras(&extras)?;
         config.ssl_mode(tls.mode.driver_mode());
-        // Timestamps read with row_to_json() are then in UTC, as NetBox renders them.
+        // Timestamps read with row_to_json() are then in UTC, as NetBox renders them. No JIT:
+        // our statements are short, and once statistics describe a large backlog their
+        // estimates pass jit_above_cost and each compiled itself for longer than it ran
+        // (migration V18 says what was measured).
         let options = config.get_options().unwrap_or_default().to_string();
-        config.options(format!("{options} -c TimeZone=UTC").trim());
+        config.options(format!("{options} -c TimeZone=UTC -c jit=off").trim());
         Ok(Self {
             config,
             tls,

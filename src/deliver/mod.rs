@@ -31,7 +31,7 @@ use uuid::Uuid;
 use self::backoff::Backoff;
 use self::http::Sender;
 use self::outcome::{Class, Policies};
-use self::queue::{Claimed, Outcome};
+use self::queue::{Claimed, Outcome, Quota, Run};
 use crate::config::DeliveryConfig;
 use crate::db::Database;
 use crate::metrics as m;
@@ -59,6 +59,52 @@ struct Sending {
     started: Instant,
     /// Without the request's body and headers (not needed to record an outcome).
     claimed: Claimed,
+}
+
+/// The deliveries this sidecar holds leases on, shared by the dispatcher and the send tasks:
+/// those not sent yet (released at shutdown, so they go out again at once) and those being
+/// sent (recorded as abandoned if the grace period ends while they are in flight).
+#[derive(Default)]
+struct Ledger {
+    leased: HashSet<i64>,
+    sending: HashMap<i64, Sending>,
+}
+
+impl Ledger {
+    /// `claimed` is being sent now.
+    fn start(&mut self, claimed: &Claimed) {
+        self.leased.remove(&claimed.delivery_id);
+        self.sending.insert(
+            claimed.delivery_id,
+            Sending {
+                started: Instant::now(),
+                claimed: claimed.without_request(),
+            },
+        );
+    }
+}
+
+type SharedLedger = Arc<std::sync::Mutex<Ledger>>;
+
+/// The send tasks, one per run: each returns its webhook and the deliveries it did not send.
+type Sends = JoinSet<(i64, Vec<i64>)>;
+
+/// What a send task needs besides its run.
+#[derive(Clone)]
+struct RunContext {
+    sender: Arc<Sender>,
+    delivery_id_header: String,
+    outcomes: mpsc::UnboundedSender<Done>,
+    unrecorded: Streaks,
+    ledger: SharedLedger,
+    /// Shutdown: no run starts another request.
+    cancel: CancellationToken,
+    /// The webhooks that are paused, or whose failures in a row may have reached the pause
+    /// threshold: their runs start no other request.
+    held: Arc<std::sync::Mutex<HashSet<i64>>>,
+    /// A delivery claimed longer ago than this is not sent: its lease may no longer cover a
+    /// whole request.
+    too_old: Duration,
 }
 
 impl Dispatcher {
@@ -117,15 +163,25 @@ impl Dispatcher {
             ),
         ));
 
-        // Each send task returns (webhook id, delivery id).
-        let mut sends: JoinSet<(i64, i64)> = JoinSet::new();
+        // Each send task sends one run and returns its webhook and the deliveries it did not
+        // send; a run takes one of its webhook's slots (one request at a time).
+        let mut sends = Sends::new();
         let mut in_flight: HashMap<i64, usize> = HashMap::new();
-        // Deliveries leased and not yet sent, by id: what to release if the grace period ends.
-        let mut leased: HashSet<i64> = HashSet::new();
-        // Deliveries being sent, by id: what is recorded as abandoned if the grace period ends.
-        let mut sending: HashMap<i64, Sending> = HashMap::new();
-        // Deliveries claimed and not yet sent, per webhook, in claim order (heads first).
-        let mut ready: HashMap<i64, VecDeque<(Instant, Claimed)>> = HashMap::new();
+        let ledger = SharedLedger::default();
+        // Deliveries of runs that ended early, to release.
+        let mut unsent: Vec<i64> = Vec::new();
+        // Runs claimed and not yet started, per webhook, in claim order.
+        let mut ready: HashMap<i64, VecDeque<(Instant, Run)>> = HashMap::new();
+        let context = RunContext {
+            sender: self.sender.clone(),
+            delivery_id_header: self.config.delivery_id_header.clone(),
+            outcomes: outcomes_tx.clone(),
+            unrecorded: self.streaks.clone(),
+            ledger: ledger.clone(),
+            cancel: cancel.clone(),
+            held: Arc::default(),
+            too_old: self.config.lease_margin / 2,
+        };
         let mut connection = Reconnecting::new("dispatcher", self.database.clone());
         let mut webhooks: Vec<i64> = Vec::new();
         // Each paused webhook's end of pause, on the monotonic clock (now: over, probe), and
@@ -150,9 +206,9 @@ impl Dispatcher {
         while !cancel.is_cancelled() {
             // Reap finished sends.
             while let Some(done) = sends.try_join_next() {
-                if let Ok((webhook, delivery)) = done {
+                if let Ok((webhook, not_sent)) = done {
                     release_slot(&mut in_flight, webhook);
-                    sending.remove(&delivery);
+                    unsent.extend(not_sent);
                 }
             }
 
@@ -188,6 +244,8 @@ impl Dispatcher {
                             }
                         }
                         probed.retain(|webhook, _| pauses.contains_key(webhook));
+                        *context.held.lock().expect("not poisoned") =
+                            pauses.keys().copied().collect();
                         refreshed = Instant::now();
                         if !self.config.rate_limit_by_webhook.is_empty() {
                             match queue::webhook_ids(db, &self.config.rate_limit_by_webhook).await {
@@ -235,17 +293,20 @@ impl Dispatcher {
             };
             // a webhook neither paused nor failing may have deliveries claimed ahead
             let healthy_cap = allowed_in_flight(self.config.per_webhook_concurrency, threshold, 0);
-            let (stale, _) = self.launch(
+            let (mut stale, _) = self.launch(
                 &mut ready,
                 &mut in_flight,
-                (&mut leased, &mut sending),
                 (&mut sends, &mut next_slot),
-                (&outcomes_tx, &unrecorded),
+                &context,
                 &cap_of,
             );
+            stale.append(&mut unsent);
             if !stale.is_empty() {
-                for id in &stale {
-                    leased.remove(id);
+                {
+                    let mut ledger = ledger.lock().expect("not poisoned");
+                    for id in &stale {
+                        ledger.leased.remove(id);
+                    }
                 }
                 if let Err(error) = queue::release(db, &stale, self.sidecar).await {
                     warn!(error = %crate::error_chain(&error), "releasing deliveries failed; their leases will expire");
@@ -256,6 +317,8 @@ impl Dispatcher {
             // claim's round trip overlaps the requests in flight instead of leaving slots idle.
             let busy_total: usize = in_flight.values().sum();
             let ready_total: usize = ready.values().map(VecDeque::len).sum();
+            // Runs only for a webhook that is healthy and not rate limited: a paused webhook's
+            // probe is one delivery, and a rate limit spaces every request.
             let mut free = (2 * self.config.concurrency).saturating_sub(busy_total + ready_total);
             let mut quotas = Vec::new();
             for &webhook in &webhooks {
@@ -290,48 +353,67 @@ impl Dispatcher {
                 if quota > 0
                     && (busy + queued == 0 || (queued <= cap / 2 && quota >= refill_at(cap)))
                 {
-                    quotas.push((webhook, quota as i64));
+                    let runs = ahead > 0 && !rate_limits.contains_key(&webhook);
+                    quotas.push(Quota {
+                        webhook_id: webhook,
+                        heads: quota as i64,
+                        run_length: if runs {
+                            self.config.run_length as i64
+                        } else {
+                            1
+                        },
+                    });
                     free -= quota;
                 }
             }
-
             let started = Instant::now();
-            let claimed =
-                match queue::claim(db, &quotas, self.config.lease_margin, self.sidecar).await {
-                    Ok(claimed) => claimed,
-                    Err(error) => {
-                        connection
-                            .failed(&cancel, "claiming deliveries", &error)
-                            .await;
-                        continue;
-                    }
-                };
+            let claimed = match queue::claim(
+                db,
+                &quotas,
+                self.claim_limit(),
+                self.config.lease_margin,
+                self.sidecar,
+            )
+            .await
+            {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    connection
+                        .failed(&cancel, "claiming deliveries", &error)
+                        .await;
+                    continue;
+                }
+            };
             connection.succeeded();
             let got = claimed.len();
             if !quotas.is_empty() {
                 histogram!(m::CLAIM_SECONDS).record(started.elapsed().as_secs_f64());
                 tracing::trace!(
-                    claimed = got,
+                    runs = got,
+                    claimed = claimed.iter().map(Vec::len).sum::<usize>(),
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "claimed"
                 );
             }
             let claimed_at = Instant::now();
-            for claimed in claimed {
-                leased.insert(claimed.delivery_id);
-                ready
-                    .entry(claimed.webhook_id)
-                    .or_default()
-                    .push_back((claimed_at, claimed));
+            {
+                let mut ledger = ledger.lock().expect("not poisoned");
+                for run in claimed {
+                    ledger.leased.extend(run.iter().map(|c| c.delivery_id));
+                    ready
+                        .entry(run[0].webhook_id)
+                        .or_default()
+                        .push_back((claimed_at, run));
+                }
             }
-            let (_, rate_limited_until) = self.launch(
+            let (more_stale, rate_limited_until) = self.launch(
                 &mut ready,
                 &mut in_flight,
-                (&mut leased, &mut sending),
                 (&mut sends, &mut next_slot),
-                (&outcomes_tx, &unrecorded),
+                &context,
                 &cap_of,
             );
+            unsent.extend(more_stale);
             // the probes just started
             for (&webhook, &(until, failures)) in &pauses {
                 if until <= now
@@ -357,9 +439,9 @@ impl Dispatcher {
                 () = self.wake.notified() => { refreshed = Instant::now() - poll; }
                 () = recorded.notified() => {}
                 Some(done) = sends.join_next(), if !sends.is_empty() => {
-                    if let Ok((webhook, delivery)) = done {
+                    if let Ok((webhook, not_sent)) = done {
                         release_slot(&mut in_flight, webhook);
-                        sending.remove(&delivery);
+                        unsent.extend(not_sent);
                     }
                 }
                 () = tokio::time::sleep_until(poll_until.into()) => {}
@@ -375,19 +457,15 @@ impl Dispatcher {
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                next = sends.join_next() => match next {
-                    None => break,
-                    Some(Ok((_, delivery))) => { sending.remove(&delivery); }
-                    Some(Err(_)) => {}
-                },
+                // a run that ended left what it did not send in the ledger's leases
+                next = sends.join_next() => if next.is_none() { break },
                 () = &mut deadline => {
                     sends.abort_all();
-                    // a send that finished just now has its outcome on the way: not abandoned
-                    while let Some(next) = sends.join_next().await {
-                        if let Ok((_, delivery)) = next {
-                            sending.remove(&delivery);
-                        }
-                    }
+                    // a send that finished just now took itself off the ledger: its outcome is
+                    // on the way, not abandoned
+                    while sends.join_next().await.is_some() {}
+                    let mut ledger = ledger.lock().expect("not poisoned");
+                    let sending = &mut ledger.sending;
                     // Aborted mid-request: the receiver may have the webhook or not. That is an
                     // attempt with an unknown outcome, recorded as one (it counts, and the
                     // delivery is sent again: at least once), not a delivery "not sent".
@@ -419,12 +497,20 @@ impl Dispatcher {
                 }
             }
         }
+        // every sender of outcomes gone (the send tasks' context holds one): the recorder ends
+        // once it has written what it has
+        drop(context);
         drop(outcomes_tx);
         // Outcomes of finished sends are recorded if the database lets us within the grace
         // period; otherwise their leases expire and they are sent again (at least once).
         let _ = tokio::time::timeout(grace.max(Duration::from_secs(1)), recorder).await;
         // Release what was leased and not sent, so it goes out again at once.
-        let unsent: Vec<i64> = leased.into_iter().collect();
+        let unsent: Vec<i64> = ledger
+            .lock()
+            .expect("not poisoned")
+            .leased
+            .drain()
+            .collect();
         if !unsent.is_empty()
             && let Ok(db) = self.database.connect().await
         {
@@ -439,28 +525,31 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts sends from `ready` while each webhook has free slots (`cap_of(webhook, busy)`)
-    /// and its rate limit allows, moving each from `leased` (not sent) to `sending` (in
-    /// flight). Returns the deliveries that waited in `ready` longer than half the lease
-    /// margin (their lease may no longer cover a whole request, so they are released, not
-    /// sent), and when the first rate-limited webhook may send again.
+    /// The most deliveries one claim takes, runs included: a claim holds its requests in memory
+    /// until they are sent, so no more than a few claim batches' worth.
+    fn claim_limit(&self) -> i64 {
+        (RUN_BUDGET * self.config.claim_batch) as i64
+    }
+
+    /// Starts runs from `ready` while each webhook has free slots (`cap_of(webhook, busy)`)
+    /// and its rate limit allows. Returns the deliveries of runs that waited in `ready` longer
+    /// than half the lease margin (their lease may no longer cover a whole request, so they are
+    /// released, not sent), and when the first rate-limited webhook may send again.
     fn launch(
         &self,
-        ready: &mut HashMap<i64, VecDeque<(Instant, Claimed)>>,
+        ready: &mut HashMap<i64, VecDeque<(Instant, Run)>>,
         in_flight: &mut HashMap<i64, usize>,
-        (leased, sending): (&mut HashSet<i64>, &mut HashMap<i64, Sending>),
-        (sends, next_slot): (&mut JoinSet<(i64, i64)>, &mut HashMap<i64, Instant>),
-        (outcomes, unrecorded): (&mpsc::UnboundedSender<Done>, &Streaks),
+        (sends, next_slot): (&mut Sends, &mut HashMap<i64, Instant>),
+        context: &RunContext,
         cap_of: &impl Fn(i64, usize) -> usize,
     ) -> (Vec<i64>, Option<Instant>) {
         let mut stale = Vec::new();
         let mut wake_at: Option<Instant> = None;
-        let too_old = self.config.lease_margin / 2;
         ready.retain(|&webhook, queue| {
-            while let Some((claimed_at, _)) = queue.front() {
-                if claimed_at.elapsed() > too_old {
-                    let (_, claimed) = queue.pop_front().expect("front exists");
-                    stale.push(claimed.delivery_id);
+            while let Some((claimed_at, run)) = queue.front() {
+                if claimed_at.elapsed() > context.too_old {
+                    stale.extend(run.iter().map(|c| c.delivery_id));
+                    queue.pop_front();
                     continue;
                 }
                 let busy = in_flight.get(&webhook).copied().unwrap_or(0);
@@ -470,7 +559,7 @@ impl Dispatcher {
                 let rate = self
                     .config
                     .rate_limit_by_webhook
-                    .get(&queue.front().expect("front exists").1.webhook_name)
+                    .get(&run[0].webhook_name)
                     .copied();
                 if let Some(rate) = rate {
                     // Evenly spaced starts, no burst: a backlog after an outage goes out at
@@ -483,48 +572,83 @@ impl Dispatcher {
                     }
                     next_slot.insert(webhook, slot + Duration::from_secs_f64(1.0 / rate));
                 }
-                let (_, claimed) = queue.pop_front().expect("front exists");
+                let (claimed_at, run) = queue.pop_front().expect("front exists");
                 *in_flight.entry(webhook).or_default() += 1;
-                let delivery = claimed.delivery_id;
-                leased.remove(&delivery);
-                sending.insert(
-                    delivery,
-                    Sending {
-                        started: Instant::now(),
-                        claimed: claimed.without_request(),
-                    },
-                );
-                let sender = self.sender.clone();
-                let header = self.config.delivery_id_header.clone();
-                let outcomes = outcomes.clone();
-                let unrecorded = unrecorded.clone();
-                sends.spawn(async move {
-                    let result = sender
-                        .send(
-                            &claimed.request,
-                            claimed.message_id,
-                            &header,
-                            claimed.standard_webhooks.as_ref(),
-                        )
-                        .await;
-                    {
-                        let mut streaks = unrecorded.lock().expect("not poisoned");
-                        let streak = streaks.entry(webhook).or_default();
-                        if outcome::classify(result.status) == Class::Delivered {
-                            streak.recorded = 0;
-                            streak.unrecorded = 0;
-                        } else {
-                            streak.unrecorded += 1;
-                        }
-                    }
-                    let _ = outcomes.send(Done { claimed, result });
-                    (webhook, delivery)
-                });
+                sends.spawn(send_run(webhook, run, claimed_at, context.clone()));
             }
             !queue.is_empty()
         });
         (stale, wake_at)
     }
+}
+
+/// Deliveries claimed per claim in all, runs included, in claim batches.
+const RUN_BUDGET: usize = 4;
+
+/// Sends a run of one object's queue one after another, each once the one before it was
+/// delivered, and hands each outcome to the recorder. Returns the webhook and the deliveries it
+/// did not send, to be released: a failure ends the run (the object's queue waits for that
+/// delivery's retry, or moves on when it is dead), and so do shutdown, a pause, and a lease that
+/// may no longer cover a whole request.
+async fn send_run(
+    webhook: i64,
+    run: Run,
+    claimed_at: Instant,
+    context: RunContext,
+) -> (i64, Vec<i64>) {
+    let mut members = run.into_iter();
+    let mut not_sent = Vec::new();
+    let mut first = true;
+    while let Some(claimed) = members.next() {
+        if !first
+            && (context.cancel.is_cancelled()
+                || claimed_at.elapsed() > context.too_old
+                || context
+                    .held
+                    .lock()
+                    .expect("not poisoned")
+                    .contains(&webhook))
+        {
+            not_sent.push(claimed.delivery_id);
+            not_sent.extend(members.by_ref().map(|c| c.delivery_id));
+            break;
+        }
+        first = false;
+        context.ledger.lock().expect("not poisoned").start(&claimed);
+        let result = context
+            .sender
+            .send(
+                &claimed.request,
+                claimed.message_id,
+                &context.delivery_id_header,
+                claimed.standard_webhooks.as_ref(),
+            )
+            .await;
+        let delivered = outcome::classify(result.status) == Class::Delivered;
+        {
+            let mut streaks = context.unrecorded.lock().expect("not poisoned");
+            let streak = streaks.entry(webhook).or_default();
+            if delivered {
+                streak.recorded = 0;
+                streak.unrecorded = 0;
+            } else {
+                streak.unrecorded += 1;
+            }
+        }
+        // off the ledger and to the recorder with no await between: never both or neither
+        context
+            .ledger
+            .lock()
+            .expect("not poisoned")
+            .sending
+            .remove(&claimed.delivery_id);
+        let _ = context.outcomes.send(Done { claimed, result });
+        if !delivered {
+            not_sent.extend(members.by_ref().map(|c| c.delivery_id));
+            break;
+        }
+    }
+    (webhook, not_sent)
 }
 
 /// How many of a webhook's `cap` slots must be free before claiming more for it.

@@ -44,68 +44,100 @@ impl Claimed {
     }
 }
 
-/// Claims up to `limit` due deliveries of one webhook per entry of `webhooks`
-/// (`(webhook_id, limit)`), each the head of its (webhook, object) queue, and leases them for
-/// their timeout plus `lease_margin` (SQL function netbox_outbox.claim). One short transaction;
+/// What to claim for one webhook: up to `heads` queue heads, each with up to `run_length - 1`
+/// deliveries queued right behind it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    pub webhook_id: i64,
+    pub heads: i64,
+    pub run_length: i64,
+}
+
+/// Deliveries of one (webhook, object) queue claimed together, in queue order: its head, then
+/// those queued right behind it. They are sent one after another, each once the one before it
+/// was delivered, so the object's webhooks keep their commit order.
+pub type Run = Vec<Claimed>;
+
+/// Claims, per entry of `quotas`, up to `heads` due deliveries of the webhook that head their
+/// (webhook, object) queue, each with a run of those behind it (no more than `limit`
+/// deliveries in all, runs included, shared among the heads found), and leases them for their
+/// timeout plus `lease_margin` (SQL function netbox_outbox.claim_runs). One short transaction;
 /// no HTTP inside it. The heads are kept in netbox_outbox.queue_head (migration V9), so a claim
 /// reads about what it returns however deep each object's queue is.
 pub async fn claim(
     client: &Client,
-    webhooks: &[(i64, i64)],
+    quotas: &[Quota],
+    limit: i64,
     lease_margin: Duration,
     sidecar: Uuid,
-) -> Result<Vec<Claimed>, tokio_postgres::Error> {
-    if webhooks.is_empty() {
+) -> Result<Vec<Run>, tokio_postgres::Error> {
+    if quotas.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<i64> = webhooks.iter().map(|w| w.0).collect();
-    let limits: Vec<i64> = webhooks.iter().map(|w| w.1).collect();
+    let ids: Vec<i64> = quotas.iter().map(|q| q.webhook_id).collect();
+    let heads: Vec<i64> = quotas.iter().map(|q| q.heads).collect();
+    let runs: Vec<i64> = quotas.iter().map(|q| q.run_length).collect();
     let margin_ms = lease_margin.as_millis() as i64;
     // Typed parameters: parse, bind and execute in one round trip.
     let rows = client
         .query_typed(
-            "select * from netbox_outbox.claim($1, $2, $3, $4)",
+            "select * from netbox_outbox.claim_runs($1, $2, $3, $4, $5, $6)",
             &[
                 (&ids, Type::INT8_ARRAY),
-                (&limits, Type::INT8_ARRAY),
+                (&heads, Type::INT8_ARRAY),
+                (&runs, Type::INT8_ARRAY),
+                (&limit, Type::INT8),
                 (&margin_ms, Type::INT8),
                 (&sidecar, Type::UUID),
             ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let headers: String = r.get(7);
-            let headers: Vec<(String, String)> = serde_json::from_str::<Vec<[String; 2]>>(&headers)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|[n, v]| (n, v))
-                .collect();
-            Claimed {
-                webhook_id: r.get(1),
-                webhook_name: r.get(2),
-                event_id: r.get(3),
-                attempt: r.get(4),
-                delivery_id: r.get(0),
-                message_id: r.get(12),
-                standard_webhooks: r
-                    .get::<_, Option<String>>(13)
-                    .map(|s| crate::standard_webhooks::Secrets::parse(&s)),
-                request: Request {
-                    method: r.get(5),
-                    url: r.get(6),
-                    headers,
-                    body: r.get(8),
-                    transport: Transport {
-                        timeout: Duration::from_millis(r.get::<_, i32>(9).max(0) as u64),
-                        ssl_verification: r.get(10),
-                        ca_file_path: r.get(11),
-                    },
-                },
-            }
-        })
-        .collect())
+    // Rows come by head, each run in queue order.
+    let mut claimed: Vec<Run> = Vec::new();
+    let mut head = None;
+    for r in &rows {
+        let this: i64 = r.get(14);
+        if head != Some(this) {
+            head = Some(this);
+            claimed.push(Vec::new());
+        }
+        claimed
+            .last_mut()
+            .expect("a run was started")
+            .push(claimed_from(r));
+    }
+    Ok(claimed)
+}
+
+fn claimed_from(r: &tokio_postgres::Row) -> Claimed {
+    let headers: String = r.get(7);
+    let headers: Vec<(String, String)> = serde_json::from_str::<Vec<[String; 2]>>(&headers)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|[n, v]| (n, v))
+        .collect();
+    Claimed {
+        webhook_id: r.get(1),
+        webhook_name: r.get(2),
+        event_id: r.get(3),
+        attempt: r.get(4),
+        delivery_id: r.get(0),
+        message_id: r.get(12),
+        standard_webhooks: r
+            .get::<_, Option<String>>(13)
+            .map(|s| crate::standard_webhooks::Secrets::parse(&s)),
+        request: Request {
+            method: r.get(5),
+            url: r.get(6),
+            headers,
+            body: r.get(8),
+            transport: Transport {
+                timeout: Duration::from_millis(r.get::<_, i32>(9).max(0) as u64),
+                ssl_verification: r.get(10),
+                ca_file_path: r.get(11),
+            },
+        },
+    }
 }
 
 /// The outcome of one attempt, ready to record.

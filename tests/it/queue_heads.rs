@@ -263,6 +263,21 @@ async fn a_retrying_head_blocks_only_its_own_object() {
         },
     )
     .await;
+    // the receiver saw them; their outcomes are recorded just after
+    eventually("three failed attempts for a logged", WAIT, || async {
+        let logged: i64 = client
+            .query_one(
+                "select count(*) from netbox_outbox.attempt t
+                 join netbox_outbox.delivery d on d.id = t.delivery_id
+                 where d.webhook_id = $1 and d.object_id = $2 and t.status = 500",
+                &[&hook, &a],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (logged >= 3).then_some(())
+    })
+    .await;
     let seen = by_site(&receiver);
     assert_eq!(seen["b"], ["b1", "b2", "b3"]);
     assert!(
@@ -473,4 +488,317 @@ async fn a_replayed_delivery_joins_the_end_of_its_queue() {
         .collect();
     assert_eq!(order, ["a2", "a3", "a1"], "the replay goes out last");
     sidecar.stop().await;
+}
+
+/// Claims a run of each queue: each head with up to `run_length - 1` deliveries right behind
+/// it, in queue order, cut before the first one that is not due, is leased, or is locked by
+/// another transaction, and no more in all than the claim's limit; what a claim reads stays
+/// about what it returns.
+#[tokio::test]
+async fn a_claim_leases_a_run_of_each_queue_in_order() {
+    let db = TestDb::migrated().await;
+    let claimer = db.client().await;
+    let observer = db.client().await;
+    let mut locker = db.client().await;
+    // 10 pending deliveries for each of objects 1-4, interleaved as commits would be
+    claimer
+        .batch_execute(
+            "insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
+                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification)
+             select n * 4 + o, 1, 'r', 1, 'w', 7, o, n * 4 + o, 10000, true
+             from generate_series(0, 9) n, generate_series(1, 4) o
+             order by n, o;
+             -- and 5,000 of another webhook, which the claim must not read
+             insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
+                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification)
+             select 100 + o, 1, 'r', 2, 'other', 7, o, 100 + o, 10000, true
+             from generate_series(1, 5000) o;
+             insert into netbox_outbox.request (delivery_id, method, url, headers, body)
+             select id, 'POST', 'http://127.0.0.1:1/', '[]', '' from netbox_outbox.delivery;
+             analyze netbox_outbox.delivery;
+             -- object 2: its 4th delivery is not due yet (as after a reschedule by hand)
+             update netbox_outbox.delivery set next_attempt_at = now() + interval '1 hour'
+              where object_id = 2 and seq = 3 * 4 + 2;
+             -- object 3: its 3rd delivery is leased to another sidecar
+             update netbox_outbox.delivery set leased_until = now() + interval '1 hour',
+                    leased_by = gen_random_uuid()
+              where object_id = 3 and seq = 2 * 4 + 3;",
+        )
+        .await
+        .unwrap();
+    // object 4: its 2nd delivery is locked by another transaction
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute(
+        "select 1 from netbox_outbox.delivery where object_id = 4 and seq = 1 * 4 + 4 for update",
+    )
+    .await
+    .unwrap();
+
+    claimer
+        .batch_execute("select pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let before = index_tuples_read(&observer).await;
+    let rows = claimer
+        .query(
+            "select d.object_id, d.seq, c.head_id, c.run_position
+             from netbox_outbox.claim_runs(array[1]::bigint[], array[10]::bigint[], array[6]::bigint[],
+                                           1000, 60000, gen_random_uuid()) c
+             join netbox_outbox.delivery d using (id)",
+            &[],
+        )
+        .await
+        .unwrap();
+    claimer
+        .batch_execute("select pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let read = index_tuples_read(&observer).await - before;
+    lock.rollback().await.unwrap();
+
+    let mut runs: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+    let mut heads: HashMap<i64, i64> = HashMap::new();
+    for r in &rows {
+        let object: i64 = r.get(0);
+        runs.entry(object)
+            .or_default()
+            .push((r.get::<_, i64>(1), r.get::<_, i64>(3)));
+        assert_eq!(
+            *heads.entry(object).or_insert(r.get(2)),
+            r.get::<_, i64>(2),
+            "one run per object"
+        );
+    }
+    let seqs =
+        |object: i64, n: i64| -> Vec<(i64, i64)> { (0..n).map(|k| (k * 4 + object, k)).collect() };
+    assert_eq!(
+        runs[&1],
+        seqs(1, 6),
+        "object 1: its head and the 5 behind it"
+    );
+    assert_eq!(
+        runs[&2],
+        seqs(2, 3),
+        "object 2: cut before the delivery not due"
+    );
+    assert_eq!(
+        runs[&3],
+        seqs(3, 2),
+        "object 3: cut before the leased delivery"
+    );
+    assert_eq!(
+        runs[&4],
+        seqs(4, 1),
+        "object 4: cut before the locked delivery"
+    );
+    assert!(read < 200, "a claim of 12 read {read} index tuples");
+
+    // what the claim leased and counted is exactly what it returned
+    let leased: i64 = claimer
+        .query_one(
+            "select count(*) from netbox_outbox.delivery
+             where attempts = 1 and leased_by is not null and webhook_id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leased, 12);
+
+    // the claim's limit is shared among the heads it found: 9 over 3 queues, 3 each
+    claimer
+        .batch_execute(
+            "insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
+                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification)
+             select 10000 + n * 3 + o, 1, 'r', 3, 'third', 7, o, 10000 + n * 3 + o, 10000, true
+             from generate_series(0, 9) n, generate_series(1, 3) o;
+             insert into netbox_outbox.request (delivery_id, method, url, headers, body)
+             select id, 'POST', 'http://127.0.0.1:1/', '[]', '' from netbox_outbox.delivery
+             where webhook_id = 3;",
+        )
+        .await
+        .unwrap();
+    let per_head: Vec<i64> = claimer
+        .query(
+            "select count(*) from netbox_outbox.claim_runs(array[3]::bigint[], array[10]::bigint[],
+                 array[10]::bigint[], 9, 60000, gen_random_uuid())
+             group by head_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(per_head, [3, 3, 3]);
+}
+
+/// A run is sent strictly one after another: with 12 updates of two sites queued, some of each
+/// site's webhooks go out before the one before them was recorded (a run, no claim between
+/// them), and when one fails the rest of its run waits: site a's third webhook fails once and
+/// is retried before a4 is sent, and a4 onwards were given back their attempt.
+#[tokio::test]
+async fn a_run_goes_out_in_order_and_a_failure_ends_it() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    let hook = webhook(&client, "crm", &receiver.url("/hook/{{ data.name }}"), &[]).await;
+    Rule::to_webhook("crm", hook)
+        .models(&["dcim.site"])
+        .events(&["object_updated"])
+        .create(&client)
+        .await;
+    let a = insert_site(&client, "a").await;
+    let b = insert_site(&client, "b").await;
+    receiver.script_path(
+        "/hook/a",
+        [Reply::Status(200), Reply::Status(200), Reply::Status(500)],
+    );
+    for n in 1..=12 {
+        client
+            .batch_execute(&format!("update dcim_site set description = name || '{n}'"))
+            .await
+            .unwrap();
+    }
+    let sidecar = Sidecar::start(
+        &db,
+        test_config("[delivery]\nrun_length = 8\nretry_schedule = [\"100ms\"]\n"),
+    );
+    receiver.wait_for(25, WAIT).await.unwrap();
+    let seen = by_site(&receiver);
+    let expected = |site: &str, n: std::ops::RangeInclusive<i32>| -> Vec<String> {
+        n.map(|k| format!("{site}{k}")).collect()
+    };
+    assert_eq!(
+        seen["b"],
+        expected("b", 1..=12),
+        "b's webhooks in commit order"
+    );
+    let mut a_expected = expected("a", 1..=3);
+    a_expected.extend(expected("a", 3..=12));
+    assert_eq!(
+        seen["a"], a_expected,
+        "a3 failed once and was retried before a4 went out"
+    );
+    eventually("every outcome recorded", WAIT, || async {
+        let pending: i64 = client
+            .query_one(
+                "select count(*) from netbox_outbox.delivery where state = 'pending'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (pending == 0).then_some(())
+    })
+    .await;
+    let attempts: Vec<i32> = client
+        .query(
+            "select attempts from netbox_outbox.delivery where object_id = $1 order by seq",
+            &[&a],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut a_attempts = vec![1; 12];
+    a_attempts[2] = 2;
+    assert_eq!(attempts, a_attempts, "one attempt each, two for a3");
+    // sent before the delivery ahead of it was recorded: only a run does that
+    let early: i64 = client
+        .query_one(
+            "select count(*)
+             from netbox_outbox.delivery d
+             join netbox_outbox.attempt t on t.delivery_id = d.id
+             join lateral (select p.finished_at from netbox_outbox.delivery p
+                           where p.webhook_id = d.webhook_id and p.object_id = d.object_id
+                             and p.seq < d.seq order by p.seq desc limit 1) p on true
+             where d.object_id = $1 and t.started_at < p.finished_at",
+            &[&b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        early >= 1,
+        "no webhook of b was sent before the one ahead of it was recorded"
+    );
+    sidecar.stop().await;
+}
+
+/// Object 1's queue head.
+async fn first_head(client: &impl tokio_postgres::GenericClient) -> i64 {
+    client
+        .query_one(
+            "select delivery_id from netbox_outbox.queue_head where object_id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Recording a run's outcomes moves its queue's head past all of them at once (record_batch()
+/// refreshes each queue once, the row trigger standing aside), and the row trigger is back for
+/// the rest of the transaction: a delivery finished by hand right after moves the head again.
+#[tokio::test]
+async fn recording_a_run_moves_the_head_past_it() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    client
+        .batch_execute(
+            "insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
+                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification)
+             select n, 1, 'r', 1, 'w', 7, 1, n, 10000, true from generate_series(1, 6) n;
+             insert into netbox_outbox.request (delivery_id, method, url, headers, body)
+             select id, 'POST', 'http://127.0.0.1:1/', '[]', '' from netbox_outbox.delivery;",
+        )
+        .await
+        .unwrap();
+    let ids: Vec<i64> = client
+        .query("select id from netbox_outbox.delivery order by seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(first_head(&client).await, ids[0]);
+    let sidecar = uuid::Uuid::new_v4();
+    let tx = client.transaction().await.unwrap();
+    let run: Vec<i64> = tx
+        .query(
+            "select id from netbox_outbox.claim_runs(array[1]::bigint[], array[1]::bigint[],
+                 array[3]::bigint[], 100, 60000, $1)",
+            &[&sidecar],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(run, ids[0..3]);
+    tx.execute(
+        "select netbox_outbox.record($1, array[1, 1, 1], array[5, 3, 1]::bigint[], array[1, 1, 1],
+             array[200, 200, 200], array[null, null, null]::text[], array[null, null, null]::text[],
+             array['delivered', 'delivered', 'delivered'], array[null, null, null]::bigint[],
+             array[null, null, null]::timestamptz[], 0, $2)",
+        &[&run, &sidecar],
+    )
+    .await
+    .unwrap();
+    assert_eq!(first_head(&tx).await, ids[3], "past the recorded run");
+    tx.execute(
+        "update netbox_outbox.delivery set state = 'dead', finished_at = now() where id = $1",
+        &[&ids[3]],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        first_head(&tx).await,
+        ids[4],
+        "the row trigger moved it again"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(first_head(&client).await, ids[4]);
 }
