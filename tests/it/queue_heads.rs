@@ -14,6 +14,40 @@ use crate::support::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Queues pending deliveries straight into the outbox, each with a request to nowhere: `rows`
+/// is a query of (event id, webhook id, webhook name, object id, seq), in insertion order.
+async fn queue(client: &Client, rows: &str) {
+    client
+        .batch_execute(&format!(
+            "insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
+                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification)
+             select q.e, 1, 'r', q.w, q.wn, 7, q.o, q.s, 10000, true from ({rows}) as q(e, w, wn, o, s);
+             insert into netbox_outbox.request (delivery_id, method, url, headers, body)
+             select d.id, 'POST', 'http://127.0.0.1:1/', '[]', ''
+             from netbox_outbox.delivery d
+             where not exists (select from netbox_outbox.request r where r.delivery_id = d.id);
+             analyze netbox_outbox.delivery;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Waits until no delivery is pending.
+async fn all_recorded(client: &Client) {
+    eventually("every outcome recorded", WAIT, || async {
+        let pending: i64 = client
+            .query_one(
+                "select count(*) from netbox_outbox.delivery where state = 'pending'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (pending == 0).then_some(())
+    })
+    .await;
+}
+
 /// Index tuples read so far in schema netbox_outbox, by every session (flushed by the caller).
 async fn index_tuples_read(client: &Client) -> i64 {
     client
@@ -64,19 +98,12 @@ async fn a_claim_reads_only_the_heads_it_returns() {
     let db = TestDb::migrated().await;
     let claimer = db.client().await;
     let observer = db.client().await;
-    claimer
-        .batch_execute(
-            "insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
-                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification)
-             select n * 51 + o, 1, 'r', 1, 'w', 7, o, n * 51 + o, 10000, true
-             from generate_series(0, 399) n, generate_series(1, 51) o
-             order by n, o;
-             insert into netbox_outbox.request (delivery_id, method, url, headers, body)
-             select id, 'POST', 'http://127.0.0.1:1/', '[]', '' from netbox_outbox.delivery;
-             analyze netbox_outbox.delivery;",
-        )
-        .await
-        .unwrap();
+    queue(
+        &claimer,
+        "select n * 51 + o, 1, 'w', o, n * 51 + o
+         from generate_series(0, 399) n, generate_series(1, 51) o order by n, o",
+    )
+    .await;
 
     let (first, read) = claim_measured(&claimer, &observer, 100).await;
     assert_eq!(first.len(), 51, "one head per object");
@@ -193,18 +220,7 @@ async fn deep_queues_go_out_in_order_with_several_sidecars() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 300, "each delivery sent once");
-    eventually("every outcome recorded", WAIT, || async {
-        let pending: i64 = client
-            .query_one(
-                "select count(*) from netbox_outbox.delivery where state = 'pending'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (pending == 0).then_some(())
-    })
-    .await;
+    all_recorded(&client).await;
     let heads: i64 = client
         .query_one("select count(*) from netbox_outbox.queue_head", &[])
         .await
@@ -500,23 +516,22 @@ async fn a_claim_leases_a_run_of_each_queue_in_order() {
     let claimer = db.client().await;
     let observer = db.client().await;
     let mut locker = db.client().await;
-    // 10 pending deliveries for each of objects 1-4, interleaved as commits would be
+    // 10 pending deliveries for each of objects 1-4, interleaved as commits would be, and
+    // 5,000 of another webhook, which the claim must not read
+    queue(
+        &claimer,
+        "select n * 4 + o, 1, 'w', o, n * 4 + o
+         from generate_series(0, 9) n, generate_series(1, 4) o order by n, o",
+    )
+    .await;
+    queue(
+        &claimer,
+        "select 100 + o, 2, 'other', o, 100 + o from generate_series(1, 5000) o",
+    )
+    .await;
     claimer
         .batch_execute(
-            "insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
-                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification)
-             select n * 4 + o, 1, 'r', 1, 'w', 7, o, n * 4 + o, 10000, true
-             from generate_series(0, 9) n, generate_series(1, 4) o
-             order by n, o;
-             -- and 5,000 of another webhook, which the claim must not read
-             insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
-                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification)
-             select 100 + o, 1, 'r', 2, 'other', 7, o, 100 + o, 10000, true
-             from generate_series(1, 5000) o;
-             insert into netbox_outbox.request (delivery_id, method, url, headers, body)
-             select id, 'POST', 'http://127.0.0.1:1/', '[]', '' from netbox_outbox.delivery;
-             analyze netbox_outbox.delivery;
-             -- object 2: its 4th delivery is not due yet (as after a reschedule by hand)
+            "-- object 2: its 4th delivery is not due yet (as after a reschedule by hand)
              update netbox_outbox.delivery set next_attempt_at = now() + interval '1 hour'
               where object_id = 2 and seq = 3 * 4 + 2;
              -- object 3: its 3rd delivery is leased to another sidecar
@@ -606,18 +621,12 @@ async fn a_claim_leases_a_run_of_each_queue_in_order() {
     assert_eq!(leased, 12);
 
     // the claim's limit is shared among the heads it found: 9 over 3 queues, 3 each
-    claimer
-        .batch_execute(
-            "insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
-                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification)
-             select 10000 + n * 3 + o, 1, 'r', 3, 'third', 7, o, 10000 + n * 3 + o, 10000, true
-             from generate_series(0, 9) n, generate_series(1, 3) o;
-             insert into netbox_outbox.request (delivery_id, method, url, headers, body)
-             select id, 'POST', 'http://127.0.0.1:1/', '[]', '' from netbox_outbox.delivery
-             where webhook_id = 3;",
-        )
-        .await
-        .unwrap();
+    queue(
+        &claimer,
+        "select 10000 + n * 3 + o, 3, 'third', o, 10000 + n * 3 + o
+         from generate_series(0, 9) n, generate_series(1, 3) o order by n, o",
+    )
+    .await;
     let per_head: Vec<i64> = claimer
         .query(
             "select count(*) from netbox_outbox.claim_runs(array[3]::bigint[], array[10]::bigint[],
@@ -680,18 +689,7 @@ async fn a_run_goes_out_in_order_and_a_failure_ends_it() {
         seen["a"], a_expected,
         "a3 failed once and was retried before a4 went out"
     );
-    eventually("every outcome recorded", WAIT, || async {
-        let pending: i64 = client
-            .query_one(
-                "select count(*) from netbox_outbox.delivery where state = 'pending'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (pending == 0).then_some(())
-    })
-    .await;
+    all_recorded(&client).await;
     let attempts: Vec<i32> = client
         .query(
             "select attempts from netbox_outbox.delivery where object_id = $1 order by seq",
@@ -746,16 +744,11 @@ async fn first_head(client: &impl tokio_postgres::GenericClient) -> i64 {
 async fn recording_a_run_moves_the_head_past_it() {
     let db = TestDb::migrated().await;
     let mut client = db.client().await;
-    client
-        .batch_execute(
-            "insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
-                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification)
-             select n, 1, 'r', 1, 'w', 7, 1, n, 10000, true from generate_series(1, 6) n;
-             insert into netbox_outbox.request (delivery_id, method, url, headers, body)
-             select id, 'POST', 'http://127.0.0.1:1/', '[]', '' from netbox_outbox.delivery;",
-        )
-        .await
-        .unwrap();
+    queue(
+        &client,
+        "select n, 1, 'w', 1, n from generate_series(1, 6) n",
+    )
+    .await;
     let ids: Vec<i64> = client
         .query("select id from netbox_outbox.delivery order by seq", &[])
         .await
