@@ -99,8 +99,8 @@ struct RunContext {
     ledger: SharedLedger,
     /// Shutdown: no run starts another request.
     cancel: CancellationToken,
-    /// The webhooks that are paused, or whose failures in a row may have reached the pause
-    /// threshold: their runs start no other request.
+    /// The webhooks paused when the pauses were last read: their runs start no other request.
+    /// (A failure ends a run by itself, so a streak needs no check here.)
     held: Arc<std::sync::Mutex<HashSet<i64>>>,
     /// A delivery claimed longer ago than this is not sent: its lease may no longer cover a
     /// whole request.
