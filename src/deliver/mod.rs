@@ -317,8 +317,6 @@ impl Dispatcher {
             // claim's round trip overlaps the requests in flight instead of leaving slots idle.
             let busy_total: usize = in_flight.values().sum();
             let ready_total: usize = ready.values().map(VecDeque::len).sum();
-            // Runs only for a webhook that is healthy and not rate limited: a paused webhook's
-            // probe is one delivery, and a rate limit spaces every request.
             let mut free = (2 * self.config.concurrency).saturating_sub(busy_total + ready_total);
             let mut quotas = Vec::new();
             for &webhook in &webhooks {
@@ -353,6 +351,8 @@ impl Dispatcher {
                 if quota > 0
                     && (busy + queued == 0 || (queued <= cap / 2 && quota >= refill_at(cap)))
                 {
+                    // Runs only for a webhook that is healthy and not rate limited: a paused
+                    // webhook's probe is one delivery, and a rate limit spaces every request.
                     let runs = ahead > 0 && !rate_limits.contains_key(&webhook);
                     quotas.push(Quota {
                         webhook_id: webhook,
