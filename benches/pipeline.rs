@@ -263,7 +263,11 @@ fn sidecar_of(sidecar_binary: &str, database: &Database, extra_env: &[(&str, &st
         .arg("run")
         .env("DATABASE_URL", database_url(database))
         .env("NETBOX_OUTBOX_METRICS__LISTEN", "\"\"")
-        .env("NETBOX_OUTBOX_LOG__LEVEL", "warn")
+        // BENCH_SIDECAR_LOG=debug shows each batch's size and time (on stderr)
+        .env(
+            "NETBOX_OUTBOX_LOG__LEVEL",
+            std::env::var("BENCH_SIDECAR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for (k, v) in extra_env {
@@ -762,6 +766,8 @@ struct Drain {
     wall_s: f64,
     peak_mib: f64,
     longest_tx_s: f64,
+    /// What the longest transaction was running when it was seen at its oldest.
+    longest_tx_query: String,
 }
 
 /// `BENCH=netbox-drain`: `BENCH_BACKLOG` changes committed as NetBox commits them (see
@@ -882,6 +888,10 @@ async fn netbox_drain() {
                 r.longest_tx_s,
                 load_average()
             );
+            println!(
+                "    longest transaction, last seen running: {}",
+                r.longest_tx_query
+            );
             results[i].push(r);
         }
     }
@@ -957,21 +967,29 @@ async fn netbox_drain_run(template: &str, sidecar_binary: &str, port: u16, expec
     let sampling = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut longest = 0f64;
+            // The age of the oldest open transaction, and what it was doing when last seen at
+            // its oldest: the statement it runs (or ran last, if idle in transaction).
+            let mut longest = (0f64, String::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let age: f64 = sampler
-                    .query_one(
-                        "select coalesce(max(extract(epoch from clock_timestamp() - xact_start)), 0)::float8
+                let row = sampler
+                    .query_opt(
+                        "select extract(epoch from clock_timestamp() - xact_start)::float8,
+                                state || ': ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 160)
                          from pg_stat_activity
                          where datname = current_database() and backend_type = 'client backend'
                            and xact_start is not null and pid <> all($1)
-                           and query not ilike 'analyze %' and query not ilike 'vacuum %'",
+                           and query not ilike 'analyze %' and query not ilike 'vacuum %'
+                         order by xact_start limit 1",
                         &[&own],
                     )
                     .await
-                    .unwrap()
-                    .get(0);
-                longest = longest.max(age);
+                    .unwrap();
+                if let Some(row) = row {
+                    let age: f64 = row.get(0);
+                    if age > longest.0 {
+                        longest = (age, row.get::<_, Option<String>>(1).unwrap_or_default());
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             longest
@@ -1053,7 +1071,7 @@ async fn netbox_drain_run(template: &str, sidecar_binary: &str, port: u16, expec
     }
     drop(side);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let longest_tx_s = sampling.await.unwrap();
+    let (longest_tx_s, longest_tx_query) = sampling.await.unwrap();
     // First and last attempt by the database's clock (the attempt log), from the sidecar's start,
     // once record() has caught up; else the receiver's view (to about a second).
     let waiting = Instant::now();
@@ -1083,6 +1101,7 @@ async fn netbox_drain_run(template: &str, sidecar_binary: &str, port: u16, expec
         wall_s,
         peak_mib: peak as f64 / 1024.0,
         longest_tx_s,
+        longest_tx_query,
     }
 }
 
@@ -1538,7 +1557,11 @@ async fn ab() {
                     .arg("run")
                     .env("DATABASE_URL", &url)
                     .env("NETBOX_OUTBOX_METRICS__LISTEN", "\"\"")
-                    .env("NETBOX_OUTBOX_LOG__LEVEL", "warn")
+                    // BENCH_SIDECAR_LOG=debug shows each batch's size and time (on stderr)
+                    .env(
+                        "NETBOX_OUTBOX_LOG__LEVEL",
+                        std::env::var("BENCH_SIDECAR_LOG").unwrap_or_else(|_| "warn".into()),
+                    )
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit());
                 Process(command.spawn().unwrap())

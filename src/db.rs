@@ -5,6 +5,7 @@
 //! so a DBA sees us in `pg_stat_activity`.
 
 mod conninfo;
+mod session;
 mod tls;
 
 use tokio_postgres::tls::MakeTlsConnect;
@@ -12,6 +13,7 @@ use tokio_postgres::{Client, Config, Socket};
 use tracing::{debug, warn};
 
 pub use conninfo::APPLICATION_NAME;
+pub use session::{Query, Session, Sessions, Tx};
 pub use tls::SslMode;
 
 use conninfo::{PassfileUse, Resolved};

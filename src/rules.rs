@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::db::Query;
 use serde_json::{Map, Value};
-use tokio_postgres::GenericClient;
 
 use crate::condition::{Conditions, MalformedConditions};
 
@@ -113,7 +113,7 @@ impl RuleSet {
     /// `webhook` rules when `include_netbox_rules` is set. Returns `None` when nothing changed
     /// since `previous` was read.
     pub async fn load(
-        client: &impl GenericClient,
+        client: &impl Query,
         include_netbox_rules: bool,
         previous: Option<&RuleSet>,
     ) -> Result<Option<RuleSet>, tokio_postgres::Error> {

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::assemble::{Assembler, Batch};
 use crate::config::{Config, PayloadFormat};
-use crate::db::Database;
+use crate::db::{Database, Sessions};
 use crate::deliver::Dispatcher;
 use crate::health::Health;
 use crate::metrics as m;
@@ -332,7 +332,7 @@ async fn assemble_loop(
     deliveries_due: Arc<Notify>,
 ) {
     let mut assembler = Assembler::new(config.clone());
-    let mut connection = Reconnecting::new("assembler", database.clone());
+    let mut connection = Reconnecting::new("assembler", Sessions(database.clone()));
     let mut listening = Reconnecting::new("wake-up", Listen(database));
     let mut summarized = Instant::now();
     let mut truncations_checked: Option<Instant> = None;
@@ -363,7 +363,7 @@ async fn assemble_loop(
                     deliveries_due.notify_one();
                 }
                 if summarized.elapsed() >= SUMMARIZE_EVERY {
-                    summarize_capture(db).await;
+                    summarize_capture(&db.client).await;
                     summarized = Instant::now();
                 }
                 continue;
@@ -373,7 +373,7 @@ async fn assemble_loop(
                 // poll interval bounds how often we look).
                 if truncations_checked.is_none_or(|t| t.elapsed() >= config.assembly.poll_interval)
                 {
-                    report_truncations(db).await;
+                    report_truncations(&db.client).await;
                     truncations_checked = Some(Instant::now());
                 }
             }
@@ -454,7 +454,7 @@ async fn assemble_loop(
 /// A batch of changes failed: counted, shown in readiness, logged in the words `/readyz` points
 /// to, and retried on a new connection after the backoff.
 async fn batch_failed(
-    connection: &mut Reconnecting<Database>,
+    connection: &mut Reconnecting<Sessions>,
     health: &Health,
     cancel: &CancellationToken,
     error: &(dyn std::error::Error + Send + Sync + 'static),

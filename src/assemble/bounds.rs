@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::Transaction;
+use crate::db::Tx;
 
 use super::source::{CHANGE_COLUMNS, Snapshot, change_from};
 use crate::change::history::Change;
@@ -68,7 +68,7 @@ impl Cut {
 /// batch spanned last time (`step`, updated for the next batch). Counting uses the BRIN index on
 /// `txid`, so it costs about what the batch reads.
 pub async fn choose(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     from: &Snapshot,
     to: &Snapshot,
     limit: usize,
@@ -126,7 +126,7 @@ const SETTLE_TRIES: usize = 16;
 
 /// Moves `end` down until no object's change left for later precedes one in the batch.
 async fn settle(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     from: &Snapshot,
     to: &Snapshot,
     cut: &mut Cut,
@@ -161,7 +161,7 @@ const IN_BATCH: &str = "((c.txid >= $1 and c.txid < $2) or c.txid = any($4))
      and pg_visible_in_snapshot(c.txid::text::xid8, $3::text::pg_snapshot)";
 
 async fn touched(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     from: &Snapshot,
     to: &Snapshot,
     cut: &Cut,
@@ -197,7 +197,7 @@ async fn touched(
 
 /// The objects whose change just before the batch's last one was left for later.
 async fn conflicts(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     from: &Snapshot,
     to: &Snapshot,
     cut: &Cut,
@@ -245,7 +245,7 @@ fn arrays(touched: &[Touched]) -> (Vec<i32>, Vec<i64>, Vec<i64>) {
 /// batch depends on: the first change of the row (its `before` is the row after the batch) and
 /// every tag added or removed (the tags as they stand, undone). Keyed by (content type, object).
 pub async fn later_changes(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     to: &Snapshot,
     cut: &Cut,
 ) -> Result<HashMap<(i32, i64), Vec<Change>>, tokio_postgres::Error> {

@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
 
+use crate::db::Tx;
 use metrics::gauge;
-use tokio_postgres::Transaction;
 use tracing::{info, warn};
 
 use super::build::{Event, standing_change};
@@ -36,10 +36,7 @@ impl Assembler {
     /// Tries the deferred events again (up to a chunk of them, oldest first). Those whose model
     /// now renders get their deliveries and leave the table; the others keep waiting with the
     /// latest reason. Returns the number of deliveries queued.
-    pub(super) async fn retry_deferred(
-        &self,
-        tx: &Transaction<'_>,
-    ) -> Result<u64, tokio_postgres::Error> {
+    pub(super) async fn retry_deferred(&self, tx: &Tx<'_>) -> Result<u64, tokio_postgres::Error> {
         let rows = tx
             .query(
                 "select f.event_id, e.content_type_id, e.object_id, e.event, e.seq,
@@ -80,7 +77,7 @@ impl Assembler {
 
     async fn retry_model(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         model: i32,
         deferred: Vec<Deferred>,
     ) -> Result<u64, tokio_postgres::Error> {
@@ -154,7 +151,7 @@ impl Assembler {
     /// delete, its last captured image); None where the object is gone without a trace.
     async fn current_changes(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         model: i32,
         deferred: &[Deferred],
     ) -> Result<Vec<Option<TxChange>>, tokio_postgres::Error> {

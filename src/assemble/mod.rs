@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use metrics::{counter, histogram};
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::IsolationLevel;
 use tracing::{debug, warn};
 
 use self::build::{Builder, Event, attribution};
@@ -32,6 +32,7 @@ use self::store::{NewDeferral, NewDelivery, NewEvent};
 use crate::change::Action;
 use crate::change::history::{ObjectHistory, TxChange};
 use crate::config::Config;
+use crate::db::{Session, Tx};
 use crate::metrics as m;
 use crate::netbox::{self, Netbox};
 use crate::rules::RuleSet;
@@ -108,13 +109,12 @@ impl Assembler {
     /// mode too. The REPEATABLE READ snapshot is taken by the first statement, which takes the
     /// lock; if the previous batch committed after that snapshot, locking the read position
     /// fails with a serialization error, and the batch is simply tried again.
-    pub async fn run_batch(&mut self, client: &mut Client) -> Result<Batch, tokio_postgres::Error> {
+    pub async fn run_batch(
+        &mut self,
+        session: &mut Session,
+    ) -> Result<Batch, tokio_postgres::Error> {
         let started = Instant::now();
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .start()
-            .await?;
+        let tx = session.transaction(IsolationLevel::RepeatableRead).await?;
         let locked: bool = tx
             .query_one("select pg_try_advisory_xact_lock($1)", &[&ASSEMBLY_LOCK])
             .await?
@@ -149,7 +149,7 @@ impl Assembler {
 
     async fn process(
         &mut self,
-        tx: tokio_postgres::Transaction<'_>,
+        tx: Tx<'_>,
         row: tokio_postgres::Row,
         started: Instant,
     ) -> Result<BatchReport, tokio_postgres::Error> {
@@ -283,7 +283,7 @@ impl Assembler {
     /// every `rules.refresh_interval` (changes made with plain SQL), or at once when `changed`.
     async fn refresh_configuration(
         &mut self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &Tx<'_>,
         changed: bool,
     ) -> Result<(), tokio_postgres::Error> {
         let due = changed
@@ -316,7 +316,7 @@ impl Assembler {
     #[allow(clippy::too_many_arguments)]
     async fn process_chunk(
         &mut self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &Tx<'_>,
         chunk: Vec<ObjectHistory>,
         later: &mut HashMap<(i32, i64), Vec<crate::change::history::Change>>,
         mode: Mode,
@@ -527,7 +527,7 @@ impl Assembler {
     /// or None if its model failed, and each failed model's reason.
     async fn render_isolated(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &Tx<'_>,
         txid_floor: i64,
         changes: &[&TxChange],
     ) -> Result<(Vec<Option<netbox::Rendered>>, BTreeMap<i32, String>), tokio_postgres::Error> {
@@ -610,7 +610,7 @@ impl Assembler {
 /// savepoint, it becomes the caller's to pin on one model. Errors without an SQLSTATE (a lost
 /// connection) still fail the batch.
 async fn isolated<T>(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<Result<T, String>, tokio_postgres::Error> {
     tx.batch_execute("savepoint netbox_outbox_model").await?;

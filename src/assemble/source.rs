@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use tokio_postgres::{Row, Statement, Transaction};
+use tokio_postgres::Row;
+
+use crate::db::Tx;
 
 use crate::change::history::{Change, ChangeKind, ChangelogEntry, ObjectHistory};
 use crate::change::{Row as JsonRow, parse_row, quote_ident};
@@ -63,7 +65,7 @@ fn batch_query(table: &str, columns: &str) -> String {
 /// Streams one batch, object by object, through two portals (changes and change log entries)
 /// merged on (content type, object id).
 pub struct BatchReader<'t> {
-    tx: &'t Transaction<'t>,
+    tx: &'t Tx<'t>,
     changes: Portal,
     changelog: Portal,
     first: Vec<i32>,
@@ -78,10 +80,7 @@ struct Portal {
 const FETCH: i32 = 2000;
 
 impl Portal {
-    async fn peek<'a>(
-        &'a mut self,
-        tx: &Transaction<'_>,
-    ) -> Result<Option<&'a Row>, tokio_postgres::Error> {
+    async fn peek<'a>(&'a mut self, tx: &Tx<'_>) -> Result<Option<&'a Row>, tokio_postgres::Error> {
         if self.buffer.is_empty() && !self.done {
             let rows = tx.query_portal(&self.portal, FETCH).await?;
             self.done = rows.len() < FETCH as usize;
@@ -90,7 +89,7 @@ impl Portal {
         Ok(self.buffer.front())
     }
 
-    async fn next(&mut self, tx: &Transaction<'_>) -> Result<Option<Row>, tokio_postgres::Error> {
+    async fn next(&mut self, tx: &Tx<'_>) -> Result<Option<Row>, tokio_postgres::Error> {
         self.peek(tx).await?;
         Ok(self.buffer.pop_front())
     }
@@ -110,15 +109,15 @@ impl<'t> BatchReader<'t> {
     /// Opens the batch between `from` and `to`, up to transaction id `end`; the objects of the
     /// content types in `first` come before all others.
     pub async fn open(
-        tx: &'t Transaction<'t>,
+        tx: &'t Tx<'t>,
         from: &Snapshot,
         end: i64,
         to: &Snapshot,
         first: Vec<i32>,
     ) -> Result<BatchReader<'t>, tokio_postgres::Error> {
-        let changes: Statement = tx.prepare(&batch_query("change", CHANGE_COLUMNS)).await?;
-        let changelog: Statement = tx
-            .prepare(&batch_query(
+        let changes = tx.prepared(&batch_query("change", CHANGE_COLUMNS)).await?;
+        let changelog = tx
+            .prepared(&batch_query(
                 "changelog",
                 "id, txid, captured_at, content_type_id, object_id, objectchange_id, request, entry::text",
             ))
@@ -216,7 +215,7 @@ pub(super) fn change_from(row: &Row) -> Option<Change> {
 /// NetBox's request and user for each transaction in the batch (up to transaction id `end`)
 /// that wrote change log entries.
 pub async fn netbox_transactions(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     from: &Snapshot,
     end: i64,
     to: &Snapshot,
@@ -245,7 +244,7 @@ pub async fn netbox_transactions(
 
 /// Which of `tables` (in schema public) exist in the transaction's snapshot.
 pub async fn existing_tables(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     tables: &[String],
 ) -> Result<std::collections::HashSet<String>, tokio_postgres::Error> {
     let rows = tx
@@ -259,7 +258,7 @@ pub async fn existing_tables(
 
 /// The rows of some objects of one table as they stand in the transaction's snapshot.
 pub async fn live_rows(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     table: &str,
     ids: &[i64],
 ) -> Result<HashMap<i64, JsonRow>, tokio_postgres::Error> {
@@ -285,7 +284,7 @@ pub async fn live_rows(
 
 /// The tags of some objects of one content type, as they stand in the transaction's snapshot.
 pub async fn live_tags(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     content_type_id: i32,
     ids: &[i64],
 ) -> Result<HashMap<i64, BTreeSet<i64>>, tokio_postgres::Error> {

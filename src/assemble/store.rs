@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use tokio_postgres::Transaction;
+use crate::db::Tx;
 
 use crate::change::Action;
 use crate::request::{Request, Transport};
@@ -56,7 +56,7 @@ pub struct NewDeferral {
 
 /// Inserts events, their deliveries and deferrals; returns the number of deliveries stored.
 pub async fn insert(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     events: &[NewEvent],
     deliveries: &[NewDelivery],
     deferrals: &[NewDeferral],
@@ -82,7 +82,7 @@ pub async fn insert(
 
 /// Inserts events; returns their ids, in order.
 async fn insert_events(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     events: &[NewEvent],
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
     let ids: Vec<i64> = tx
@@ -125,7 +125,7 @@ async fn insert_events(
 /// Inserts deliveries (with their requests) for events already stored: `ids[d.event]` is each
 /// one's event id. Returns the number stored.
 pub async fn insert_deliveries(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     ids: &[i64],
     deliveries: &[NewDelivery],
 ) -> Result<u64, tokio_postgres::Error> {

@@ -8,8 +8,8 @@
 //! collation, as NetBox's `ORDER BY` does); the merge runs here, keeping the key order Python's
 //! dicts would have.
 
+use crate::db::Query;
 use serde_json::{Map, Value};
-use tokio_postgres::GenericClient;
 
 use crate::change::Row;
 
@@ -133,7 +133,7 @@ where cc.is_active
 
 /// The data of the config contexts that apply to a scope, in merge order.
 pub async fn matching(
-    client: &impl GenericClient,
+    client: &impl Query,
     scope: &Scope,
 ) -> Result<Vec<Value>, tokio_postgres::Error> {
     let text: String = client

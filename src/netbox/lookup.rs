@@ -2,9 +2,9 @@
 //! in batches: rendering records what it misses, [`Lookups::fetch`] gets all of it with one
 //! query per table and column, and rendering runs again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-use tokio_postgres::GenericClient;
+use crate::db::Query;
 
 use serde_json::Value;
 
@@ -179,7 +179,7 @@ impl Lookups {
     /// Fetches everything `needs` lists.
     pub async fn fetch(
         &mut self,
-        client: &impl GenericClient,
+        client: &impl Query,
         needs: Needs,
         table_of: impl Fn(i32) -> Option<String>,
     ) -> Result<(), tokio_postgres::Error> {
@@ -227,8 +227,19 @@ impl Lookups {
         for (key, value) in needs.counts {
             by_count.entry(key).or_default().push(value);
         }
+        // Which of the counted columns the schema has, all in one statement: a batch counts
+        // several (a site's racks, devices, VLANs...), and each check was a round trip.
+        let pairs: Vec<(&str, &str)> = by_count
+            .keys()
+            .map(|k| (k.table.as_str(), k.column.as_str()))
+            .collect();
+        let present = columns_exist(client, &pairs).await?;
         for (key, values) in by_count {
-            let found = count_by_column(client, &key.table, &key.column, &values).await?;
+            let found = if present.contains(&(key.table.clone(), key.column.clone())) {
+                count_by_column(client, &key.table, &key.column, &values).await?
+            } else {
+                HashMap::new()
+            };
             for value in values {
                 let n = found.get(&value).copied().unwrap_or(0);
                 self.counts.insert((key.clone(), value), n);
@@ -315,10 +326,7 @@ impl Lookups {
 }
 
 /// Whether every one of `tables` exists in the public schema.
-async fn tables_exist(
-    client: &impl GenericClient,
-    tables: &[&str],
-) -> Result<bool, tokio_postgres::Error> {
+async fn tables_exist(client: &impl Query, tables: &[&str]) -> Result<bool, tokio_postgres::Error> {
     let names: Vec<String> = tables
         .iter()
         .map(|t| format!("public.{}", quote_ident(t)))
@@ -332,32 +340,48 @@ async fn tables_exist(
         .map(|r| r.get(0))
 }
 
-/// `select row_to_json(t) from <table> t where <column> = any($ids) [and <ct column> = $ct]`,
-/// returning (the column's value, the row). Of a table the role may read only some columns of
-/// (users_user, whose password hash the sidecar's role is not granted: docs/privileges.md), the
-/// row holds those columns: a whole-row reference would need them all.
+/// Which of the (table, column) pairs the public schema has. A table or column it does not have
+/// (a NetBox without that model) counts nothing in [`count_by_column`].
+async fn columns_exist(
+    client: &impl Query,
+    pairs: &[(&str, &str)],
+) -> Result<HashSet<(String, String)>, tokio_postgres::Error> {
+    if pairs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let tables: Vec<String> = pairs
+        .iter()
+        .map(|(t, _)| format!("public.{}", quote_ident(t)))
+        .collect();
+    let columns: Vec<&str> = pairs.iter().map(|(_, c)| *c).collect();
+    let rows = client
+        .query(
+            "select p.ord from unnest($1::text[], $2::text[]) with ordinality p(tbl, col, ord)
+             where exists (select from pg_attribute a
+                           where a.attrelid = to_regclass(p.tbl) and a.attname = p.col
+                             and a.attnum > 0 and not a.attisdropped)",
+            &[&tables, &columns],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (table, column) = pairs[r.get::<_, i64>(0) as usize - 1];
+            (table.to_string(), column.to_string())
+        })
+        .collect())
+}
+
 /// `select column, count(*) from table where column = any(values) group by column`: NetBox's
-/// `count_related()` for several objects at once. A table or column the schema does not have
-/// (a NetBox without that model) counts nothing; one the role may not read fails the query, so
-/// the change is deferred with that reason rather than sent with a wrong count.
+/// `count_related()` for several objects at once, of a column [`columns_exist`] found. One the
+/// role may not read fails the query, so the change is deferred with that reason rather than
+/// sent with a wrong count.
 pub(crate) async fn count_by_column(
-    client: &impl GenericClient,
+    client: &impl Query,
     table: &str,
     column: &str,
     values: &[i64],
 ) -> Result<HashMap<i64, i64>, tokio_postgres::Error> {
-    let exists: bool = client
-        .query_one(
-            "select exists (select from pg_attribute a
-                            where a.attrelid = to_regclass($1) and a.attname = $2
-                              and a.attnum > 0 and not a.attisdropped)",
-            &[&format!("public.{}", quote_ident(table)), &column],
-        )
-        .await?
-        .get(0);
-    if !exists {
-        return Ok(HashMap::new());
-    }
     let column = quote_ident(column);
     let rows = client
         .query(
@@ -371,8 +395,12 @@ pub(crate) async fn count_by_column(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// `select row_to_json(t) from <table> t where <column> = any($ids) [and <ct column> = $ct]`,
+/// returning (the column's value, the row). Of a table the role may read only some columns of
+/// (users_user, whose password hash the sidecar's role is not granted: docs/privileges.md), the
+/// row holds those columns: a whole-row reference would need them all.
 async fn rows_by_column(
-    client: &impl GenericClient,
+    client: &impl Query,
     table: &str,
     column: &str,
     content_type: Option<&(String, i32)>,

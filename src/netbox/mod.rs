@@ -11,7 +11,7 @@ pub mod version;
 
 use std::collections::{HashMap, HashSet};
 
-use tokio_postgres::GenericClient;
+use crate::db::Query;
 
 use crate::change::{Action, TxChange};
 use crate::config::NetboxConfig;
@@ -60,10 +60,7 @@ impl Netbox {
     }
 
     /// Re-reads content types, watched tables, ignored columns and custom fields.
-    pub async fn refresh(
-        &mut self,
-        client: &impl GenericClient,
-    ) -> Result<(), tokio_postgres::Error> {
+    pub async fn refresh(&mut self, client: &impl Query) -> Result<(), tokio_postgres::Error> {
         let row = client
             .query_one(
                 "select

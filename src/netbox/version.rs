@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use tokio_postgres::GenericClient;
+use crate::db::Query;
 
 use super::catalogue;
 
@@ -193,7 +193,7 @@ pub fn classify(newest: &BTreeMap<String, String>) -> Detected {
 
 /// Reads the newest migration of each of NetBox's apps. A database without `django_migrations`
 /// is not NetBox's: it classifies as older than any release, with no migrations.
-pub async fn detect(client: &impl GenericClient) -> Result<Detected, tokio_postgres::Error> {
+pub async fn detect(client: &impl Query) -> Result<Detected, tokio_postgres::Error> {
     let apps: Vec<String> = APPS.iter().map(|a| a.to_string()).collect();
     let rows = client
         .query(
@@ -312,10 +312,7 @@ pub fn choose(detected: Detected, configured: Option<&str>) -> Result<Choice, Un
 }
 
 /// Detects the release, chooses it, and makes its catalogue the one this process renders with.
-pub async fn select(
-    client: &impl GenericClient,
-    configured: Option<&str>,
-) -> Result<Choice, SelectError> {
+pub async fn select(client: &impl Query, configured: Option<&str>) -> Result<Choice, SelectError> {
     let detected = detect(client).await?;
     let choice = choose(detected, configured)?;
     catalogue::select(choice.release.version);

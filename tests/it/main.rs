@@ -72,6 +72,8 @@ mod operate;
 /// PostgreSQL like psql: TLS by sslmode against a TLS-only cluster, PG* variables, ~/.pgpass,
 /// and no secret in the logs at any level.
 mod postgres_client;
+/// The assembler's statements, prepared once per connection.
+mod prepared;
 /// The heads of the per-object queues: claims that cost what they return, deep queues, what
 /// blocks and what releases a queue, replays.
 mod queue_heads;

@@ -19,8 +19,8 @@ mod values;
 
 use std::collections::BTreeSet;
 
+use crate::db::Query;
 use serde_json::{Map, Value};
-use tokio_postgres::GenericClient;
 
 use self::nested::RowSource;
 use self::values::format_value;
@@ -79,7 +79,7 @@ const MAX_PASSES: usize = 8;
 /// Renders data and snapshots for each change; a change that cannot be rendered fully carries
 /// the reason in [`Rendered::incomplete`] (and is logged).
 pub async fn render<'c>(
-    client: &impl GenericClient,
+    client: &impl Query,
     netbox: &Netbox,
     batch_txid_floor: i64,
     changes: impl Iterator<Item = &'c TxChange>,
