@@ -974,8 +974,12 @@ async fn netbox_drain_run(template: &str, sidecar_binary: &str, port: u16, expec
                 let row = sampler
                     .query_opt(
                         "select extract(epoch from clock_timestamp() - xact_start)::float8,
-                                state || ': ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 160)
-                         from pg_stat_activity
+                                state || coalesce(' waiting on ' || wait_event_type || ' ' || wait_event, '')
+                                || ': ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 160)
+                                || coalesce(' | blocked by: ' || (
+                                       select string_agg(left(regexp_replace(b.query, '\\s+', ' ', 'g'), 100), ' / ')
+                                       from pg_stat_activity b where b.pid = any(pg_blocking_pids(a.pid))), '')
+                         from pg_stat_activity a
                          where datname = current_database() and backend_type = 'client backend'
                            and xact_start is not null and pid <> all($1)
                            and query not ilike 'analyze %' and query not ilike 'vacuum %'

@@ -31,6 +31,8 @@ pub const OUTCOMES_UNRECORDABLE: &str = "netbox_outbox_outcomes_unrecordable_tot
 pub const OLDEST_UNREAD: &str = "netbox_outbox_oldest_unread_seconds";
 pub const FAILING_BATCHES: &str = "netbox_outbox_failing_batches";
 pub const BATCH_FAILURES: &str = "netbox_outbox_batch_failures_total";
+/// Batches rolled back by a serialization failure and run again at once.
+pub const BATCH_CONFLICTS: &str = "netbox_outbox_batch_conflicts_total";
 pub const REJECTED: &str = "netbox_outbox_deliveries_rejected_total";
 pub const TRUNCATIONS: &str = "netbox_outbox_truncations_total";
 /// Events deferred because their model could not be read (schema drift, a missing grant).
@@ -148,6 +150,11 @@ fn describe() {
     describe_counter!(
         BATCH_FAILURES,
         "Batches of changes that failed (each is retried; the cause is in the log)."
+    );
+    describe_counter!(
+        BATCH_CONFLICTS,
+        "Batches of changes rolled back because a delivery's queue changed under them (a \
+         serialization failure) and run again at once; not failures unless they repeat."
     );
     describe_counter!(
         REJECTED,

@@ -382,6 +382,7 @@ async fn assemble_loop(
                 pause(&cancel, config.assembly.poll_interval).await;
                 continue;
             }
+            Ok(Batch::Conflicted) => continue,
             Err(e) => {
                 batch_failed(&mut connection, &health, &cancel, &e).await;
                 listening.disconnect();
@@ -427,6 +428,13 @@ async fn assemble_loop(
                 if report.deliveries > 0 {
                     deliveries_due.notify_one();
                 }
+                if let Err(e) = w.wake().await {
+                    listening.failed(&cancel, "waking up", &e).await;
+                }
+                continue;
+            }
+            Ok(Batch::Conflicted) => {
+                // Its changes are still unread: awake, and at them again.
                 if let Err(e) = w.wake().await {
                     listening.failed(&cancel, "waking up", &e).await;
                 }

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use metrics::{counter, histogram};
 use tokio_postgres::IsolationLevel;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use self::build::{Builder, Event, attribution};
 use self::source::{BatchReader, Snapshot};
@@ -81,14 +81,24 @@ pub struct Assembler {
     /// How many transaction ids the last bounded batch spanned: where the next one starts
     /// looking for its end.
     txid_step: i64,
+    /// Batches rolled back by a serialization failure since the last one that was not.
+    conflicts: u32,
 }
 
 /// Whether a batch ran.
 pub enum Batch {
     /// Another sidecar is reading changes right now.
     Busy,
+    /// The batch was rolled back by a serialization failure: a delivery's queue head was
+    /// changed by the recorder under the batch's REPEATABLE READ snapshot (V19 says when). It
+    /// is to be run again at once.
+    Conflicted,
     Done(BatchReport),
 }
+
+/// Serialization failures in a row after which a batch counts as failing (and backs off): a
+/// conflict that comes back every time is not a race any more.
+const MOST_CONFLICTS: u32 = 10;
 
 impl Assembler {
     pub fn new(config: Config) -> Self {
@@ -99,6 +109,7 @@ impl Assembler {
             rules_read: None,
             deferred_tried: None,
             txid_step: config.assembly.batch_changes as i64,
+            conflicts: 0,
             config,
         }
     }
@@ -143,8 +154,28 @@ impl Assembler {
             }
             Err(e) => return Err(e),
         };
-        let report = self.process(tx, row, started).await?;
-        Ok(Batch::Done(report))
+        match self.process(tx, row, started).await {
+            Ok(report) => {
+                self.conflicts = 0;
+                Ok(Batch::Done(report))
+            }
+            Err(e)
+                if e.code()
+                    == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
+                    && self.conflicts < MOST_CONFLICTS =>
+            {
+                // The transaction rolled back when dropped; nothing was written.
+                self.conflicts += 1;
+                counter!(m::BATCH_CONFLICTS).increment(1);
+                info!(error = %crate::error_chain(&e), in_a_row = self.conflicts,
+                      "a batch of changes met a concurrent change to a delivery queue; running it again");
+                Ok(Batch::Conflicted)
+            }
+            Err(e) => {
+                self.conflicts = 0;
+                Err(e)
+            }
+        }
     }
 
     async fn process(

@@ -795,3 +795,92 @@ async fn recording_a_run_moves_the_head_past_it() {
     tx.commit().await.unwrap();
     assert_eq!(first_head(&client).await, ids[4]);
 }
+
+/// The assembler inserts deliveries in a REPEATABLE READ transaction. When the recorder has
+/// locked a queue's head to empty the queue (as `refresh_queue_head()` does) and the insert
+/// waits for that lock, the head it waited for is gone once the recorder commits: the insert
+/// gives the queue a new head (V19) rather than failing with "could not serialize access due
+/// to concurrent delete" and taking the assembler's whole batch with it.
+#[tokio::test]
+async fn a_head_deleted_under_a_repeatable_read_insert_is_made_again() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    queue(&client, "select 1, 1, 'w', 1, 1").await;
+    let first: i64 = first_head(&client).await;
+
+    // The recorder: locks the head, as refresh_queue_head() does before it looks.
+    let mut recorder = db.client().await;
+    let recording = recorder.transaction().await.unwrap();
+    recording
+        .execute(
+            "select 1 from netbox_outbox.queue_head where object_id = 1 for update",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    // The assembler: a REPEATABLE READ transaction that queues a second delivery of object 1.
+    let assembler = db.client().await;
+    let pid: i32 = assembler
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let inserting = tokio::spawn(async move {
+        assembler
+            .batch_execute(
+                "begin isolation level repeatable read;
+                 select count(*) from netbox_outbox.delivery;
+                 insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name,
+                     webhook_id, webhook_name, content_type_id, object_id, seq, timeout_ms,
+                     ssl_verification)
+                 values (2, 1, 'r', 1, 'w', 7, 1, 2, 10000, true);
+                 commit;",
+            )
+            .await
+            .map_err(|e| netbox_outbox::error_chain(&e))?;
+        Ok::<_, String>(assembler)
+    });
+    eventually("the insert to wait for the head", WAIT, || async {
+        let waiting: bool = client
+            .query_one(
+                "select coalesce(bool_or(wait_event_type = 'Lock'), false) from pg_stat_activity where pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        waiting.then_some(())
+    })
+    .await;
+
+    // The recorder delivers the only pending delivery: the queue is empty, its head deleted.
+    recording
+        .execute(
+            "update netbox_outbox.delivery set state = 'delivered', finished_at = now() where id = $1",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        recording
+            .query_one("select count(*) from netbox_outbox.queue_head", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        0
+    );
+    recording.commit().await.unwrap();
+
+    let assembler = inserting.await.unwrap().expect("the insert commits");
+    let second: i64 = assembler
+        .query_one("select id from netbox_outbox.delivery where seq = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        first_head(&client).await,
+        second,
+        "the new delivery heads its queue"
+    );
+}

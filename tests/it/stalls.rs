@@ -410,6 +410,101 @@ async fn failing_batches_show_in_metrics_and_readyz_then_clear() {
     .await;
 }
 
+/// A batch whose delivery meets a queue head changed under its REPEATABLE READ snapshot (the
+/// recorder moved the head while the batch's insert waited for it: a serialization failure) is
+/// run again at once: counted in netbox_outbox_batch_conflicts_total, not as a failing batch,
+/// nothing logged at warn level or above, and its delivery is stored.
+#[tokio::test]
+async fn a_batch_that_meets_a_moved_queue_head_runs_again_at_once() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let receiver = Receiver::start().await.unwrap();
+    site_rule(&client, "crm", &receiver.url("/crm")).await;
+    let sidecar = Running::start(&db, "");
+    let site = insert_site(&client, "s").await;
+    delivered(&receiver, "/crm", "s").await;
+    // A delivery of the site due in an hour gives its queue a head that stays.
+    client
+        .execute(
+            "insert into netbox_outbox.delivery (event_id, event_rule_id, event_rule_name, webhook_id,
+                 webhook_name, content_type_id, object_id, seq, timeout_ms, ssl_verification,
+                 next_attempt_at)
+             select event_id, event_rule_id, event_rule_name, webhook_id, webhook_name,
+                    content_type_id, object_id, seq + 1000, timeout_ms, ssl_verification,
+                    now() + interval '1 hour'
+             from netbox_outbox.delivery where object_id = $1",
+            &[&site],
+        )
+        .await
+        .unwrap();
+    // The recorder's part: the head locked, as refresh_queue_head() locks it.
+    let mut recorder = db.client().await;
+    let recording = recorder.transaction().await.unwrap();
+    recording
+        .execute(
+            "select 1 from netbox_outbox.queue_head where object_id = $1 for update",
+            &[&site],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "update dcim_site set description = 'moved', last_updated = now() where id = $1",
+            &[&site],
+        )
+        .await
+        .unwrap();
+    eventually("the batch's insert to wait for the head", WAIT, || async {
+        let waiting: i64 = client
+            .query_one(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and application_name = 'netbox-outbox'
+                   and wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (waiting > 0).then_some(())
+    })
+    .await;
+    recording
+        .execute(
+            "update netbox_outbox.queue_head set next_attempt_at = next_attempt_at + interval '1 second'
+             where object_id = $1",
+            &[&site],
+        )
+        .await
+        .unwrap();
+    recording.commit().await.unwrap();
+
+    eventually("the update's delivery to be stored", WAIT, || async {
+        let n: i64 = client
+            .query_one(
+                "select count(*) from netbox_outbox.delivery d join netbox_outbox.event e on e.id = d.event_id
+                 where d.object_id = $1 and e.event = 'updated'",
+                &[&site],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    let m = eventually("the conflict in the metrics", WAIT, || async {
+        let m = sidecar.scrape().await?;
+        (m.get("netbox_outbox_batch_conflicts_total")? >= 1.0).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        m.get("netbox_outbox_batch_failures_total").unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(m.get("netbox_outbox_failing_batches").unwrap_or(0.0), 0.0);
+    let log = sidecar.log();
+    assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
+}
+
 async fn first_attempt_failed(client: &Client) {
     eventually("a first attempt to fail", WAIT, || async {
         let n: i64 = client
