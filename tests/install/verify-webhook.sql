@@ -5,6 +5,11 @@
 -- real NetBox 4.7 schema as into the integration tests' NetBox-shaped one.
 --   psql "$NETBOX_DATABASE_URL" -v ON_ERROR_STOP=1 -v url=http://127.0.0.1:9000/ -f tests/install/verify-webhook.sql
 \set QUIET on
+-- The webhook, the rule and its object types in one transaction, as NetBox's UI saves them (one
+-- request): a rule whose object types came in a later transaction of their own would be seen
+-- without them until the sidecar's next rules.refresh_interval, since the link table
+-- extras_eventrule_object_types is not captured (rules changed by plain SQL take effect then).
+begin;
 insert into extras_webhook (created, last_updated, custom_field_data, name, description, payload_url,
     http_method, http_content_type, additional_headers, body_template, secret, ssl_verification)
 values (now(), now(), '{}', 'netbox-outbox-verify', '', :'url',
@@ -24,6 +29,7 @@ select format('insert into extras_eventrule_object_types (eventrule_id, %I) valu
               (select id from extras_eventrule where name = 'netbox-outbox-verify'),
               (select id from django_content_type where app_label = 'dcim' and model = 'site'))
 \gexec
+commit;
 
 insert into dcim_site (created, last_updated, custom_field_data, name, slug, status, facility, description,
     physical_address, shipping_address, comments)
