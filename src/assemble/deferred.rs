@@ -11,13 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
 
-use crate::db::Tx;
 use metrics::gauge;
 use tracing::{info, warn};
 
 use super::build::{Event, standing_change};
 use super::{Assembler, isolated, source, store};
 use crate::change::{Action, Row, TxChange};
+use crate::db::Tx;
 use crate::metrics as m;
 use crate::netbox;
 

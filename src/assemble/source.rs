@@ -6,10 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use tokio_postgres::Row;
 
-use crate::db::Tx;
-
 use crate::change::history::{Change, ChangeKind, ChangelogEntry, ObjectHistory};
 use crate::change::{Row as JsonRow, parse_row, quote_ident};
+use crate::db::Tx;
 
 /// A PostgreSQL snapshot (`pg_snapshot`): transactions below `xmin` are finished, those from
 /// `xmax` on had not started, those in `xip` were in progress.

@@ -8,10 +8,10 @@
 //! collation, as NetBox's `ORDER BY` does); the merge runs here, keeping the key order Python's
 //! dicts would have.
 
-use crate::db::Query;
 use serde_json::{Map, Value};
 
 use crate::change::Row;
+use crate::db::Query;
 
 /// What decides which config contexts apply to an object: the attributes `get_for_object`
 /// reads. Objects that share them share the result, so a bulk change costs one query.

@@ -19,7 +19,6 @@ mod values;
 
 use std::collections::BTreeSet;
 
-use crate::db::Query;
 use serde_json::{Map, Value};
 
 use self::nested::RowSource;
@@ -28,6 +27,7 @@ use super::Netbox;
 use super::catalogue::{Catalogue, Field, FieldKind, Model, WhenMissing, catalogue};
 use super::lookup::{Found, Lookups, Needs};
 use crate::change::{Action, RemovedLink, Row, TxChange};
+use crate::db::Query;
 
 /// An event's `data` and `snapshots`.
 #[derive(Debug, Clone)]
