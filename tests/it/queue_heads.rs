@@ -48,6 +48,14 @@ async fn all_recorded(client: &Client) {
     .await;
 }
 
+/// Makes this session's statistics visible to others now, not at its next report.
+async fn flush_stats(client: &Client) {
+    client
+        .batch_execute("select pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+}
+
 /// Index tuples read so far in schema netbox_outbox, by every session (flushed by the caller).
 async fn index_tuples_read(client: &Client) -> i64 {
     index_counter(client, "idx_tup_read", "pg_stat_user_indexes").await
@@ -85,10 +93,7 @@ async fn index_counter(client: &Client, counter: &str, view: &str) -> i64 {
 /// Claims with `quota` in `claimer`'s session; returns the claimed ids and the index tuples the
 /// claim read.
 async fn claim_measured(claimer: &Client, observer: &Client, quota: i64) -> (Vec<i64>, i64) {
-    claimer
-        .batch_execute("select pg_stat_force_next_flush()")
-        .await
-        .unwrap();
+    flush_stats(claimer).await;
     let before = index_tuples_read(observer).await;
     let ids: Vec<i64> = claimer
         .query(
@@ -100,10 +105,7 @@ async fn claim_measured(claimer: &Client, observer: &Client, quota: i64) -> (Vec
         .iter()
         .map(|r| r.get(0))
         .collect();
-    claimer
-        .batch_execute("select pg_stat_force_next_flush()")
-        .await
-        .unwrap();
+    flush_stats(claimer).await;
     (ids, index_tuples_read(observer).await - before)
 }
 
@@ -566,10 +568,7 @@ async fn a_claim_leases_a_run_of_each_queue_in_order() {
     .await
     .unwrap();
 
-    claimer
-        .batch_execute("select pg_stat_force_next_flush()")
-        .await
-        .unwrap();
+    flush_stats(&claimer).await;
     let before = index_tuples_read(&observer).await;
     let rows = claimer
         .query(
@@ -581,10 +580,7 @@ async fn a_claim_leases_a_run_of_each_queue_in_order() {
         )
         .await
         .unwrap();
-    claimer
-        .batch_execute("select pg_stat_force_next_flush()")
-        .await
-        .unwrap();
+    flush_stats(&claimer).await;
     let read = index_tuples_read(&observer).await - before;
     lock.rollback().await.unwrap();
 
@@ -939,10 +935,7 @@ async fn a_claim_reads_the_heads_first_whatever_the_statistics_say() {
         .await
         .unwrap();
 
-    claimer
-        .batch_execute("select pg_stat_force_next_flush()")
-        .await
-        .unwrap();
+    flush_stats(&claimer).await;
     let before = index_blocks_touched(&observer).await;
     let claimed: Vec<i64> = claimer
         .query(
@@ -955,10 +948,7 @@ async fn a_claim_reads_the_heads_first_whatever_the_statistics_say() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    claimer
-        .batch_execute("select pg_stat_force_next_flush()")
-        .await
-        .unwrap();
+    flush_stats(&claimer).await;
     let touched = index_blocks_touched(&observer).await - before;
     assert_eq!(claimed.len(), 10, "ten heads claimed: {claimed:?}");
     // V20: about 5,600 (the 2,000 heads in flight are walked, each with one key probe);
