@@ -70,11 +70,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     println!(
-        "netbox-outbox pipeline benchmarks on {cores} cores (figures beside same-run baselines)\n"
+        "netbox-outbox pipeline benchmarks on {} cores (figures beside same-run baselines)\n",
+        cores()
     );
     runtime.block_on(async {
         for bench in which.split(',') {
@@ -768,6 +766,11 @@ struct Drain {
     longest_tx_s: f64,
     /// What the longest transaction was running when it was seen at its oldest.
     longest_tx_query: String,
+    /// CPU seconds of the sidecar, and of the PostgreSQL backends serving it, over the run.
+    sidecar_cpu_s: f64,
+    postgres_cpu_s: f64,
+    /// The share of the machine's CPU time that was busy over the run (all processes).
+    machine_busy: f64,
 }
 
 /// `BENCH=netbox-drain`: `BENCH_BACKLOG` changes committed as NetBox commits them (see
@@ -888,6 +891,16 @@ async fn netbox_drain() {
                 r.longest_tx_s,
                 load_average()
             );
+            let per_change = |cpu_s: f64| cpu_s * 1000.0 / r.deliveries as f64;
+            println!(
+                "    CPU per change: sidecar {:.3} ms, its PostgreSQL backends {:.3} ms; the machine \
+                 {:.0} % busy; at this CPU per change {} cores deliver at most {:.0}/s",
+                per_change(r.sidecar_cpu_s),
+                per_change(r.postgres_cpu_s),
+                r.machine_busy * 100.0,
+                cores(),
+                cores() as f64 * r.deliveries as f64 / (r.sidecar_cpu_s + r.postgres_cpu_s)
+            );
             println!(
                 "    longest transaction, last seen running: {}",
                 r.longest_tx_query
@@ -966,6 +979,7 @@ async fn netbox_drain_run(template: &str, sidecar_binary: &str, port: u16, expec
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampling = {
         let stop = stop.clone();
+        let own = own.clone();
         tokio::spawn(async move {
             // The age of the oldest open transaction, and what it was doing when last seen at
             // its oldest: the statement it runs (or ran last, if idle in transaction).
@@ -1034,6 +1048,7 @@ async fn netbox_drain_run(template: &str, sidecar_binary: &str, port: u16, expec
         .unwrap()
         .get(0);
     let start = Instant::now();
+    let machine_before = machine_cpu();
     let side = sidecar_of(sidecar_binary, &database, &[]);
     let pid = side.0.id();
     let peak_kib = || {
@@ -1073,6 +1088,12 @@ async fn netbox_drain_run(template: &str, sidecar_binary: &str, port: u16, expec
     if let Some(task) = analyzing {
         task.abort();
     }
+    // CPU while the sidecar and its backends are still there to be read
+    let sidecar_cpu_s = cpu_seconds(pid);
+    let postgres_cpu_s = backends_cpu_except(&client, &own).await;
+    let machine_after = machine_cpu();
+    let machine_busy =
+        (machine_after.0 - machine_before.0) / (machine_after.1 - machine_before.1).max(1.0);
     drop(side);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (longest_tx_s, longest_tx_query) = sampling.await.unwrap();
@@ -1106,6 +1127,9 @@ async fn netbox_drain_run(template: &str, sidecar_binary: &str, port: u16, expec
         peak_mib: peak as f64 / 1024.0,
         longest_tx_s,
         longest_tx_query,
+        sidecar_cpu_s,
+        postgres_cpu_s,
+        machine_busy,
     }
 }
 
@@ -1459,6 +1483,42 @@ async fn backends_cpu(client: &Client) -> f64 {
     rows.iter()
         .map(|r| cpu_seconds(r.get::<_, i32>(0) as u32))
         .sum()
+}
+
+/// CPU seconds of every backend of this database but `own` (the benchmark's connections).
+async fn backends_cpu_except(client: &Client, own: &[i32]) -> f64 {
+    let rows = client
+        .query(
+            "select pid from pg_stat_activity where datname = current_database() and pid <> all($1)",
+            &[&own],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| cpu_seconds(r.get::<_, i32>(0) as u32))
+        .sum()
+}
+
+/// The cores this machine has.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The machine's busy and total CPU ticks so far, over every core (`/proc/stat`).
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let total: f64 = ticks.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th
+    let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
+    (total - idle, total)
 }
 
 fn load_average() -> String {
