@@ -86,31 +86,119 @@ pub async fn render<'c>(
 ) -> Result<Vec<Rendered>, tokio_postgres::Error> {
     let changes: Vec<&TxChange> = changes.collect();
     let mut lookups = Lookups::new(batch_txid_floor);
+    let mut out: Vec<Option<Rendered>> = changes.iter().map(|_| None).collect();
+    // The changes a pass renders: all of them, then only those that lacked something. A change
+    // that lacked nothing is final: it read only what was fetched, and a fetch only adds what
+    // was not there.
+    let mut todo: Vec<usize> = (0..changes.len()).collect();
     let mut pass = 0;
     loop {
         pass += 1;
         let last = pass >= MAX_PASSES;
-        let (out, needs) = render_all(netbox, &lookups, &changes, last.then_some(pass));
-        if needs.is_empty() || last {
+        let these: Vec<&TxChange> = todo.iter().map(|&i| changes[i]).collect();
+        let done = render_each(netbox, &lookups, &these, last.then_some(pass));
+        let mut lacking = Vec::new();
+        for ((i, rendered), lacked) in todo.iter().zip(done.rendered).zip(done.lacked) {
+            out[*i] = Some(rendered);
+            if lacked {
+                lacking.push(*i);
+            }
+        }
+        if done.needs.is_empty() || last {
+            let out: Vec<Rendered> = out.into_iter().flatten().collect();
             for error in out.iter().filter_map(|r| r.incomplete.as_ref()) {
                 tracing::warn!(reason = error.kind(), "{error}");
             }
             return Ok(out);
         }
-        lookups.fetch(client, needs, |ct| netbox.table(ct)).await?;
+        todo = lacking;
+        lookups
+            .fetch(client, done.needs, |ct| netbox.table(ct))
+            .await?;
     }
 }
 
 /// One pass over every change, from what `lookups` holds, with what the pass lacked. On the
 /// last pass (`last_pass`: its number), a change that still lacks something is incomplete.
+#[cfg(test)]
 pub(crate) fn render_all(
     netbox: &Netbox,
     lookups: &Lookups,
     changes: &[&TxChange],
     last_pass: Option<usize>,
 ) -> (Vec<Rendered>, Needs) {
-    let mut needs = Needs::default();
-    let mut out = Vec::with_capacity(changes.len());
+    let done = render_each(netbox, lookups, changes, last_pass);
+    (done.rendered, done.needs)
+}
+
+/// What one pass made of some changes: each one's rendering and whether it lacked something,
+/// in the changes' order, and everything they lacked.
+struct Pass {
+    rendered: Vec<Rendered>,
+    lacked: Vec<bool>,
+    needs: Needs,
+}
+
+/// One pass over `changes`, each on its own from shared, read-only lookups: a large chunk is
+/// split among the cores, each part in order, and put back together in order.
+fn render_each(
+    netbox: &Netbox,
+    lookups: &Lookups,
+    changes: &[&TxChange],
+    last_pass: Option<usize>,
+) -> Pass {
+    let threads = render_threads(changes.len());
+    if threads <= 1 {
+        return render_part(netbox, lookups, changes, last_pass);
+    }
+    let part = changes.len().div_ceil(threads);
+    let parts: Vec<Pass> = std::thread::scope(|scope| {
+        let running: Vec<_> = changes
+            .chunks(part)
+            .map(|part| scope.spawn(move || render_part(netbox, lookups, part, last_pass)))
+            .collect();
+        running
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut all = Pass {
+        rendered: Vec::with_capacity(changes.len()),
+        lacked: Vec::with_capacity(changes.len()),
+        needs: Needs::default(),
+    };
+    for part in parts {
+        all.rendered.extend(part.rendered);
+        all.lacked.extend(part.lacked);
+        merge(&mut all.needs, part.needs);
+    }
+    all
+}
+
+/// How many threads render `changes` changes: one per core, each with at least 64 changes
+/// (fewer are not worth a thread).
+fn render_threads(changes: usize) -> usize {
+    const PER_THREAD: usize = 64;
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    (changes / PER_THREAD).clamp(1, cores)
+}
+
+/// One part of a pass, in order, on the calling thread.
+fn render_part(
+    netbox: &Netbox,
+    lookups: &Lookups,
+    changes: &[&TxChange],
+    last_pass: Option<usize>,
+) -> Pass {
+    let mut pass = Pass {
+        rendered: Vec::with_capacity(changes.len()),
+        lacked: Vec::with_capacity(changes.len()),
+        needs: Needs::default(),
+    };
     for change in changes {
         let mut own = Needs::default();
         let mut rendered = render_pass(netbox, lookups, &mut own, change);
@@ -125,10 +213,11 @@ pub(crate) fn render_all(
                 missing: describe(&own),
             });
         }
-        merge(&mut needs, own);
-        out.push(rendered);
+        pass.lacked.push(!own.is_empty());
+        merge(&mut pass.needs, own);
+        pass.rendered.push(rendered);
     }
-    (out, needs)
+    pass
 }
 
 /// One change rendered from what `lookups` holds, recording in `needs` what it lacked.
@@ -610,6 +699,44 @@ mod tests {
             db_user: "netbox".into(),
             removed_links: Vec::new(),
         }
+    }
+
+    /// A chunk large enough to be split among threads renders exactly as each change does
+    /// alone, in the chunk's order, and lacks what they lack.
+    #[test]
+    fn a_chunk_split_among_threads_renders_as_each_change_alone() {
+        let netbox = netbox();
+        let changes: Vec<TxChange> = (1..=300)
+            .map(|i| match i % 3 {
+                0 => created(
+                    FRONT_PORT,
+                    json!({"id": i, "name": format!("fp{i}"), "device_id": i / 3, "type": "8p8c",
+                           "positions": 1, "custom_field_data": {}}),
+                ),
+                _ => created(
+                    DEVICE,
+                    json!({"id": i, "name": format!("sw{i}"), "site_id": i % 7, "role_id": 4,
+                           "device_type_id": 5, "status": "active", "custom_field_data": {}}),
+                ),
+            })
+            .collect();
+        let changes: Vec<&TxChange> = changes.iter().collect();
+        let lookups = Lookups::new(0);
+
+        let together = render_each(&netbox, &lookups, &changes, None);
+        assert_eq!(together.rendered.len(), changes.len());
+        let mut needs = Needs::default();
+        for (i, change) in changes.iter().enumerate() {
+            let alone = render_part(&netbox, &lookups, &[change], None);
+            assert_eq!(
+                format!("{:?}", together.rendered[i]),
+                format!("{:?}", alone.rendered[0]),
+                "change {i}"
+            );
+            assert_eq!(together.lacked[i], alone.lacked[0], "change {i}");
+            merge(&mut needs, alone.needs);
+        }
+        assert_eq!(format!("{:?}", together.needs), format!("{needs:?}"));
     }
 
     #[test]
