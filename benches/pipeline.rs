@@ -1473,23 +1473,16 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// CPU seconds of every PostgreSQL backend of this database but our own.
 async fn backends_cpu(client: &Client) -> f64 {
-    let rows = client
-        .query(
-            "select pid from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| cpu_seconds(r.get::<_, i32>(0) as u32))
-        .sum()
+    backends_cpu_except(client, &[]).await
 }
 
-/// CPU seconds of every backend of this database but `own` (the benchmark's connections).
+/// CPU seconds of every backend of this database but our own and `own` (the benchmark's other
+/// connections).
 async fn backends_cpu_except(client: &Client, own: &[i32]) -> f64 {
     let rows = client
         .query(
-            "select pid from pg_stat_activity where datname = current_database() and pid <> all($1)",
+            "select pid from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid() and pid <> all($1)",
             &[&own],
         )
         .await

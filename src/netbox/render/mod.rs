@@ -105,7 +105,11 @@ pub async fn render<'c>(
             }
         }
         if done.needs.is_empty() || last {
-            let out: Vec<Rendered> = out.into_iter().flatten().collect();
+            // (every change was rendered by the first pass: none is left out, none shifts)
+            let out: Vec<Rendered> = out
+                .into_iter()
+                .map(|r| r.expect("the first pass renders every change"))
+                .collect();
             for error in out.iter().filter_map(|r| r.incomplete.as_ref()) {
                 tracing::warn!(reason = error.kind(), "{error}");
             }

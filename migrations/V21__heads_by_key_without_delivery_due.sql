@@ -1,24 +1,23 @@
--- V21: the queue of one object is always read as one range of its own index.
+-- V21: no index of pending deliveries by due time; recorded outcomes find their heads by key.
 --
 -- With statistics that lag a growing backlog, the planner read the deliveries queued behind
 -- each claimed head (claim_runs()) through delivery_due, an index whose leading columns are
 -- the webhook and the due time, filtering the whole webhook's pending deliveries for each head:
 -- 181,248 buffers for the runs of 64 heads, 60 ms, and such claims were most of the database
 -- time of a NetBox-shaped drain (67 claims of 30,000 changes with 4,268,453 buffers, seen with
--- auto_explain: docs/benchmarks.md, section 3j). With the same statistics it can choose
--- delivery_object (every delivery of the object, finished ones included) just as well.
+-- auto_explain: docs/benchmarks.md, section 3j). No claim has read delivery_due on purpose since
+-- the queue heads (V9), and a pending delivery's every version (inserted, leased, retried) paid
+-- an entry in it, so it is dropped. The webhooks with work are found through
+-- delivery_object_order, which leads with the webhook too; of the indexes left, it is the only
+-- one of pending deliveries that a queue's deliveries can be read from. (Row comparisons that
+-- only delivery_object_order could serve were tried and not kept: PostgreSQL 15 does not end an
+-- index scan on a row comparison's later column, so each queue read the rest of its webhook's.)
 --
--- Now the deliveries of one (webhook, object) queue are selected with row comparisons on
--- delivery_object_order's leading columns, which no other index can serve, so a queue is one
--- range scan whatever the statistics say (claim_runs()'s runs, and refresh_queue_heads()'s
--- first pending delivery of a queue). The queue heads an outcome moves are found from the
--- outcome's delivery by key (refresh_queue_heads(), record_batch()): with statistics from when
--- few heads existed, the planner walked every head and probed the deliveries for each (32,000
--- buffers for 100 outcomes and 1,000 heads, twice per call).
+-- The queue heads an outcome moves are now found from the outcome's delivery by key
+-- (refresh_queue_heads(), record_batch()): with statistics from when few heads existed, the
+-- planner walked every head and probed the deliveries for each, twice per call (79,224
+-- buffers for 100 outcomes among 3,001 queues; now 8,066).
 --
--- delivery_due (V2) is dropped: no claim has read it since the queue heads (V9), and a pending
--- delivery's every version (inserted, leased, retried) paid an entry in it. The webhooks with
--- work are found through delivery_object_order, which leads with the webhook too.
 -- What the functions return and how they lock is unchanged; they keep their owners and grants.
 
 drop index netbox_outbox.delivery_due;
