@@ -71,6 +71,13 @@ pub(crate) mod standard_webhooks;
 pub(crate) mod template;
 pub mod wakeup;
 
+/// The cores this process may run on (1 if unknown): how many threads CPU-bound work
+/// (rendering, building requests) is split among.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// An error and its causes on one line, for logs: `outer: cause: root cause`.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut out = error.to_string();

@@ -95,19 +95,17 @@ pub struct EventContext {
 }
 
 impl EventContext {
-    /// The template context, in NetBox's key order.
-    pub fn to_value(&self, format: PayloadFormat) -> Value {
+    /// The template context, in NetBox's key order (moved, not copied: `data` is the payload's
+    /// largest part).
+    pub fn into_value(self, format: PayloadFormat) -> Value {
         let mut context = Map::new();
-        context.insert("event".into(), Value::String(self.event.clone()));
-        context.insert("timestamp".into(), Value::String(self.timestamp.clone()));
+        context.insert("event".into(), Value::String(self.event));
+        context.insert("timestamp".into(), Value::String(self.timestamp));
         match format {
             PayloadFormat::Netbox47 => {
-                context.insert(
-                    "object_type".into(),
-                    Value::String(self.object_type.clone()),
-                );
-                context.insert("data".into(), Value::Object(self.data.clone()));
-                context.insert("request".into(), Value::Object(self.netbox_request.clone()));
+                context.insert("object_type".into(), Value::String(self.object_type));
+                context.insert("data".into(), Value::Object(self.data));
+                context.insert("request".into(), Value::Object(self.netbox_request));
             }
             PayloadFormat::Legacy => {
                 let model = self.object_type.split_once('.').map_or("", |(_, m)| m);
@@ -126,12 +124,12 @@ impl EventContext {
                         .cloned()
                         .unwrap_or(Value::Null),
                 );
-                context.insert("data".into(), Value::Object(self.data.clone()));
+                context.insert("data".into(), Value::Object(self.data));
             }
         }
         // NetBox adds snapshots only when truthy (always, for object events)
         if crate::python::value::truthy(&self.snapshots) {
-            context.insert("snapshots".into(), self.snapshots.clone());
+            context.insert("snapshots".into(), self.snapshots);
         }
         Value::Object(context)
     }
@@ -165,13 +163,14 @@ pub fn build(
     templates: &Templates,
     default_timeout: Duration,
 ) -> Result<Request, BuildError> {
+    let jinja = crate::template::Context::new(context);
     let mut headers = vec![(
         "Content-Type".to_string(),
         webhook.http_content_type.clone(),
     )];
     if !webhook.additional_headers.is_empty() {
         let rendered = templates
-            .render(&webhook.additional_headers, context)
+            .render_in(&webhook.additional_headers, &jinja)
             .map_err(|e| BuildError::from(("additional_headers", e)))?;
         for (name, value) in parse_headers(&rendered) {
             set_header(&mut headers, name, value);
@@ -199,12 +198,12 @@ pub fn build(
         dumps(context)
     } else {
         templates
-            .render(&webhook.body_template, context)
+            .render_in(&webhook.body_template, &jinja)
             .map_err(|e| BuildError::from(("body_template", e)))?
     };
 
     let url = templates
-        .render(&webhook.payload_url, context)
+        .render_in(&webhook.payload_url, &jinja)
         .map_err(|e| BuildError::from(("payload_url", e)))?;
     let parsed = reqwest::Url::parse(url.trim()).map_err(|e| {
         error(
@@ -333,19 +332,7 @@ mod tests {
     use super::*;
 
     fn webhook() -> Webhook {
-        Webhook {
-            id: 1,
-            name: "hook".into(),
-            payload_url: "http://127.0.0.1:9/hook/{{ object_type }}".into(),
-            http_method: "POST".into(),
-            http_content_type: "application/json".into(),
-            additional_headers: String::new(),
-            body_template: String::new(),
-            secret: String::new(),
-            ssl_verification: true,
-            ca_file_path: None,
-            timeout_seconds: None,
-        }
+        Webhook::sample("hook")
     }
 
     fn context() -> Value {
@@ -493,7 +480,8 @@ mod tests {
             snapshots: json!({"prechange": null, "postchange": {}}),
         };
         let keys: Vec<String> = ctx
-            .to_value(PayloadFormat::Legacy)
+            .clone()
+            .into_value(PayloadFormat::Legacy)
             .as_object()
             .unwrap()
             .keys()
@@ -512,7 +500,7 @@ mod tests {
             ]
         );
         let keys: Vec<String> = ctx
-            .to_value(PayloadFormat::Netbox47)
+            .into_value(PayloadFormat::Netbox47)
             .as_object()
             .unwrap()
             .keys()

@@ -32,6 +32,26 @@ pub struct Webhook {
     pub timeout_seconds: Option<i16>,
 }
 
+#[cfg(test)]
+impl Webhook {
+    /// A webhook for unit tests: JSON POSTed to a templated URL, no secret, no headers.
+    pub(crate) fn sample(name: &str) -> Webhook {
+        Webhook {
+            id: 1,
+            name: name.into(),
+            payload_url: "http://127.0.0.1:9/hook/{{ object_type }}".into(),
+            http_method: "POST".into(),
+            http_content_type: "application/json".into(),
+            additional_headers: String::new(),
+            body_template: String::new(),
+            secret: String::new(),
+            ssl_verification: true,
+            ca_file_path: None,
+            timeout_seconds: None,
+        }
+    }
+}
+
 impl fmt::Debug for Webhook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Webhook")

@@ -47,6 +47,27 @@ impl Default for Limits {
     }
 }
 
+/// A template context (a JSON object) as the templates of one request share it: converted to
+/// the engine's values on first use.
+pub struct Context<'a> {
+    json: &'a Value,
+    jinja: std::cell::OnceCell<JValue>,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(json: &'a Value) -> Self {
+        Context {
+            json,
+            jinja: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn jinja(&self) -> JValue {
+        // (a clone of the engine's value shares it)
+        self.jinja.get_or_init(|| to_jinja(self.json)).clone()
+    }
+}
+
 /// The rendering environment, built once.
 pub struct Templates {
     env: Environment<'static>,
@@ -95,7 +116,29 @@ impl Templates {
     }
 
     /// Renders `source` with `context` (a JSON object), within the limits.
+    #[cfg(test)]
     pub fn render(&self, source: &str, context: &Value) -> Result<String, TemplateError> {
+        self.render_in(source, &Context::new(context))
+    }
+
+    /// Renders `source` with a context shared by several templates of one request, which is
+    /// converted for the template engine once, and only if one of them needs it.
+    pub fn render_in(&self, source: &str, context: &Context<'_>) -> Result<String, TemplateError> {
+        if self.is_literal(source) {
+            // Most payload URLs: rendering would copy the whole event into the engine's values
+            // to print the text back unchanged.
+            return Ok(source.to_string());
+        }
+        self.render_template(source, context.jinja())
+    }
+
+    /// Whether `source` renders as itself: it has no delimiter (all start with `{`), no line
+    /// end (the engine drops a trailing one, as Jinja2 does) and fits the output limit.
+    fn is_literal(&self, source: &str) -> bool {
+        !source.contains(['{', '\n', '\r']) && source.len() <= self.limits.max_bytes
+    }
+
+    fn render_template(&self, source: &str, context: JValue) -> Result<String, TemplateError> {
         let template = self
             .env
             .template_from_str(source)
@@ -106,7 +149,7 @@ impl Templates {
             deadline: Instant::now() + self.limits.timeout,
             exceeded: None,
         };
-        match template.render_captured_to(to_jinja(context), &mut out) {
+        match template.render_captured_to(context, &mut out) {
             Ok(_) => String::from_utf8(out.bytes)
                 .map_err(|_| TemplateError("the output is not valid UTF-8".into())),
             Err(e) => Err(TemplateError(match (out.exceeded, e.kind()) {
@@ -421,6 +464,46 @@ mod tests {
 
     fn render(source: &str, context: Value) -> Result<String, TemplateError> {
         Templates::new(vec!["NBO_TEST_*".into()], Limits::default()).render(source, &context)
+    }
+
+    #[test]
+    fn text_without_delimiters_is_returned_as_the_engine_would_render_it() {
+        let templates = Templates::new(Vec::new(), Limits::default());
+        let context = json!({"data": {"id": 1}});
+        for text in [
+            "",
+            "https://receiver.example/hook",
+            "http://10.0.0.1:8080/a%20b?x=1&y=%7D#frag",
+            "100% } %} #} ## -%",
+            "  spaced \t text  ",
+            "ünïcödé/путь",
+        ] {
+            assert!(templates.is_literal(text), "{text:?}");
+            assert_eq!(
+                templates.render(text, &context).unwrap(),
+                templates.render_template(text, to_jinja(&context)).unwrap(),
+                "{text:?}"
+            );
+        }
+        // Line ends and delimiters go through the engine: a trailing line end is dropped, as
+        // Jinja2 drops it, and text over the output limit is refused.
+        for text in ["http://a/\n", "http://a/\r\n", "{{ data.id }}", "{# c #}x"] {
+            assert!(!templates.is_literal(text), "{text:?}");
+        }
+        assert_eq!(
+            templates.render("http://a/\n", &context).unwrap(),
+            "http://a/"
+        );
+        assert_eq!(templates.render("x{# c #}", &context).unwrap(), "x");
+        let small = Templates::new(
+            Vec::new(),
+            Limits {
+                max_bytes: 4,
+                ..Limits::default()
+            },
+        );
+        assert!(small.render("12345", &context).is_err());
+        assert_eq!(small.render("1234", &context).unwrap(), "1234");
     }
 
     #[test]

@@ -81,42 +81,95 @@ impl Builder {
         event: &Event<'_>,
         event_index: usize,
     ) -> Vec<NewDelivery> {
-        let change = event.change;
-        if let Some(incomplete) = &event.rendered.incomplete {
-            counter!(m::RENDER_INCOMPLETE, "reason" => incomplete.kind()).increment(1);
+        let mut all = self
+            .deliveries_of(rules, std::iter::once((event_index, event)))
+            .await;
+        all.pop().unwrap_or_default()
+    }
+
+    /// The deliveries of several events (each with its index in the batch's event list), one
+    /// list per event in their order. Their requests are built together, on as many threads as
+    /// [`build_all`](Self::build_all) takes: one hand-off to the blocking threads per part,
+    /// not per request.
+    pub async fn deliveries_of<'e, 'a: 'e>(
+        &self,
+        rules: &RuleSet,
+        events: impl IntoIterator<Item = (usize, &'e Event<'a>)>,
+    ) -> Vec<Vec<NewDelivery>> {
+        // What each (event, rule) pair becomes: rejected at once, or a request to build.
+        enum Slot {
+            Rejected(Rejection),
+            Build(usize),
         }
-        let mut deliveries = Vec::new();
-        for rule in rules.candidates(change.action.event_type(), change.content_type_id) {
-            let webhook = rule.webhook.clone();
-            let Some(built) = self.request(Some(rule), webhook.clone(), event).await else {
-                continue;
-            };
-            let webhook_name = webhook.as_ref().map(|w| w.name.clone()).unwrap_or_default();
-            // The detail may quote a rendered URL or header holding a token: it goes to
-            // the delivery row (netbox_outbox.failed), the log gets only the field.
-            if let Err(rejection) = &built {
-                counter!(m::REJECTED, "reason" => rejection.field).increment(1);
-                warn!(rule = %rule.name,
-                      webhook = %webhook.as_ref().map(|w| w.name.as_str()).unwrap_or("(missing)"),
-                      object_type = %event.object_type, object_id = change.object_id,
-                      field = rejection.field,
-                      "delivery rejected: the reason is in netbox_outbox.failed");
+        let events: Vec<(usize, &Event<'_>)> = events.into_iter().collect();
+        let mut jobs = Vec::new();
+        let mut slots: Vec<Vec<(&Rule, Slot)>> = Vec::with_capacity(events.len());
+        for (_, event) in &events {
+            let change = event.change;
+            if let Some(incomplete) = &event.rendered.incomplete {
+                counter!(m::RENDER_INCOMPLETE, "reason" => incomplete.kind()).increment(1);
             }
-            counter!(m::DELIVERIES_CREATED, "webhook" => webhook_name.clone()).increment(1);
-            deliveries.push(NewDelivery {
-                event: event_index,
-                rule_id: rule.id,
-                rule_name: rule.name.clone(),
-                webhook_id: rule.webhook_id,
-                webhook_name,
-                content_type_id: change.content_type_id,
-                object_id: change.object_id,
-                seq: change.seq,
-                transport: Transport::of(webhook.as_deref(), self.delivery.default_timeout),
-                request: built.map_err(|r| r.detail),
-            });
+            let mut own = Vec::new();
+            for rule in rules.candidates(change.action.event_type(), change.content_type_id) {
+                match self.prepare(Some(rule), rule.webhook.clone(), event) {
+                    None => {}
+                    Some(Err(rejection)) => own.push((rule, Slot::Rejected(rejection))),
+                    Some(Ok(job)) => {
+                        own.push((rule, Slot::Build(jobs.len())));
+                        jobs.push(job);
+                    }
+                }
+            }
+            slots.push(own);
         }
-        deliveries
+        let mut built: Vec<Option<Result<Request, Rejection>>> = self
+            .build_all(
+                jobs.iter().map(|j| j.webhook.clone()),
+                jobs.iter().map(|j| j.context.clone()),
+            )
+            .await
+            .into_iter()
+            .zip(&jobs)
+            .map(|(result, job)| Some(result.map_err(|e| job.rejection(e))))
+            .collect();
+        let mut out = Vec::with_capacity(events.len());
+        for ((event_index, event), own) in events.iter().zip(slots) {
+            let change = event.change;
+            let mut deliveries = Vec::with_capacity(own.len());
+            for (rule, slot) in own {
+                let built = match slot {
+                    Slot::Rejected(rejection) => Err(rejection),
+                    Slot::Build(job) => built[job].take().expect("each request is built once"),
+                };
+                let webhook = rule.webhook.as_deref();
+                let webhook_name = webhook.map(|w| w.name.clone()).unwrap_or_default();
+                // The detail may quote a rendered URL or header holding a token: it goes to
+                // the delivery row (netbox_outbox.failed), the log gets only the field.
+                if let Err(rejection) = &built {
+                    counter!(m::REJECTED, "reason" => rejection.field).increment(1);
+                    warn!(rule = %rule.name,
+                          webhook = %webhook.map(|w| w.name.as_str()).unwrap_or("(missing)"),
+                          object_type = %event.object_type, object_id = change.object_id,
+                          field = rejection.field,
+                          "delivery rejected: the reason is in netbox_outbox.failed");
+                }
+                counter!(m::DELIVERIES_CREATED, "webhook" => webhook_name.clone()).increment(1);
+                deliveries.push(NewDelivery {
+                    event: *event_index,
+                    rule_id: rule.id,
+                    rule_name: rule.name.clone(),
+                    webhook_id: rule.webhook_id,
+                    webhook_name,
+                    content_type_id: change.content_type_id,
+                    object_id: change.object_id,
+                    seq: change.seq,
+                    transport: Transport::of(webhook, self.delivery.default_timeout),
+                    request: built.map_err(|r| r.detail),
+                });
+            }
+            out.push(deliveries);
+        }
+        out
     }
 
     /// The request `webhook` gets for an event under `rule` (None: no rule, so no conditions
@@ -128,6 +181,20 @@ impl Builder {
         webhook: Option<Arc<Webhook>>,
         event: &Event<'_>,
     ) -> Option<Result<Request, Rejection>> {
+        Some(match self.prepare(rule, webhook, event)? {
+            Ok(job) => self.build_one(job).await,
+            Err(rejection) => Err(rejection),
+        })
+    }
+
+    /// What an (event, rule) pair needs built, or why nothing can be; None when the rule's
+    /// conditions do not hold for the event.
+    fn prepare(
+        &self,
+        rule: Option<&Rule>,
+        webhook: Option<Arc<Webhook>>,
+        event: &Event<'_>,
+    ) -> Option<Result<Job, Rejection>> {
         // Conditions over data that could not be built as NetBox would cannot be trusted
         // either: every candidate rule gets the rejection.
         if let Some(rejection) = incomplete(event) {
@@ -169,7 +236,7 @@ impl Builder {
         };
         let empty = Map::new();
         let action_data = rule.map_or(&empty, |r| &r.action_data);
-        Some(self.render(action_data, webhook, event).await)
+        Some(Ok(self.job(action_data, webhook, event)))
     }
 
     /// The request `webhook` gets for an event, with `action_data` merged into `data`,
@@ -183,6 +250,16 @@ impl Builder {
         if let Some(rejection) = incomplete(event) {
             return Err(rejection);
         }
+        self.build_one(self.job(action_data, webhook, event)).await
+    }
+
+    /// The webhook and the template context of one request.
+    fn job(
+        &self,
+        action_data: &Map<String, Value>,
+        webhook: Arc<Webhook>,
+        event: &Event<'_>,
+    ) -> Job {
         let format = self
             .delivery
             .payload_format_by_webhook
@@ -197,52 +274,174 @@ impl Builder {
             netbox_request: event.netbox_request.clone(),
             snapshots: event.rendered.snapshots.clone(),
         };
-        let name = webhook.name.clone();
-        self.build(webhook, context.to_value(format))
-            .await
-            .map_err(|e| Rejection {
-                field: e.field,
-                detail: format!(
-                    "webhook {name:?}: {e}; fix the webhook in NetBox, then send what was \
-                     rejected again: netbox-outbox replay --rerender"
-                ),
-            })
+        Job {
+            webhook,
+            context: Arc::new(context.into_value(format)),
+        }
     }
 
-    /// Builds `webhook`'s request for a template context (`check` passes a sample event's) on
-    /// a blocking thread, so that a slow template never holds up the async
-    /// workers (health endpoints, shutdown, delivery). The thread stops itself: at its fuel, or
-    /// at `template_timeout` once the template writes (the error then names the field). The
-    /// caller waits a second longer than that, as the backstop for a template that neither
-    /// writes nor runs out of fuel; its thread then runs on until its fuel is spent, and its
-    /// result is dropped.
+    async fn build_one(&self, job: Job) -> Result<Request, Rejection> {
+        let built = self
+            .build_all(
+                std::iter::once(job.webhook.clone()),
+                std::iter::once(job.context.clone()),
+            )
+            .await;
+        built
+            .into_iter()
+            .next()
+            .expect("one result per request")
+            .map_err(|e| job.rejection(e))
+    }
+
+    /// Builds `webhook`'s request for a template context (`check` passes a sample event's).
     pub async fn build(
         &self,
         webhook: Arc<Webhook>,
         context: Value,
     ) -> Result<Request, BuildError> {
+        let mut built = self
+            .build_all(std::iter::once(webhook), std::iter::once(Arc::new(context)))
+            .await;
+        built.pop().expect("one result per request")
+    }
+
+    /// Builds the requests of webhooks for their template contexts (paired in order), on
+    /// blocking threads, so that a slow template never holds up the async workers (health
+    /// endpoints, shutdown, delivery): many requests are split into parts, one thread each
+    /// (one per core, each with at least [`PER_THREAD`] requests), and come back in order.
+    ///
+    /// A thread stops a template itself: at its fuel, or at `template_timeout` once the
+    /// template writes (the error then names the field). The caller waits for each request a
+    /// second longer than that, as the backstop for a template that neither writes nor runs out
+    /// of fuel: that request is then rejected, its thread left to run on until its fuel is spent
+    /// (its result dropped, the rest of its part not started), and the rest of its part built
+    /// on a new thread.
+    pub async fn build_all(
+        &self,
+        webhooks: impl IntoIterator<Item = Arc<Webhook>>,
+        contexts: impl IntoIterator<Item = Arc<Value>>,
+    ) -> Vec<Result<Request, BuildError>> {
         let templates = self.templates.clone();
         let default_timeout = self.delivery.default_timeout;
-        let limit = templates.limits().timeout;
-        let task = tokio::task::spawn_blocking(move || {
-            request::build(&webhook, &context, &templates, default_timeout)
+        let build: Arc<BuildFn> = Arc::new(move |webhook: &Webhook, context: &Value| {
+            request::build(webhook, context, &templates, default_timeout)
         });
-        match tokio::time::timeout(limit + Duration::from_secs(1), task).await {
-            Ok(Ok(built)) => built,
-            Ok(Err(failed)) => Err(BuildError {
-                field: "templates",
-                message: format!("rendering failed unexpectedly ({failed}); please report it"),
-            }),
-            Err(_) => Err(BuildError {
-                field: "templates",
-                message: format!(
-                    "rendering the webhook's templates did not finish within {limit:?} \
-                     (netbox.template_timeout); simplify them, or raise the limit"
-                ),
-            }),
+        self.build_in_parts(webhooks.into_iter().zip(contexts).collect(), build)
+            .await
+    }
+
+    /// [`build_all`](Self::build_all) with the function that builds one request.
+    async fn build_in_parts(
+        &self,
+        requests: Vec<(Arc<Webhook>, Arc<Value>)>,
+        build: Arc<BuildFn>,
+    ) -> Vec<Result<Request, BuildError>> {
+        let requests = Arc::new(requests);
+        let limit = self.templates.limits().timeout;
+        let threads = (requests.len() / PER_THREAD).clamp(1, crate::cores());
+        let part = requests.len().div_ceil(threads).max(1);
+        let mut running: Vec<(std::ops::Range<usize>, Part)> = (0..requests.len())
+            .step_by(part)
+            .map(|start| {
+                let range = start..(start + part).min(requests.len());
+                (range.clone(), Part::spawn(&requests, range, &build))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(requests.len());
+        for (range, part) in &mut running {
+            let mut next = range.start;
+            while next < range.end {
+                let waited =
+                    tokio::time::timeout(limit + Duration::from_secs(1), part.results.recv());
+                let failed = match waited.await {
+                    Ok(Some(built)) => {
+                        out.push(built);
+                        next += 1;
+                        continue;
+                    }
+                    // The thread panicked: its result is gone with it.
+                    Ok(None) => {
+                        "rendering failed unexpectedly (its thread stopped); please report it"
+                            .to_string()
+                    }
+                    Err(_) => format!(
+                        "rendering the webhook's templates did not finish within {limit:?} \
+                         (netbox.template_timeout); simplify them, or raise the limit"
+                    ),
+                };
+                part.abandoned
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                out.push(Err(BuildError {
+                    field: "templates",
+                    message: failed,
+                }));
+                next += 1;
+                *part = Part::spawn(&requests, next..range.end, &build);
+            }
+        }
+        out
+    }
+}
+
+/// Builds one request: [`request::build`] with the builder's templates and default timeout.
+type BuildFn = dyn Fn(&Webhook, &Value) -> Result<Request, BuildError> + Send + Sync;
+
+/// A request to build: the webhook, and the template context it renders with.
+struct Job {
+    webhook: Arc<Webhook>,
+    context: Arc<Value>,
+}
+
+impl Job {
+    /// A build error as the delivery row states it.
+    fn rejection(&self, e: BuildError) -> Rejection {
+        Rejection {
+            field: e.field,
+            detail: format!(
+                "webhook {:?}: {e}; fix the webhook in NetBox, then send what was rejected \
+                 again: netbox-outbox replay --rerender",
+                self.webhook.name
+            ),
         }
     }
 }
+
+/// One part of [`Builder::build_all`] on its thread: its results in order, and the flag that
+/// tells it to stop.
+struct Part {
+    results: tokio::sync::mpsc::UnboundedReceiver<Result<Request, BuildError>>,
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Part {
+    /// Builds `range` of `requests` in order on a blocking thread, sending each result.
+    fn spawn(
+        requests: &Arc<Vec<(Arc<Webhook>, Arc<Value>)>>,
+        range: std::ops::Range<usize>,
+        build: &Arc<BuildFn>,
+    ) -> Part {
+        let (sender, results) = tokio::sync::mpsc::unbounded_channel();
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, requests, build) = (abandoned.clone(), requests.clone(), build.clone());
+        if !range.is_empty() {
+            tokio::task::spawn_blocking(move || {
+                for (webhook, context) in &requests[range] {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    if sender.send(build(webhook, context)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Part { results, abandoned }
+    }
+}
+
+/// Requests per building thread, at least: fewer are not worth a hand-off.
+const PER_THREAD: usize = 64;
 
 /// The rejection of an event whose `data` could not be built as NetBox would.
 fn incomplete(event: &Event<'_>) -> Option<Rejection> {
@@ -382,4 +581,67 @@ fn netbox_request(
     block.insert("GET".into(), Value::Object(Map::new()));
     block.insert("user".into(), Value::String(user_name.to_string()));
     block
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests split among threads come back in order, and one that neither finishes nor
+    /// stops is rejected after the backstop (`template_timeout` + 1 s) while the rest of its
+    /// part is built on a new thread; a thread that panics costs its own request only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_built_in_parts_come_back_in_order_and_a_stuck_one_fails_alone() {
+        let mut config = Config::defaults();
+        config.netbox.template_timeout = Duration::from_millis(50);
+        let builder = Builder::new(&config);
+        let n = 4 * PER_THREAD;
+        let (stuck, panics) = (7, n - 3);
+        let requests: Vec<(Arc<Webhook>, Arc<Value>)> = (0..n)
+            .map(|i| {
+                let name = match i {
+                    i if i == stuck => "stuck",
+                    i if i == panics => "panics",
+                    _ => "good",
+                };
+                (
+                    Arc::new(Webhook::sample(name)),
+                    Arc::new(serde_json::json!({ "i": i })),
+                )
+            })
+            .collect();
+        let templates = builder.templates.clone();
+        let build: Arc<BuildFn> = Arc::new(move |webhook: &Webhook, context: &Value| {
+            match webhook.name.as_str() {
+                // held past the backstop, as a template that neither writes nor runs out of
+                // fuel would be
+                "stuck" => std::thread::sleep(Duration::from_millis(1500)),
+                "panics" => panic!("a bug in rendering"),
+                _ => {}
+            }
+            request::build(webhook, context, &templates, Duration::from_secs(5))
+        });
+        let built = builder.build_in_parts(requests, build).await;
+        assert_eq!(built.len(), n);
+        for (i, result) in built.iter().enumerate() {
+            match result {
+                Ok(request) => {
+                    assert!(i != stuck && i != panics, "request {i} should have failed");
+                    assert_eq!(
+                        String::from_utf8_lossy(&request.body),
+                        format!("{{\"i\": {i}}}"),
+                        "request {i} out of order"
+                    );
+                }
+                Err(e) if i == stuck => {
+                    assert_eq!(e.field, "templates");
+                    assert!(e.message.contains("did not finish within 50ms"), "{e}");
+                }
+                Err(e) if i == panics => {
+                    assert!(e.message.contains("failed unexpectedly"), "{e}")
+                }
+                Err(e) => panic!("request {i} failed: {e}"),
+            }
+        }
+    }
 }

@@ -215,7 +215,6 @@ impl Assembler {
         .await?;
         report.more = cut.more;
         let mut later = bounds::later_changes(&tx, &to, &cut).await?;
-        let netbox_txs = source::netbox_transactions(&tx, &from, cut.end, &to).await?;
         // NetBox matches a request's events against the rules as they are when the request
         // ends, so a rule or webhook created just before a change must apply to it: the batch
         // reads changes of NetBox's configuration first and, if there are any, re-reads the
@@ -257,7 +256,6 @@ impl Assembler {
                     std::mem::take(&mut chunk),
                     &mut later,
                     mode,
-                    &netbox_txs,
                     from.xmin,
                     &mut events,
                     &mut deliveries,
@@ -351,7 +349,6 @@ impl Assembler {
         chunk: Vec<ObjectHistory>,
         later: &mut HashMap<(i32, i64), Vec<crate::change::history::Change>>,
         mode: Mode,
-        netbox_txs: &HashMap<i64, (String, String)>,
         txid_floor: i64,
         events: &mut Vec<NewEvent>,
         deliveries: &mut Vec<NewDelivery>,
@@ -410,7 +407,7 @@ impl Assembler {
         }
 
         // Merge, and keep the changes that are events.
-        let mut changes: Vec<TxChange> = Vec::new();
+        let mut merged: Vec<(TxChange, bool)> = Vec::new();
         for h in chunk {
             let key = (h.content_type_id, h.object_id);
             if !self.netbox.is_watched(h.content_type_id) {
@@ -444,26 +441,42 @@ impl Assembler {
                     counter!(m::EVENTS, "outcome" => "vanished").increment(1);
                     continue;
                 }
-                let netbox_tx =
-                    netbox_txs.contains_key(&change.txid) || change.request_context.is_some();
-                let emit = match mode {
-                    Mode::All => true,
-                    Mode::Netbox => {
-                        change.logged_by_netbox()
-                            || (netbox_tx && (unread || change.last_updated_moved()))
-                            // NetBox sends the deletes of a model it does not log changes of
-                            // (no change log entry marks them), and nothing else of it.
-                            || (netbox_tx
-                                && change.action == Action::Deleted
-                                && !self.logs_changes(change.content_type_id))
-                    }
-                };
-                if !emit {
-                    counter!(m::EVENTS, "outcome" => "filtered").increment(1);
-                    continue;
-                }
-                changes.push(change);
+                merged.push((change, unread));
             }
+        }
+        // NetBox's request and user, for the changes NetBox did not log themselves, from the
+        // change log entries of their transactions (most changes carry their own).
+        let unlogged: BTreeSet<i64> = merged
+            .iter()
+            .filter(|(c, _)| c.changelog.first().and_then(|e| e.request_id()).is_none())
+            .map(|(c, _)| c.txid)
+            .collect();
+        let netbox_txs = if unlogged.is_empty() {
+            HashMap::new()
+        } else {
+            source::netbox_transactions(tx, &unlogged.into_iter().collect::<Vec<_>>()).await?
+        };
+        let mut changes: Vec<TxChange> = Vec::new();
+        for (change, unread) in merged {
+            let netbox_tx =
+                netbox_txs.contains_key(&change.txid) || change.request_context.is_some();
+            let emit = match mode {
+                Mode::All => true,
+                Mode::Netbox => {
+                    change.logged_by_netbox()
+                        || (netbox_tx && (unread || change.last_updated_moved()))
+                        // NetBox sends the deletes of a model it does not log changes of
+                        // (no change log entry marks them), and nothing else of it.
+                        || (netbox_tx
+                            && change.action == Action::Deleted
+                            && !self.logs_changes(change.content_type_id))
+                }
+            };
+            if !emit {
+                counter!(m::EVENTS, "outcome" => "filtered").increment(1);
+                continue;
+            }
+            changes.push(change);
         }
         if changes.is_empty() {
             return Ok(());
@@ -490,28 +503,56 @@ impl Assembler {
         failing.extend(render_failures);
         self.report_failing(&failing, &changes);
 
-        for change in changes {
-            let object_type = self
-                .netbox
-                .object_type(change.content_type_id)
-                .unwrap_or_default();
-            let (request_id, user_name, origin) = attribution(&change, netbox_txs);
-            let event_index = events.len();
-            let mut delivered = 0;
-            let rendered =
-                rendered_by_change.remove(&(change.content_type_id, change.object_id, change.seq));
-            if let Some(rendered) = rendered {
+        // Every event's requests are built together (on every core), then each change becomes
+        // its event, in order.
+        let first_event = events.len();
+        let object_types: Vec<String> = changes
+            .iter()
+            .map(|c| {
+                self.netbox
+                    .object_type(c.content_type_id)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let attributions: Vec<(String, String, &'static str)> = changes
+            .iter()
+            .map(|c| attribution(c, &netbox_txs))
+            .collect();
+        let rendered: Vec<Option<netbox::Rendered>> = changes
+            .iter()
+            .map(|c| rendered_by_change.remove(&(c.content_type_id, c.object_id, c.seq)))
+            .collect();
+        let to_build: Vec<(usize, Event<'_>)> = changes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, change)| {
+                let (request_id, user_name, _) = &attributions[i];
                 let event = Event::new(
-                    &change,
-                    &rendered,
-                    &object_type,
-                    (&request_id, &user_name),
+                    change,
+                    rendered[i].as_ref()?,
+                    &object_types[i],
+                    (request_id, user_name),
                     &self.netbox,
                 );
-                let built = self
-                    .builder
-                    .deliveries(&self.rules, &event, event_index)
-                    .await;
+                Some((first_event + i, event))
+            })
+            .collect();
+        let mut built = self
+            .builder
+            .deliveries_of(&self.rules, to_build.iter().map(|(i, e)| (*i, e)))
+            .await
+            .into_iter();
+        drop(to_build);
+        for (((change, object_type), (request_id, user_name, origin)), rendered) in changes
+            .into_iter()
+            .zip(object_types)
+            .zip(attributions)
+            .zip(rendered)
+        {
+            let event_index = events.len();
+            let mut delivered = 0;
+            if rendered.is_some() {
+                let built = built.next().expect("deliveries for each rendered event");
                 delivered = built.len() as i32;
                 deliveries.extend(built);
             } else if let Some(reason) = failing.get(&change.content_type_id)

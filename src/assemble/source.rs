@@ -211,24 +211,18 @@ pub(super) fn change_from(row: &Row) -> Option<Change> {
     })
 }
 
-/// NetBox's request and user for each transaction in the batch (up to transaction id `end`)
-/// that wrote change log entries.
+/// NetBox's request and user for each of `txids` (transactions of the batch) that wrote change
+/// log entries: those of its first entry.
 pub async fn netbox_transactions(
     tx: &Tx<'_>,
-    from: &Snapshot,
-    end: i64,
-    to: &Snapshot,
+    txids: &[i64],
 ) -> Result<HashMap<i64, (String, String)>, tokio_postgres::Error> {
     let rows = tx
         .query(
             "select distinct on (txid) txid, entry->>'request_id', entry->>'user_name'
-             from (select txid, id, entry from netbox_outbox.changelog
-                   where txid >= $1 and txid < $2 and pg_visible_in_snapshot(txid::text::xid8, $3::text::pg_snapshot)
-                   union all
-                   select txid, id, entry from netbox_outbox.changelog
-                   where txid = any($4) and pg_visible_in_snapshot(txid::text::xid8, $3::text::pg_snapshot)) c
+             from netbox_outbox.changelog where txid = any($1)
              order by txid, id",
-            &[&from.xmax, &end, &to.text, &from.xip],
+            &[&txids],
         )
         .await?;
     Ok(rows

@@ -298,7 +298,7 @@ fn sample_context() -> Value {
         .unwrap_or_default(),
         snapshots: json!({"prechange": null, "postchange": {"name": "check"}}),
     }
-    .to_value(config_format())
+    .into_value(config_format())
 }
 
 fn config_format() -> crate::config::PayloadFormat {

@@ -186,9 +186,7 @@ fn render_each(
 /// (fewer are not worth a thread).
 fn render_threads(changes: usize) -> usize {
     const PER_THREAD: usize = 64;
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    (changes / PER_THREAD).clamp(1, cores)
+    (changes / PER_THREAD).clamp(1, crate::cores())
 }
 
 /// One part of a pass, in order, on the calling thread.
