@@ -72,26 +72,12 @@ impl Builder {
         }
     }
 
-    /// The deliveries of one event: one per rule whose conditions hold, each with its request
-    /// built, or rejected with the reason (a bad condition, template or webhook fails that
-    /// delivery only).
-    pub async fn deliveries(
-        &self,
-        rules: &RuleSet,
-        event: &Event<'_>,
-        event_index: usize,
-    ) -> Vec<NewDelivery> {
-        let mut all = self
-            .deliveries_of(rules, std::iter::once((event_index, event)))
-            .await;
-        all.pop().unwrap_or_default()
-    }
-
-    /// The deliveries of several events (each with its index in the batch's event list), one
-    /// list per event in their order. Their requests are built together, on as many threads as
-    /// [`build_all`](Self::build_all) takes: one hand-off to the blocking threads per part,
-    /// not per request.
-    pub async fn deliveries_of<'e, 'a: 'e>(
+    /// The deliveries of events (each with its index in the batch's event list), one list per
+    /// event in their order: one per rule whose conditions hold, each with its request built, or
+    /// rejected with the reason (a bad condition, template or webhook fails that delivery only).
+    /// The requests are built together, on as many threads as [`build_all`](Self::build_all)
+    /// takes: one hand-off to the blocking threads per part, not per request.
+    pub async fn deliveries<'e, 'a: 'e>(
         &self,
         rules: &RuleSet,
         events: impl IntoIterator<Item = (usize, &'e Event<'a>)>,

@@ -106,27 +106,49 @@ impl Assembler {
             }
         };
 
+        // The present changes' requests are built together, then each event gets its own.
         let mut rendered = rendered.into_iter();
+        let rendered: Vec<Option<netbox::Rendered>> = changes
+            .iter()
+            .map(|change| {
+                change
+                    .as_ref()
+                    .map(|_| rendered.next().expect("one rendering per present change"))
+            })
+            .collect();
+        let events: Vec<(usize, Event<'_>)> = deferred
+            .iter()
+            .zip(changes.iter().zip(&rendered))
+            .enumerate()
+            .filter_map(|(index, (event, (change, rendered)))| {
+                let event = Event::new(
+                    change.as_ref()?,
+                    rendered.as_ref()?,
+                    &object_type,
+                    (&event.request_id, &event.user_name),
+                    &self.netbox,
+                );
+                Some((index, event))
+            })
+            .collect();
+        let mut built = self
+            .builder
+            .deliveries(&self.rules, events.iter().map(|(i, e)| (*i, e)))
+            .await
+            .into_iter();
+        drop(events);
         let mut deliveries = Vec::new();
         let mut counts: Vec<i32> = Vec::new();
-        for (index, (event, change)) in deferred.iter().zip(&changes).enumerate() {
-            let Some(change) = change else {
+        for (event, change) in deferred.iter().zip(&changes) {
+            if change.is_none() {
                 // Gone since, with no captured image left to render it from.
                 warn!(model = %object_type, object_id = event.object_id, event_id = event.event_id,
                       "deferred event dropped: the object no longer exists and no captured \
                        image of it is left");
                 counts.push(0);
                 continue;
-            };
-            let rendered = rendered.next().expect("one rendering per present change");
-            let event = Event::new(
-                change,
-                &rendered,
-                &object_type,
-                (&event.request_id, &event.user_name),
-                &self.netbox,
-            );
-            let built = self.builder.deliveries(&self.rules, &event, index).await;
+            }
+            let built = built.next().expect("deliveries for each present change");
             counts.push(built.len() as i32);
             deliveries.extend(built);
         }

@@ -539,7 +539,7 @@ impl Assembler {
             .collect();
         let mut built = self
             .builder
-            .deliveries_of(&self.rules, to_build.iter().map(|(i, e)| (*i, e)))
+            .deliveries(&self.rules, to_build.iter().map(|(i, e)| (*i, e)))
             .await
             .into_iter();
         drop(to_build);
