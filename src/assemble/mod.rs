@@ -4,7 +4,8 @@
 //! to about `assembly.batch_changes` changes ([`bounds`]), object by object ([`source`]). Each object's history merges into one change per transaction
 //! ([`history`]); each becomes an event if NetBox would send one (see [`Mode`]); each event is
 //! matched against the event rules, and each matching rule becomes a delivery with its request
-//! rendered ([`build`]) and frozen ([`store`]). The batch, its deliveries and the new read position commit
+//! rendered ([`build`]) and frozen ([`store`]); a chunk's requests are built while the chunk
+//! before it is stored. The batch, its deliveries and the new read position commit
 //! together, in a REPEATABLE READ transaction, so the rows read for `data` show the objects as of
 //! the batch's commits (an object changed again by a later transaction: as of its last change in
 //! the batch, see [`bounds`]), not as they are when webhooks go out.
@@ -94,6 +95,31 @@ pub enum Batch {
     /// is to be run again at once.
     Conflicted,
     Done(BatchReport),
+}
+
+/// A chunk merged and rendered: the changes that are events, their renderings, the models that
+/// could not be read or rendered (with the reason) and NetBox's request ids where needed.
+#[derive(Default)]
+struct Merged {
+    changes: Vec<TxChange>,
+    rendered: HashMap<(i32, i64, i64), netbox::Rendered>,
+    failing: BTreeMap<i32, String>,
+    netbox_txs: HashMap<i64, (String, String)>,
+}
+
+/// What a chunk produced, to store.
+#[derive(Default)]
+struct Produced {
+    events: Vec<NewEvent>,
+    deliveries: Vec<NewDelivery>,
+    deferrals: Vec<NewDeferral>,
+}
+
+impl Produced {
+    /// Stores it; returns the number of deliveries stored.
+    async fn store(&self, tx: &Tx<'_>) -> Result<u64, tokio_postgres::Error> {
+        store::insert(tx, &self.events, &self.deliveries, &self.deferrals).await
+    }
 }
 
 /// Serialization failures in a row after which a batch counts as failing (and backs off): a
@@ -227,9 +253,9 @@ impl Assembler {
         let mut reading_configuration = true;
         let mut configuration_changed = false;
         let mut chunk: Vec<ObjectHistory> = Vec::new();
-        let mut events: Vec<NewEvent> = Vec::new();
-        let mut deliveries: Vec<NewDelivery> = Vec::new();
-        let mut deferrals: Vec<NewDeferral> = Vec::new();
+        // The previous chunk's events and deliveries: stored while the next chunk's requests are
+        // built (the one stretch of a chunk that sends no statement of its own).
+        let mut pending = Produced::default();
         loop {
             let next = reader.next_object().await?;
             let end = next.is_none();
@@ -251,27 +277,22 @@ impl Assembler {
             if (chunk.len() >= self.config.assembly.chunk_size && !reading_configuration)
                 || (end && !chunk.is_empty())
             {
-                self.process_chunk(
-                    &tx,
-                    std::mem::take(&mut chunk),
-                    &mut later,
-                    mode,
-                    from.xmin,
-                    &mut events,
-                    &mut deliveries,
-                    &mut deferrals,
-                )
-                .await?;
-                report.events += events.len() as u64;
-                report.deliveries += store::insert(&tx, &events, &deliveries, &deferrals).await?;
-                events.clear();
-                deliveries.clear();
-                deferrals.clear();
+                let merged = self
+                    .process_chunk(&tx, std::mem::take(&mut chunk), &mut later, mode, from.xmin)
+                    .await?;
+                let mut produced = Produced::default();
+                let (stored, ()) =
+                    tokio::join!(pending.store(&tx), self.events_of(merged, &mut produced));
+                report.events += pending.events.len() as u64;
+                report.deliveries += stored?;
+                pending = produced;
             }
             if end {
                 break;
             }
         }
+        report.events += pending.events.len() as u64;
+        report.deliveries += pending.store(&tx).await?;
         drop(reader);
         tx.execute(
             "update netbox_outbox.cursor set snapshot = $1::text::pg_snapshot, advanced_at = now()
@@ -342,7 +363,8 @@ impl Assembler {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Reads a chunk's current rows, merges each object's history, keeps the changes that are
+    /// events and renders them.
     async fn process_chunk(
         &mut self,
         tx: &Tx<'_>,
@@ -350,10 +372,7 @@ impl Assembler {
         later: &mut HashMap<(i32, i64), Vec<crate::change::history::Change>>,
         mode: Mode,
         txid_floor: i64,
-        events: &mut Vec<NewEvent>,
-        deliveries: &mut Vec<NewDelivery>,
-        deferrals: &mut Vec<NewDeferral>,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<Merged, tokio_postgres::Error> {
         // The rows and tags as they stand in the batch's snapshot: the state after each
         // object's last change.
         let mut by_type: HashMap<i32, Vec<i64>> = HashMap::new();
@@ -479,7 +498,7 @@ impl Assembler {
             changes.push(change);
         }
         if changes.is_empty() {
-            return Ok(());
+            return Ok(Merged::default());
         }
 
         // Build data and snapshots for the events some rule may match (NetBox builds data lazily
@@ -495,16 +514,36 @@ impl Assembler {
             .iter()
             .map(|c| (c.content_type_id, c.object_id, c.seq))
             .collect();
-        let mut rendered_by_change: HashMap<(i32, i64, i64), netbox::Rendered> = wanted
+        let rendered_by_change: HashMap<(i32, i64, i64), netbox::Rendered> = wanted
             .into_iter()
             .zip(rendered)
             .filter_map(|(key, r)| Some((key, r?)))
             .collect();
         failing.extend(render_failures);
         self.report_failing(&failing, &changes);
+        Ok(Merged {
+            changes,
+            rendered: rendered_by_change,
+            failing,
+            netbox_txs,
+        })
+    }
 
-        // Every event's requests are built together (on every core), then each change becomes
-        // its event, in order.
+    /// A chunk's events and their deliveries (or deferrals). Every event's requests are built
+    /// together (on every core), then each change becomes its event, in order. Sends no
+    /// statement.
+    async fn events_of(&self, merged: Merged, out: &mut Produced) {
+        let Merged {
+            changes,
+            rendered: mut rendered_by_change,
+            failing,
+            netbox_txs,
+        } = merged;
+        let Produced {
+            events,
+            deliveries,
+            deferrals,
+        } = out;
         let first_event = events.len();
         let object_types: Vec<String> = changes
             .iter()
@@ -589,7 +628,6 @@ impl Assembler {
                 deliveries: delivered,
             });
         }
-        Ok(())
     }
 
     /// Renders `data` and `snapshots` for `changes`. All are rendered together (one lookup
