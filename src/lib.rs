@@ -71,12 +71,17 @@ pub(crate) mod standard_webhooks;
 pub(crate) mod template;
 pub mod wakeup;
 
-/// The cores this process may run on (1 if unknown): how many threads CPU-bound work
-/// (rendering, building requests) is split among.
-pub(crate) fn cores() -> usize {
+/// How many threads `items` pieces of CPU-bound work (changes to render, requests to build)
+/// are split among: one per core this process may run on, each with at least
+/// [`ITEMS_PER_THREAD`] (fewer are not worth a thread).
+pub(crate) fn threads_for(items: usize) -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    (items / ITEMS_PER_THREAD).clamp(1, cores)
 }
+
+/// The fewest items [`threads_for`] gives a thread of their own.
+pub(crate) const ITEMS_PER_THREAD: usize = 64;
 
 /// An error and its causes on one line, for logs: `outer: cause: root cause`.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -109,10 +109,7 @@ impl Builder {
             slots.push(own);
         }
         let mut built: Vec<Option<Result<Request, Rejection>>> = self
-            .build_all(
-                jobs.iter().map(|j| j.webhook.clone()),
-                jobs.iter().map(|j| j.context.clone()),
-            )
+            .build_all(jobs.iter().map(Job::request).collect())
             .await
             .into_iter()
             .zip(&jobs)
@@ -267,15 +264,9 @@ impl Builder {
     }
 
     async fn build_one(&self, job: Job) -> Result<Request, Rejection> {
-        let built = self
-            .build_all(
-                std::iter::once(job.webhook.clone()),
-                std::iter::once(job.context.clone()),
-            )
-            .await;
+        let mut built = self.build_all(vec![job.request()]).await;
         built
-            .into_iter()
-            .next()
+            .pop()
             .expect("one result per request")
             .map_err(|e| job.rejection(e))
     }
@@ -286,16 +277,14 @@ impl Builder {
         webhook: Arc<Webhook>,
         context: Value,
     ) -> Result<Request, BuildError> {
-        let mut built = self
-            .build_all(std::iter::once(webhook), std::iter::once(Arc::new(context)))
-            .await;
+        let mut built = self.build_all(vec![(webhook, Arc::new(context))]).await;
         built.pop().expect("one result per request")
     }
 
-    /// Builds the requests of webhooks for their template contexts (paired in order), on
+    /// Builds the requests of webhooks for their template contexts, on
     /// blocking threads, so that a slow template never holds up the async workers (health
     /// endpoints, shutdown, delivery): many requests are split into parts, one thread each
-    /// (one per core, each with at least [`PER_THREAD`] requests), and come back in order.
+    /// ([`crate::threads_for`]), and come back in order.
     ///
     /// A thread stops a template itself: at its fuel, or at `template_timeout` once the
     /// template writes (the error then names the field). The caller waits for each request a
@@ -305,16 +294,14 @@ impl Builder {
     /// on a new thread.
     pub async fn build_all(
         &self,
-        webhooks: impl IntoIterator<Item = Arc<Webhook>>,
-        contexts: impl IntoIterator<Item = Arc<Value>>,
+        requests: Vec<(Arc<Webhook>, Arc<Value>)>,
     ) -> Vec<Result<Request, BuildError>> {
         let templates = self.templates.clone();
         let default_timeout = self.delivery.default_timeout;
         let build: Arc<BuildFn> = Arc::new(move |webhook: &Webhook, context: &Value| {
             request::build(webhook, context, &templates, default_timeout)
         });
-        self.build_in_parts(webhooks.into_iter().zip(contexts).collect(), build)
-            .await
+        self.build_in_parts(requests, build).await
     }
 
     /// [`build_all`](Self::build_all) with the function that builds one request.
@@ -325,7 +312,7 @@ impl Builder {
     ) -> Vec<Result<Request, BuildError>> {
         let requests = Arc::new(requests);
         let limit = self.templates.limits().timeout;
-        let threads = (requests.len() / PER_THREAD).clamp(1, crate::cores());
+        let threads = crate::threads_for(requests.len());
         let part = requests.len().div_ceil(threads).max(1);
         let mut running: Vec<(std::ops::Range<usize>, Part)> = (0..requests.len())
             .step_by(part)
@@ -380,6 +367,11 @@ struct Job {
 }
 
 impl Job {
+    /// What [`Builder::build_all`] builds.
+    fn request(&self) -> (Arc<Webhook>, Arc<Value>) {
+        (self.webhook.clone(), self.context.clone())
+    }
+
     /// A build error as the delivery row states it.
     fn rejection(&self, e: BuildError) -> Rejection {
         Rejection {
@@ -425,9 +417,6 @@ impl Part {
         Part { results, abandoned }
     }
 }
-
-/// Requests per building thread, at least: fewer are not worth a hand-off.
-const PER_THREAD: usize = 64;
 
 /// The rejection of an event whose `data` could not be built as NetBox would.
 fn incomplete(event: &Event<'_>) -> Option<Rejection> {
@@ -581,7 +570,7 @@ mod tests {
         let mut config = Config::defaults();
         config.netbox.template_timeout = Duration::from_millis(50);
         let builder = Builder::new(&config);
-        let n = 4 * PER_THREAD;
+        let n = 4 * crate::ITEMS_PER_THREAD;
         let (stuck, panics) = (7, n - 3);
         let requests: Vec<(Arc<Webhook>, Arc<Value>)> = (0..n)
             .map(|i| {

@@ -151,7 +151,7 @@ fn render_each(
     changes: &[&TxChange],
     last_pass: Option<usize>,
 ) -> Pass {
-    let threads = render_threads(changes.len());
+    let threads = crate::threads_for(changes.len());
     if threads <= 1 {
         return render_part(netbox, lookups, changes, last_pass);
     }
@@ -180,13 +180,6 @@ fn render_each(
         merge(&mut all.needs, part.needs);
     }
     all
-}
-
-/// How many threads render `changes` changes: one per core, each with at least 64 changes
-/// (fewer are not worth a thread).
-fn render_threads(changes: usize) -> usize {
-    const PER_THREAD: usize = 64;
-    (changes / PER_THREAD).clamp(1, crate::cores())
 }
 
 /// One part of a pass, in order, on the calling thread.
